@@ -1,0 +1,90 @@
+"""Search spaces as YAML files (smoke, mid, paper, or your own path) and their validator.
+
+    import spaces
+    space = spaces.load("mid", overrides=["dataset=mnist5k", "budget.epochs=5"])
+    config = space.trial_config(space.default_values())
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spaces._space import ParamSpec, PoolSpec, SearchSettings, Space, SpaceError, parse_space
+
+__all__ = [
+    "ParamSpec",
+    "PoolSpec",
+    "SearchSettings",
+    "Space",
+    "SpaceError",
+    "apply_overrides",
+    "list_spaces",
+    "load",
+    "read_raw",
+]
+
+SPACES_DIR = Path(__file__).resolve().parent
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def _path_of(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpaceError(f"space file {str(path)!r} does not exist")
+        return path
+    if name_or_path in list_spaces():
+        return SPACES_DIR / f"{name_or_path}.yaml"
+    raise SpaceError(f"unknown space {name_or_path!r}; choose one of {', '.join(list_spaces())} "
+                     "or pass the path of a .yaml file")
+
+
+def read_raw(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a space file and its path."""
+    path = _path_of(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpaceError(f"space file {str(path)!r} is not valid YAML{at}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"space file {str(path)!r} must hold a mapping at the top level")
+    return raw, str(path)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Applies `KEY=VALUE` overrides (dotted keys, YAML values) to a copy of `raw`."""
+    out: dict[str, Any] = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpaceError(f"--set {item!r} must look like KEY=VALUE (e.g. budget.epochs=5)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SpaceError(f"--set {item!r}: the value is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpaceError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is not a "
+                                 "mapping, so it has no sub-keys")
+        node[parts[-1]] = value
+    return out
+
+
+def load(name_or_path: str, overrides: Sequence[str] = ()) -> Space:
+    """Loads, overrides and validates a space; any problem raises SpaceError (a ValueError)."""
+    raw, source = read_raw(name_or_path)
+    return parse_space(apply_overrides(raw, overrides), source=source)

@@ -1,0 +1,36 @@
+"""One trial of the defense search: data, models, attacker pool, losses, MID, UniG, scoring.
+
+Runs without Ray. The public surface:
+
+    from trainables import TrialConfig, run_trial, load_defended_model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainables.config import TrialConfig
+from trainables.errors import ConfigError, DataError, DefenseSearchError
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DefenseSearchError",
+    "TrialConfig",
+    "TrialResult",
+    "load_defended_model",
+    "run_trial",
+    "save_defended_model",
+]
+
+_LAZY = {"load_defended_model": "trainables.export", "save_defended_model": "trainables.export",
+         "run_trial": "trainables.trial", "TrialResult": "trainables.trial"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m trainables.trial` does not import trainables.trial twice.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainables' has no attribute {name!r}")

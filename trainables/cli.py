@@ -1,0 +1,111 @@
+"""`python -m trainables.trial`: one trial from a space's defaults (or given values), no Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import ConfigError, DefenseSearchError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainables.trial",
+        description="Train and score one defended model with a space's default recipe (the "
+                    "papers' defaults) or the values given with --params.")
+    p.add_argument("--space", default="mid", help="space name (smoke, mid, paper) or YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space field, e.g. --set budget.epochs=5 (repeatable)")
+    p.add_argument("--params", default="{}", metavar="JSON",
+                   help='searched values to use instead of the defaults, e.g. '
+                        '\'{"w_feat": 0.5, "unig": "off", "pool": ["PGD", "FGSM"]}\'')
+    p.add_argument("--seed", type=int, default=0, help="data split, init and attack seed")
+    p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
+    p.add_argument("--sealed", action="store_true",
+                   help="also score the test split against the sealed attacks (final report)")
+    p.add_argument("--out", default=None, help="write the final metrics JSON here")
+    p.add_argument("--save-model", default=None, help="write the defended model here (.pt)")
+    return p
+
+
+def parse_values(text: str, space: Any) -> dict[str, Any]:
+    """--params JSON -> searched values; `pool` may be given as a list of attack names."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--params is not valid JSON: {err.msg} (at char {err.pos})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--params must be a JSON object, got {text!r}")
+    pool = values.pop("pool", None)
+    if pool is not None:
+        unknown = set(pool) - set(space.pool.candidates)
+        if unknown:
+            raise ConfigError(f"--params pool has {sorted(unknown)}, not candidates of space "
+                              f"{space.name!r}: {', '.join(space.pool.candidates)}")
+        values.update(space.pool.flags(pool))
+    allowed = set(space.params) | set(space.pool.flags(space.pool.candidates))
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"--params has unknown key(s) {unknown}; space {space.name!r} "
+                          f"searches: {', '.join(sorted(allowed))} (and pool)")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DefenseSearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import spaces
+    from trainables.export import save_defended_model
+    from trainables.trial import run_trial
+
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides.append(f"data_dir={args.data_dir}")
+    space = spaces.load(args.space, overrides)
+    values = {**space.default_values(), **parse_values(args.params, space)}
+    config = space.trial_config(values, seed=args.seed, device=args.device,
+                                threads=args.threads, cache_dir=args.cache_dir)
+    space.setup()
+    print(f"space {space.name}: {config.dataset}, pool {'+'.join(config.pool)}, "
+          f"held-out {'+'.join(config.heldout)}, {config.epochs} epochs", flush=True)
+    start = time.perf_counter()
+    result = run_trial(config, sealed=args.sealed, log=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - start
+    for key in sorted(result.metrics):
+        if key.startswith(("val/", "test/")):
+            print(f"  {key:<34} {result.metrics[key]:.4f}")
+    print(f"wall time {wall:.1f}s")
+    summary = {"space": space.name, "values": space.logged_params(values),
+               "config": config.to_dict(), "metrics": result.metrics,
+               "history": result.history, "wall_time_s": wall}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
+        print(f"metrics written to {args.out}")
+    if args.save_model:
+        setup = result.shared.setup
+        save_defended_model(args.save_model, result.model, arch=setup.arch,
+                            image_shape=setup.info.image_shape,
+                            num_classes=setup.info.num_classes,
+                            info={"config": config.to_dict(), "threat_model":
+                                  setup.threat.to_dict(), "metrics": result.metrics,
+                                  "space": space.name})
+        print(f"defended model written to {args.save_model}")
+    return 0

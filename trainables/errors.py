@@ -1,0 +1,15 @@
+"""The project's exception tree: every error a user can cause derives from DefenseSearchError."""
+
+from __future__ import annotations
+
+
+class DefenseSearchError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(DefenseSearchError, ValueError):
+    """A configuration value is invalid; the message names the value and what is allowed."""
+
+
+class DataError(DefenseSearchError):
+    """A data set cannot be loaded (missing files, malformed contents)."""

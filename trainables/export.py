@@ -1,0 +1,58 @@
+"""Saving and loading a defended model with everything it needs to rebuild itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.errors import ConfigError
+from trainables.models import DefendedModel, build_arch
+from trainables.unig import UniG
+
+__all__ = ["load_defended_model", "save_defended_model"]
+
+FORMAT = "defense-search/defended-model/1"
+
+
+def save_defended_model(path: str | Path, model: DefendedModel, *, arch: str,
+                        image_shape: tuple[int, int, int], num_classes: int,
+                        info: dict[str, Any]) -> None:
+    """Writes weights plus architecture, data set, threat model and UniG settings.
+
+    `info` holds the rest worth keeping with the weights (trial config, metrics).
+    """
+    unig = model.unig.settings() if isinstance(model.unig, UniG) else None
+    payload = {
+        "format": FORMAT, "arch": arch, "image_shape": list(image_shape),
+        "num_classes": num_classes, "unig": unig,
+        "encoder": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
+        "head": {k: v.cpu() for k, v in model.head.state_dict().items()},
+        "info": info,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+def load_defended_model(path: str | Path, *, device: str | torch.device = "cpu"
+                        ) -> DefendedModel:
+    """Rebuilds a saved defended model: [0,1] images -> logits, UniG included if it had one.
+
+    The saved metadata (trial config, threat model, metrics) is on `model.info`.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a defended model saved by this project "
+                          f"(expected format {FORMAT})")
+    parts = build_arch(payload["arch"], tuple(payload["image_shape"]), payload["num_classes"])
+    parts.encoder.load_state_dict(payload["encoder"])
+    parts.head.load_state_dict(payload["head"])
+    unig = None
+    if payload["unig"] is not None:
+        settings = dict(payload["unig"])
+        unig = UniG(settings.pop("granularity"), **settings)
+    model = DefendedModel(parts.encoder, parts.head, unig).to(device).eval()
+    model.requires_grad_(False)
+    model.info = payload["info"]  # type: ignore[assignment]
+    return model

@@ -1,0 +1,54 @@
+"""MID's meta step: attacks are domains; learn on meta-train attacks, check on a held-out one.
+
+    theta' = theta - alpha * grad_theta L_mtr(theta)
+    L      = L_mtr(theta) + beta * L_mte(theta')
+
+The fast weights theta' are used through torch.func.functional_call, so L_mte(theta') keeps
+its autograd link to theta. (The official code loads theta' into a new module with
+load_state_dict, which cuts that link: its meta-test term never reaches the student.)
+First order treats grad L_mtr as a constant (d theta'/d theta = I); second order
+differentiates through it (MAML-style Hessian-vector products).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["TaskLoss", "meta_objective"]
+
+# task_loss(params, task_index) -> scalar loss of the student with `params` on that task
+TaskLoss = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
+
+
+def meta_objective(
+    params: dict[str, torch.Tensor],
+    task_loss: TaskLoss,
+    meta_train: Sequence[int],
+    meta_test: Sequence[int],
+    *,
+    alpha: float,
+    beta: float,
+    order: str = "first",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_mtr(theta) + beta * L_mte(theta'), and its parts as floats for logging."""
+    if order not in ("first", "second"):
+        raise ValueError(f"meta order {order!r} is unknown; choose 'first' or 'second'")
+    names = list(params)
+    loss_train = torch.stack([task_loss(params, t) for t in meta_train]).mean()
+    if not meta_test or beta == 0:
+        return loss_train, {"meta_train": float(loss_train.detach()), "meta_test": 0.0}
+    grads = torch.autograd.grad(loss_train, [params[n] for n in names],
+                                create_graph=order == "second", retain_graph=True,
+                                allow_unused=True)
+    fast = {}
+    for name, grad in zip(names, grads, strict=True):
+        if grad is None:
+            fast[name] = params[name]
+        else:
+            fast[name] = params[name] - alpha * (grad if order == "second" else grad.detach())
+    loss_test = torch.stack([task_loss(fast, t) for t in meta_test]).mean()
+    total = loss_train + beta * loss_test
+    parts = {"meta_train": float(loss_train.detach()), "meta_test": float(loss_test.detach())}
+    return total, parts

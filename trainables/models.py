@@ -1,0 +1,172 @@
+"""Architectures: encoder / decoder / classifier head per data-set family, and the defended model.
+
+MID's teacher is encoder + decoder + head; the student is a second encoder of the same
+architecture read out by the (frozen) teacher head. UniG attaches to the head's penultimate
+features or to the encoder's channels, so the head exposes both stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.errors import ConfigError
+from trainables.registry import Registry
+
+__all__ = [
+    "ClassifierHead",
+    "DefendedModel",
+    "ModelParts",
+    "build_arch",
+    "list_archs",
+]
+
+
+class ClassifierHead(nn.Module):
+    """Maps encoder features to logits through a penultimate feature vector."""
+
+    def __init__(self, trunk: nn.Module, penultimate_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.out = nn.Linear(penultimate_dim, num_classes)
+        self.penultimate_dim = penultimate_dim
+
+    def penultimate(self, z: torch.Tensor) -> torch.Tensor:
+        return self.trunk(z)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(h)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.trunk(z))
+
+
+@dataclass
+class ModelParts:
+    """A freshly initialised encoder, decoder and head for one architecture."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+    head: ClassifierHead
+    feature_shape: tuple[int, int, int]  # encoder output (C, H, W)
+
+
+_ARCHS: Registry[Callable[..., ModelParts]] = Registry("architecture")
+register_arch = _ARCHS.register
+
+
+def list_archs() -> list[str]:
+    return _ARCHS.names()
+
+
+def build_arch(
+    name: str, image_shape: tuple[int, int, int], num_classes: int, **kwargs: Any
+) -> ModelParts:
+    """Builds a fresh set of parts; every architecture takes the same leading arguments."""
+    return _ARCHS.get(name)(image_shape, num_classes, **kwargs)
+
+
+# ---------------------------------------------------------------- small CNN (digits, MNIST)
+
+
+@register_arch
+def small_cnn(
+    image_shape: tuple[int, int, int], num_classes: int, *, width: int = 32, hidden: int = 200
+) -> ModelParts:
+    """MID's LeNet-style autoencoder: two conv/pool stages, transposed-conv decoder, MLP head."""
+    channels, height, width_px = image_shape
+    if height % 4 or width_px % 4:
+        raise ConfigError(f"small_cnn needs image sides divisible by 4, got {height}x{width_px}")
+    encoder = nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    decoder = nn.Sequential(
+        nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.ReLU(),
+        nn.ConvTranspose2d(width, channels, 2, stride=2), nn.Sigmoid(),
+    )
+    feature_shape = (2 * width, height // 4, width_px // 4)
+    flat = feature_shape[0] * feature_shape[1] * feature_shape[2]
+    trunk = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU())
+    return ModelParts(encoder, decoder, ClassifierHead(trunk, hidden, num_classes), feature_shape)
+
+
+# ---------------------------------------------------------------- ResNet (CIFAR-10, SVHN)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+@register_arch
+def resnet(
+    image_shape: tuple[int, int, int], num_classes: int, *, width: int = 64,
+    blocks_per_stage: int = 1,
+) -> ModelParts:
+    """MID's CIFAR ResNet encoder (4 stages to 8x width at 1/8 size), conv decoder, pooled head."""
+    channels, height, width_px = image_shape
+    if height % 8 or width_px % 8:
+        raise ConfigError(f"resnet needs image sides divisible by 8, got {height}x{width_px}")
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
+    for stage, mult in enumerate((1, 2, 4, 8)):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(_BasicBlock(cin, width * mult, stride))
+            cin = width * mult
+    encoder = nn.Sequential(*layers)
+    decoder = nn.Sequential(
+        nn.ConvTranspose2d(8 * width, 4 * width, 4, 2, 1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+        nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, channels, 3, 1, 1), nn.Sigmoid(),
+    )
+    trunk = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    feature_shape = (8 * width, height // 8, width_px // 8)
+    return ModelParts(encoder, decoder, ClassifierHead(trunk, 8 * width, num_classes),
+                      feature_shape)
+
+
+# ---------------------------------------------------------------- the defended model
+
+
+class DefendedModel(nn.Module):
+    """[0,1] images -> logits: encoder, head and, when the recipe uses one, the UniG module.
+
+    UniG is re-optimised inside every forward call, so attacks see the whole defence.
+    """
+
+    def __init__(self, encoder: nn.Module, head: ClassifierHead,
+                 unig: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.unig = unig
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        if self.unig is None:
+            return self.head(z)
+        return self.unig(z, self.head)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features and penultimate features (no UniG): what PCL constrains."""
+        z = self.encoder(x)
+        return z, self.head.penultimate(z)

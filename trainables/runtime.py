@@ -1,0 +1,43 @@
+"""Device choice, CPU threads and seeding: the one place a trial decides where it runs."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from trainables.errors import ConfigError
+
+__all__ = ["resolve_device", "seed_everything", "set_threads"]
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto`: the GPU Ray (or the user) made visible, else the CPU; cuda[:N] / cpu as asked."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device={spec!r} is not a torch device; use auto, cpu, cuda or "
+                          "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec!r} asks for a GPU but torch sees none; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={spec!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def set_threads(threads: int) -> None:
+    """Pins torch's CPU threads (0 keeps torch's default); a trial's threads = its CPUs."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds every RNG the code and the attacks draw from (torch, numpy for Pixle, random)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
