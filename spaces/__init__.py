@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from spaces._space import ParamSpec, PoolSpec, SearchSettings, Space, SpaceError, parse_space
+from trainables.errors import ConfigError
 
 __all__ = [
     "ParamSpec",
@@ -87,4 +88,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 def load(name_or_path: str, overrides: Sequence[str] = ()) -> Space:
     """Loads, overrides and validates a space; any problem raises SpaceError (a ValueError)."""
     raw, source = read_raw(name_or_path)
-    return parse_space(apply_overrides(raw, overrides), source=source)
+    try:
+        return parse_space(apply_overrides(raw, overrides), source=source)
+    except SpaceError:
+        raise
+    except ConfigError as err:  # a value checked by trainables: say which space it came from
+        raise SpaceError(f"space {source!r}: {err}") from None

@@ -24,7 +24,7 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.threat import ThreatModel, project, within_budget
+from trainables.threat import ThreatModel, perturbation_norm, project, within_budget
 
 __all__ = [
     "AttackContext",
@@ -365,12 +365,14 @@ class BoundAttack:
     def craft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples safe to train on: inside the budget, never the clean input.
 
-        Points the attack left unchanged (returns-clean attacks) or pushed outside the budget
-        (unbounded attacks, after projection for Linf/L2) are replaced by the fallback attack.
+        Points the attack left (numerically) unchanged or pushed outside the budget (unbounded
+        attacks, after projection for Linf/L2) are replaced by the fallback attack: PGD-L2 for
+        L2 attacks, Linf PGD otherwise (torchattacks has no L1/L0 PGD, so repaired rows of L1
+        and L0 attacks lie inside the Linf budget instead).
         """
         x_adv = self(x, y)
         x_adv = (x + project(x_adv - x, self.spec.norm, self.budget)).clamp(0, 1)
-        unchanged = (x_adv - x).flatten(1).abs().amax(dim=1) == 0
+        unchanged = perturbation_norm(x_adv - x, "L0") == 0
         bad = unchanged | ~within_budget(x_adv - x, self.spec.norm, self.budget)
         if bad.any() and self.fallback is not None:
             x_adv = x_adv.clone()
@@ -383,15 +385,15 @@ def bind_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classes
                 ) -> BoundAttack:
     """Builds `name` against `model` at the threat model's budget for the attack's norm.
 
-    Training-time attacks (train_steps set) get a PGD fallback at the primary norm, used to
-    repair the points a returns-clean or unbounded attack could not turn into a valid example.
+    Training-time attacks (train_steps set) get a PGD fallback in the attack's own norm, used
+    to repair the points a returns-clean or unbounded attack could not turn into an example.
     """
     spec = attack_spec(name)
     budget = threat.budget(spec.norm)
     ctx = AttackContext(model, budget, num_classes, strength, train_steps, seed)
     fallback = None
     if train_steps is not None and spec.name not in ("PGD", "PGDL2"):
-        fallback_name = "PGDL2" if threat.norm == "L2" else "PGD"
+        fallback_name = "PGDL2" if spec.norm == "L2" else "PGD"
         fallback = bind_attack(fallback_name, model, threat, num_classes=num_classes,
                                train_steps=train_steps, seed=seed)
     return BoundAttack(spec, spec.build(ctx), budget, fallback)

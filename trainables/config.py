@@ -41,7 +41,7 @@ class Field:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if self.kind == "int":
-                if float(value) != int(value):
+                if not math.isfinite(value) or float(value) != int(value):
                     raise ConfigError(f"{name} must be a whole number, got {value!r}")
                 value = int(value)
             else:
@@ -57,7 +57,7 @@ class Field:
                                   f"{', '.join(map(str, self.choices or ()))}")
             return value
         if self.kind == "attacks":
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name} must be a list of attack names, got {value!r}")
             if len(set(value)) != len(value):
                 raise ConfigError(f"{name} lists an attack twice: {list(value)}")

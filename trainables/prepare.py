@@ -142,9 +142,8 @@ def _train(parts: ModelParts, data: DataSplits, *, epochs: int, batch_size: int,
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    modules.eval().cpu()
-    for p in modules.parameters():
-        p.requires_grad_(False)
+    optimizer.zero_grad(set_to_none=True)  # no stale .grad shipped to every trial
+    modules.eval().cpu().requires_grad_(False)
 
 
 def _load_or_train(path: Path, parts: ModelParts, train: Callable[[], None], log: Log,

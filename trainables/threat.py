@@ -75,6 +75,10 @@ class ThreatModel:
 
     def merged(self, override: Mapping[str, object]) -> ThreatModel:
         """This threat model with a partial threat_model mapping `override` applied."""
+        unknown = set(override) - {"norm", "eps"}
+        if unknown:
+            raise ConfigError(f"threat_model has unknown keys {sorted(unknown)}; "
+                              "allowed: norm, eps")
         eps = override.get("eps", {})
         if not isinstance(eps, Mapping):
             raise ConfigError(f"threat_model.eps must map norms to budgets, got {eps!r}")

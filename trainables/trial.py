@@ -154,8 +154,10 @@ class _Recipe:
         return {n: p for n, p in self.student.named_parameters() if p.requires_grad}
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student.state_dict(), "prototypes": self.prototypes.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+        """A snapshot (copied: the live tensors keep changing as training goes on)."""
+        return copy.deepcopy({"student": self.student.state_dict(),
+                              "prototypes": self.prototypes.state_dict(),
+                              "optimizer": self.optimizer.state_dict()})
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
@@ -211,9 +213,6 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         shared = prepare_shared(config, log=log)
     recipe = _Recipe(config, shared, device)
     first_epoch = 0
-    if resume is not None:
-        recipe.load_state(resume["recipe"])
-        first_epoch = int(resume["epoch"]) + 1
     train_x, train_y = shared.data.train_x.to(device), shared.data.train_y.to(device)
     on_target = ({name: shared.examples_on_target(name, config, log).to(device)
                   for name in config.pool} if config.craft_against == "target" else None)
@@ -223,6 +222,11 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     rng = random.Random(config.seed)
+    if resume is not None:  # restore every RNG too, so a resumed trial equals an unbroken one
+        recipe.load_state(resume["recipe"])
+        first_epoch = int(resume["epoch"]) + 1
+        torch.set_rng_state(resume["torch_rng"])
+        rng.setstate(resume["task_rng"])
     attack_tasks = list(range(int(config.include_clean), int(config.include_clean)
                               + len(config.pool)))
 
@@ -281,7 +285,9 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
                      f" union {metrics.get('val/heldout/union_acc', float('nan')):.3f}")
             history.append(dict(metrics))
             if report is not None:
-                report(dict(metrics), lambda e=epoch: {"epoch": e, "recipe": recipe.state()})
+                report(dict(metrics), lambda e=epoch: {
+                    "epoch": e, "recipe": recipe.state(),
+                    "torch_rng": torch.get_rng_state().clone(), "task_rng": rng.getstate()})
         log(line)
 
     defended.eval()

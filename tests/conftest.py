@@ -1,0 +1,48 @@
+"""Shared fixtures: an isolated cache, the smoke space's prepared state, a small trained CNN."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import spaces
+from trainables.models import DefendedModel
+from trainables.prepare import Shared, prepare_shared
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Teachers and targets trained by tests go to a temporary cache, not ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DEFENSE_SEARCH_CACHE")
+    os.environ["DEFENSE_SEARCH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DEFENSE_SEARCH_CACHE", None)
+    else:
+        os.environ["DEFENSE_SEARCH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def smoke_space() -> spaces.Space:
+    return spaces.load("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_shared(smoke_space: spaces.Space) -> Shared:
+    return prepare_shared(smoke_space.trial_config(), log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def digits_model(smoke_space: spaces.Space) -> DefendedModel:
+    """A clean-trained small CNN on digits (the teacher of a 15-epoch prepare), frozen."""
+    config = smoke_space.trial_config(teacher_epochs=15)
+    shared = prepare_shared(config, log=lambda _: None)
+    model = DefendedModel(shared.teacher.encoder, shared.teacher.head).eval()
+    model.val_x, model.val_y = shared.data.val_x, shared.data.val_y  # type: ignore[assignment]
+    torch.manual_seed(0)
+    return model

@@ -1,0 +1,161 @@
+"""A whole trial, end to end, on the smoke space (seconds), plus the standalone CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import spaces
+from trainables import load_defended_model, run_trial
+from trainables.errors import ConfigError
+from trainables.export import save_defended_model
+from trainables.prepare import Shared, prepare_shared
+from trainables.runtime import resolve_device
+from trainables.unig import UniG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def test_trial_reports_every_metric_per_evaluation(smoke_space: spaces.Space,
+                                                   smoke_shared: Shared) -> None:
+    config = smoke_space.trial_config(epochs=2, eval_every=1)
+    reports: list[dict[str, float]] = []
+    states: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, float], state: Any) -> None:
+        reports.append(metrics)
+        states.append(state())
+
+    result = run_trial(config, shared=smoke_shared, report=report, log=_quiet)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    expected = {"val/clean/acc", "val/heldout/mean_acc", "val/heldout/worst_acc",
+                "val/heldout/union_acc", "val/pool/mean_acc"}
+    expected |= {f"val/heldout/{a}/acc" for a in config.heldout}
+    expected |= {f"val/pool/{a}/acc" for a in config.pool}
+    assert expected <= set(result.metrics)
+    for key in expected:
+        assert 0.0 <= result.metrics[key] <= 1.0
+    assert result.metrics["val/heldout/union_acc"] <= result.metrics["val/heldout/worst_acc"]
+    assert states[-1]["epoch"] == 1 and "recipe" in states[-1]
+    assert isinstance(result.model.unig, UniG)
+
+
+def test_same_seed_same_numbers_and_resume_continues(smoke_space: spaces.Space,
+                                                     smoke_shared: Shared) -> None:
+    config = smoke_space.trial_config({"unig": "off"}, epochs=2, eval_every=1)
+    states: list[dict[str, Any]] = []
+    first = run_trial(config, shared=smoke_shared, log=_quiet,
+                      report=lambda m, s: states.append(s()))
+    again = run_trial(config, shared=smoke_shared, log=_quiet)
+    assert first.metrics["val/heldout/mean_acc"] == again.metrics["val/heldout/mean_acc"]
+    resumed = run_trial(config, shared=smoke_shared, log=_quiet, resume=states[0])
+    assert [h["epoch"] for h in resumed.history] == [2]
+    assert resumed.metrics["val/clean/acc"] == pytest.approx(first.metrics["val/clean/acc"])
+
+
+def test_craft_against_target_uses_cached_target_examples(smoke_space: spaces.Space,
+                                                          isolated_cache: Path) -> None:
+    config = smoke_space.trial_config(craft_against="target", epochs=1)
+    shared = prepare_shared(config, log=_quiet)
+    assert shared.target is not None
+    assert {f"{a}@{config.train_attack_steps}" for a in config.pool} <= set(
+        shared.target_examples)
+    assert list(isolated_cache.glob("*/pool-PGD-steps*.pt"))
+    result = run_trial(config, shared=shared, log=_quiet)
+    assert 0.0 <= result.metrics["val/heldout/mean_acc"] <= 1.0
+
+
+def test_saved_model_rebuilds_itself(tmp_path: Path, smoke_space: spaces.Space,
+                                     smoke_shared: Shared) -> None:
+    for unig in ("off", "per_sample"):
+        config = smoke_space.trial_config({"unig": unig} if unig == "off" else {}, epochs=1)
+        result = run_trial(config, shared=smoke_shared, log=_quiet)
+        setup = smoke_shared.setup
+        path = tmp_path / f"{unig}.pt"
+        save_defended_model(path, result.model, arch=setup.arch,
+                            image_shape=setup.info.image_shape,
+                            num_classes=setup.info.num_classes, info={"config": config.to_dict()})
+        loaded = load_defended_model(path)
+        x = smoke_shared.data.val_x[:32]
+        if unig == "off":
+            assert loaded.unig is None
+            torch.testing.assert_close(loaded(x), result.model.eval()(x))
+        else:
+            assert isinstance(loaded.unig, UniG)
+            assert loaded.unig.settings() == result.model.unig.settings()  # type: ignore[union-attr]
+        assert loaded.info["config"]["dataset"] == "digits"  # type: ignore[index]
+
+
+def test_load_refuses_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"encoder": {}}, path)
+    with pytest.raises(ConfigError, match="not a defended model"):
+        load_defended_model(path)
+
+
+def test_device_choice() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("tpu")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trainables.trial", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+
+
+def test_cli_writes_metrics_and_a_loadable_model(tmp_path: Path) -> None:
+    out, model = tmp_path / "result.json", tmp_path / "model.pt"
+    proc = _cli("--space", "smoke", "--set", "budget.epochs=2", "--params",
+                '{"pool": ["PGD", "MIFGSM"], "w_feat": 0.5}', "--out", str(out),
+                "--save-model", str(model), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/2" in proc.stdout and "epoch 2/2" in proc.stdout
+    summary = json.loads(out.read_text())
+    assert summary["config"]["pool"] == ["PGD", "MIFGSM"]
+    assert summary["config"]["w_feat"] == 0.5
+    assert "val/heldout/mean_acc" in summary["metrics"]
+    loaded = load_defended_model(model)
+    assert loaded.info["threat_model"]["norm"] == "Linf"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--space", "nope"], "unknown space 'nope'"),
+    (["--space", "smoke", "--params", '{"w_feat": -1}'], "w_feat=-1.0 is out of range"),
+    (["--space", "smoke", "--params", '{"lr_typo": 1}'], "unknown key(s) ['lr_typo']"),
+    (["--space", "smoke", "--params", "{bad json"], "--params is not valid JSON"),
+    (["--space", "smoke", "--set", "dataset=mnist"], "--data-dir"),
+    (["--space", "smoke", "--set", "dataset=imagenet"], "unknown dataset 'imagenet'"),
+    (["--space", "smoke", "--set", "attacks.heldout=[NoSuchAttack]"], "unknown attack"),
+    (["--space", "smoke", "--set", "threat_model.eps.Linf=2"], "out of range"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert message in lines[0]
+
+
+@pytest.mark.slow
+def test_mid_defaults_reach_the_promised_quality() -> None:
+    """The README's standalone numbers: clean >= 0.95 and non-trivial held-out robustness."""
+    space = spaces.load("mid")
+    result = run_trial(space.trial_config(), log=_quiet)
+    assert result.metrics["val/clean/acc"] >= 0.95
+    assert result.metrics["val/heldout/mean_acc"] >= 0.2
