@@ -268,6 +268,46 @@ class Space:
             out[name] = values.get(name) if spec.active(values) else "inactive"
         return out
 
+    def values_from_params(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """Typed searched values back from logged (string) params; inactive ones are left out."""
+        values: dict[str, Any] = {}
+        for key in self.pool.flags(self.pool.candidates) if self.pool.searched else ():
+            if key in params:
+                values[key] = params[key] == "True"
+        for name, spec in self.params.items():
+            text = params.get(name)
+            if text is None or text == "inactive":
+                continue
+            if spec.type == "categorical":
+                matches = [c for c in spec.choices or () if str(c) == text]
+                if not matches:
+                    raise SpaceError(f"logged value {name}={text!r} is not a choice of space "
+                                     f"{self.name!r}")
+                values[name] = matches[0]
+            else:
+                values[name] = int(float(text)) if spec.type == "int" else float(text)
+        return values
+
+    def with_defaults(self, values: Mapping[str, Any], *, name: str, note: str
+                      ) -> dict[str, Any]:
+        """This space's YAML mapping with `values` as the new defaults (e.g. a search's best).
+
+        The result is a space file a user can pass back to the search or the standalone trial.
+        """
+        raw: dict[str, Any] = {**dict(self.raw), "name": name,
+                               "description": f"{note}\n{self.description}".strip()}
+        params = {k: dict(v) for k, v in dict(raw.get("params", {})).items()}
+        for key, value in values.items():
+            if key in params:
+                params[key]["default"] = value
+        raw["params"] = params
+        if self.pool.searched:
+            attacks = dict(raw["attacks"])
+            attacks["pool"] = {**dict(attacks["pool"]), "default": list(self.pool.chosen(
+                {**self.default_values(), **values}))}
+            raw["attacks"] = attacks
+        return raw
+
     def setup(self, *, check_data_dir: bool = True) -> Setup:
         """Data-set-dependent checks; `check_data_dir` also requires the data files' folder."""
         return resolve_setup(self.trial_config(), extra_attacks=self.pool.candidates,

@@ -39,8 +39,9 @@ from trainables.unig import UniG
 
 __all__ = ["Report", "TrialResult", "build_unig", "run_trial"]
 
-# report(metrics, state): called after every evaluation; `state()` returns a resumable state
-Report = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+# report(metrics, state, model): called after every evaluation; `state()` returns a resumable
+# snapshot, `model` is the defended model (UniG included) the metrics were measured on
+Report = Callable[[dict[str, float], Callable[[], dict[str, Any]], DefendedModel], None]
 Log = Callable[[str], None]
 
 
@@ -287,7 +288,8 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
             if report is not None:
                 report(dict(metrics), lambda e=epoch: {
                     "epoch": e, "recipe": recipe.state(),
-                    "torch_rng": torch.get_rng_state().clone(), "task_rng": rng.getstate()})
+                    "torch_rng": torch.get_rng_state().clone(), "task_rng": rng.getstate()},
+                       defended)
         log(line)
 
     defended.eval()

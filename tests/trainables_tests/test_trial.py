@@ -32,7 +32,7 @@ def test_trial_reports_every_metric_per_evaluation(smoke_space: spaces.Space,
     reports: list[dict[str, float]] = []
     states: list[dict[str, Any]] = []
 
-    def report(metrics: dict[str, float], state: Any) -> None:
+    def report(metrics: dict[str, float], state: Any, model: Any) -> None:
         reports.append(metrics)
         states.append(state())
 
@@ -55,7 +55,7 @@ def test_same_seed_same_numbers_and_resume_continues(smoke_space: spaces.Space,
     config = smoke_space.trial_config({"unig": "off"}, epochs=2, eval_every=1)
     states: list[dict[str, Any]] = []
     first = run_trial(config, shared=smoke_shared, log=_quiet,
-                      report=lambda m, s: states.append(s()))
+                      report=lambda m, s, _: states.append(s()))
     again = run_trial(config, shared=smoke_shared, log=_quiet)
     assert first.metrics["val/heldout/mean_acc"] == again.metrics["val/heldout/mean_acc"]
     resumed = run_trial(config, shared=smoke_shared, log=_quiet, resume=states[0])

@@ -1,0 +1,234 @@
+"""`python -m search.run --space mid`: the distributed defense search.
+
+Validates everything (space, flags, MLflow store, Ray address) before Ray starts, prepares
+what all trials share once, runs Optuna + ASHA trials on Ray Tune, logs every trial to
+MLflow, then prints the leaderboard and exports the best recipe and its defended model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from trainables.errors import ConfigError, DefenseSearchError
+
+__all__ = ["build_parser", "main", "make_plan"]
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://", "file://")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + message
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m search.run",
+                description="Search defense recipes (MID + PCL + UniG) with Ray Tune, Optuna and "
+                            "ASHA; every trial's held-out robustness goes to MLflow.")
+    p.add_argument("--space", default="mid", help="space name (smoke, mid, paper) or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space field, validated like the file "
+                        "(e.g. --set dataset=mnist5k --set budget.epochs=5); repeatable")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="trials to run (default: the space's search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials running at once (default: the space's search.max_concurrent)")
+    p.add_argument("--search-alg", choices=("tpe", "random", "nsga2"), default="tpe",
+                   help="Optuna sampler; nsga2 searches the clean vs held-out Pareto front")
+    p.add_argument("--multi-objective", action="store_true",
+                   help="optimise held-out and clean accuracy together (implied by nsga2)")
+    p.add_argument("--scheduler", choices=("asha", "none"), default="asha",
+                   help="asha stops weak trials at its rungs; none runs every trial in full")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                        "default: start Ray on this machine")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment name (default: defense-search-<space>)")
+    p.add_argument("--storage-path", default="./ray_results",
+                   help="Ray results and checkpoints: a local folder, or shared storage such as "
+                        "s3://bucket/path on a multi-node cluster")
+    p.add_argument("--name", default=None,
+                   help="name of this search (Ray run and MLflow parent run; default "
+                        "<space>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the search --name (default: the latest of this space) from "
+                        "--storage-path")
+    p.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs per trial = its torch threads (default: CPUs / max-concurrent, "
+                        "or 1 when trials get GPUs)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share per trial, e.g. 0.25 (default: GPUs / max-concurrent, up to "
+                        "1, when Ray sees GPUs; else 0)")
+    p.add_argument("--trial-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="a custom Ray resource every trial asks for, e.g. worker_slot=0.01 to "
+                        "keep trials on nodes that offer it; repeatable")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="data split, teacher and sampler seed")
+    p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
+    p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything and print the plan without starting Ray")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = make_plan(args)
+        if args.dry_run:
+            print(describe_plan(plan))
+            return 0
+        from search.driver import run_search
+
+        return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
+    except DefenseSearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: resume with --resume", file=sys.stderr)
+        return 130
+
+
+def make_plan(args: argparse.Namespace):
+    """Checks every argument and the space; nothing here starts Ray or trains anything."""
+    import spaces
+    from search.tracking import check_tracking_uri
+    from search.tuner import SearchPlan
+
+    overrides = list(args.overrides) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
+    space = spaces.load(args.space, overrides)
+    space.setup()  # data directory, attacks vs data set, budgets
+    for flag, value, low in (("--num-samples", args.num_samples, 1),
+                             ("--max-concurrent", args.max_concurrent, 1),
+                             ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag}={value} must be >= {low}")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial={args.cpus_per_trial} must be > 0")
+    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
+        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial} must be >= 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial > 1 and \
+            args.gpus_per_trial != int(args.gpus_per_trial):
+        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial}: above 1 it must be whole")
+    address = check_address(args.address)
+    storage = args.storage_path
+    if not storage.startswith(REMOTE_SCHEMES):
+        storage = str(Path(storage).expanduser().resolve())
+        try:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--storage-path {args.storage_path}: cannot create it ({err})"
+                              ) from None
+    name = resolve_name(args.name, space.name, storage, resume=args.resume)
+    output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
+              else Path("search_output").resolve() / name)
+    mlflow_uri = args.mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    check_tracking_uri(mlflow_uri)
+    return SearchPlan(
+        space=space, name=name,
+        num_samples=args.num_samples or space.search.num_samples,
+        max_concurrent=args.max_concurrent or space.search.max_concurrent,
+        search_alg=args.search_alg, scheduler=args.scheduler,
+        multi_objective=args.multi_objective or args.search_alg == "nsga2",
+        seed=args.seed, storage_path=storage, output_dir=str(output),
+        optuna_storage=f"sqlite:///{output / 'optuna.db'}", mlflow_uri=mlflow_uri,
+        experiment=args.experiment or f"defense-search-{space.name}", address=address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures, trial_resources=parse_resources(args.trial_resource))
+
+
+def check_address(address: str | None) -> str | None:
+    """None/local (start Ray here), auto, or a reachable HOST:PORT / ray://HOST:PORT."""
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        return address
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address!r} must be HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--address {address}: no Ray head answers there ({err.strerror or err}"
+                          "); start one with `ray start --head` or check the address") from None
+    return address
+
+
+def parse_resources(items: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if not sep or not key or amount <= 0 or key.upper() in ("CPU", "GPU"):
+            raise ConfigError(f"--trial-resource {item!r} must be NAME=AMOUNT with AMOUNT > 0 "
+                              "(CPU/GPU have their own flags)")
+        out[key] = amount
+    return out
+
+
+def resolve_name(name: str | None, space: str, storage: str, *, resume: bool) -> str:
+    if not resume:
+        return name or f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if storage.startswith(REMOTE_SCHEMES):
+        if not name:
+            raise ConfigError("--resume with remote --storage-path needs --name")
+        return name
+    from ray.tune import Tuner
+
+    if name is None:
+        candidates = sorted(Path(storage).glob(f"{space}-*"), key=os.path.getmtime)
+        candidates = [c for c in candidates if Tuner.can_restore(str(c))]
+        if not candidates:
+            raise ConfigError(f"--resume: no search of space {space!r} to resume in {storage}")
+        return candidates[-1].name
+    if not Tuner.can_restore(str(Path(storage) / name)):
+        raise ConfigError(f"--resume: {Path(storage) / name} holds no search to resume")
+    return name
+
+
+def describe_plan(plan) -> str:
+    space, config = plan.space, plan.space.trial_config()
+    lines = [
+        f"search {plan.name}: space {space.name} ({space.source})",
+        f"  data set     {config.dataset}, threat model {space.setup().threat.describe()}",
+        f"  pool         {'+'.join(space.pool.candidates)} (size {space.pool.min_size}.."
+        f"{space.pool.max_size}, default {'+'.join(space.pool.default)}), crafted against "
+        f"{config.craft_against}",
+        f"  held-out     {'+'.join(config.heldout)}  (objective {plan.objective}, {plan.mode})",
+        f"  sealed       {'+'.join(config.sealed) or '-'}  (final report only)",
+        f"  budget       {config.epochs} epochs, evaluation every {config.eval_every} on "
+        f"{config.eval_samples or 'all'} validation points",
+        "  searched     " + ", ".join(f"{n} [{s.low:g}, {s.high:g}]" if s.choices is None
+                                      else f"{n} {list(s.choices)}"
+                                      for n, s in space.params.items()),
+        f"  trials       {plan.num_samples}, {plan.max_concurrent} at once, {plan.search_alg}"
+        f"{' multi-objective' if plan.multi_objective else ''}, scheduler {plan.scheduler} "
+        f"(max_t {space.max_evaluations}, grace {space.search.grace_period}, reduction "
+        f"{space.search.reduction_factor})",
+        f"  resources    cpus/trial {plan.cpus_per_trial or 'auto'}, gpus/trial "
+        f"{plan.gpus_per_trial if plan.gpus_per_trial is not None else 'auto'}"
+        f"{' ' + str(plan.trial_resources) if plan.trial_resources else ''}",
+        f"  ray          {plan.address or 'local'}, results in {plan.storage_path}/{plan.name}",
+        f"  mlflow       {plan.mlflow_uri}, experiment {plan.experiment}",
+        f"  optuna       {plan.optuna_storage} (study {plan.name})",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

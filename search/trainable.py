@@ -1,0 +1,70 @@
+"""The Ray Tune trainable: one trial of the space, reported (and checkpointed) per evaluation.
+
+The function runs in a Ray worker process, on whichever node Ray placed it; it talks to Tune
+only through `tune.report` and `tune.get_checkpoint`, and never to MLflow (the driver logs).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from spaces import Space
+from trainables.export import save_defended_model
+from trainables.models import DefendedModel
+from trainables.prepare import Shared
+from trainables.trial import run_trial
+
+__all__ = ["MODEL_FILE", "STATE_FILE", "train_recipe"]
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+def _device_and_threads(cpus: float, gpu_memory_fraction: float) -> tuple[str, int]:
+    """The GPU Ray assigned (if any) and torch threads = this trial's CPUs."""
+    threads = max(1, int(cpus))
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU; trials sharing it are not isolated.
+        if gpu_memory_fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
+        return "cuda", threads
+    return "cpu", threads
+
+
+def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
+                 gpu_memory_fraction: float = 1.0) -> None:
+    """Trains one recipe: `config` holds the values Optuna suggested for `space`."""
+    device, threads = _device_and_threads(cpus, gpu_memory_fraction)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    trial_config = space.trial_config(config, device=device, threads=threads)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu",
+                                weights_only=False)
+
+    def report(metrics: dict[str, float], state: Any, model: DefendedModel) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state(), Path(folder) / STATE_FILE)
+            if metrics["epoch"] >= trial_config.epochs:  # the driver exports the best one
+                setup = shared.setup
+                save_defended_model(
+                    Path(folder) / MODEL_FILE, model, arch=setup.arch,
+                    image_shape=setup.info.image_shape, num_classes=setup.info.num_classes,
+                    info={"config": trial_config.to_dict(), "metrics": metrics,
+                          "threat_model": setup.threat.to_dict(), "space": space.name})
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    run_trial(trial_config, shared=shared, report=report, resume=resume, log=_quiet)
+
+
+def _quiet(_: str) -> None:
+    return None

@@ -1,0 +1,186 @@
+"""Tuner assembly: Optuna (define-by-run from the space) proposes, ASHA stops, Ray runs.
+
+Two Ray/Optuna traps handled here (see stack-notes):
+- metric and mode go on the searcher AND on TuneConfig, not on ASHA (multi-objective: on the
+  searcher and on ASHA only);
+- OptunaSearch tells Optuna a trial ASHA stopped is COMPLETE with its low-fidelity value; we
+  tell it PRUNED instead, so TPE does not learn from half-trained numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from search.trainable import train_recipe
+from spaces import Space
+from trainables.prepare import Shared
+
+__all__ = ["DefineByRun", "PruneAwareOptunaSearch", "SearchPlan", "build_tuner",
+           "restore_tuner"]
+
+CLEAN_METRIC = "val/clean/acc"
+
+
+@dataclass
+class SearchPlan:
+    """Everything the search needs, resolved and validated from the CLI before Ray starts."""
+
+    space: Space
+    name: str
+    num_samples: int
+    max_concurrent: int
+    search_alg: str  # tpe | random | nsga2
+    scheduler: str  # asha | none
+    multi_objective: bool
+    seed: int
+    storage_path: str
+    output_dir: str
+    optuna_storage: str
+    mlflow_uri: str
+    experiment: str
+    address: str | None
+    cpus_per_trial: float | None
+    gpus_per_trial: float | None
+    max_failures: int = 2
+    trial_resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> str:
+        return self.space.search.objective
+
+    @property
+    def mode(self) -> str:
+        return self.space.search.mode
+
+    def metrics(self) -> list[str] | str:
+        return [self.objective, CLEAN_METRIC] if self.multi_objective else self.objective
+
+    def modes(self) -> list[str] | str:
+        return [self.mode, "max"] if self.multi_objective else self.mode
+
+
+class DefineByRun:
+    """Module-level and picklable (Tune pickles the searcher): samples the space per trial."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        # Returned values include the pool flags the size bounds forced (never suggested).
+        return self.space.suggest(trial)
+
+
+class _DefaultsRecorder:
+    """A stand-in trial that answers every suggestion with the space's default."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self.defaults, self.suggested = defaults, {}
+
+    def _answer(self, name: str, *_: Any, **__: Any) -> Any:
+        self.suggested[name] = self.defaults[name]
+        return self.defaults[name]
+
+    suggest_float = suggest_int = suggest_categorical = _answer
+
+
+def default_point(space: Space) -> dict[str, Any]:
+    """The defaults as Optuna should enqueue them: only the values that get suggested."""
+    recorder = _DefaultsRecorder(space.default_values())
+    space.suggest(recorder)  # type: ignore[arg-type]
+    return recorder.suggested
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """Tells Optuna that trials ASHA stopped before max_t were PRUNED, not COMPLETE."""
+
+    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        iterations = (result or {}).get("training_iteration", self._max_t)
+        if (result and not error and iterations < self._max_t
+                and trial_id not in self._completed_trials):
+            ot_trial = self._ot_trials[trial_id]
+            if not isinstance(self.metric, list):  # Optuna keeps no curves for multi-objective
+                ot_trial.report(result[self.metric], iterations)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
+    if plan.search_alg == "random":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
+    if plan.search_alg == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=plan.seed)
+    return optuna.samplers.TPESampler(seed=plan.seed)
+
+
+def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
+    space = plan.space
+    searcher = PruneAwareOptunaSearch(
+        DefineByRun(space), metric=plan.metrics(), mode=plan.modes(),
+        points_to_evaluate=[default_point(space)], sampler=_sampler(plan),
+        study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage),
+        max_t=space.max_evaluations)
+    return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+
+
+def make_scheduler(plan: SearchPlan) -> TrialScheduler:
+    if plan.scheduler == "none":
+        return FIFOScheduler()
+    settings = plan.space.search
+    # Single objective: ASHA takes metric/mode from TuneConfig (Ray refuses them twice);
+    # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
+    own = {"metric": plan.objective, "mode": plan.mode} if plan.multi_objective else {}
+    return ASHAScheduler(time_attr="training_iteration", max_t=plan.space.max_evaluations,
+                         grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor, **own)
+
+
+def _trainable(plan: SearchPlan, shared: Shared, resources: dict[str, float]) -> Any:
+    gpus = resources.get("gpu", 0.0)
+    fn = tune.with_parameters(train_recipe, space=plan.space, shared=shared,
+                              cpus=resources["cpu"],
+                              gpu_memory_fraction=gpus if 0 < gpus < 1 else 1.0)
+    return tune.with_resources(fn, resources)
+
+
+def _run_config(plan: SearchPlan, callbacks: list[Any]) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=plan.name, storage_path=plan.storage_path, callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        # keep the latest two: the final one holds the exported defended model
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+
+
+def build_tuner(plan: SearchPlan, shared: Shared, resources: dict[str, float],
+                callbacks: list[Any]) -> tune.Tuner:
+    tune_config = tune.TuneConfig(
+        search_alg=make_searcher(plan), scheduler=make_scheduler(plan),
+        num_samples=plan.num_samples,
+        # single objective: metric/mode here too (ASHA and the searcher both need them);
+        # multi-objective: the scheduler carries its own single metric
+        **({} if plan.multi_objective else {"metric": plan.objective, "mode": plan.mode}))
+    return tune.Tuner(_trainable(plan, shared, resources), tune_config=tune_config,
+                      run_config=_run_config(plan, callbacks))
+
+
+def restore_tuner(plan: SearchPlan, shared: Shared, resources: dict[str, float],
+                  path: str) -> tune.Tuner:
+    """Resumes a search: unfinished trials continue from their checkpoints, errored ones retry.
+
+    The restored run keeps its callbacks (Tune pickled them with the experiment state).
+    """
+    return tune.Tuner.restore(path, trainable=_trainable(plan, shared, resources),
+                              resume_unfinished=True, resume_errored=True)
