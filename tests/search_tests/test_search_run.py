@@ -1,0 +1,106 @@
+"""`python -m search.run` against a real MLflow server: runs, statuses, Optuna states, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_search(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_smoke_search_logs_every_trial_to_mlflow(tmp_path: Path, mlflow_server: str) -> None:
+    proc = run_search("--space", "smoke", "--num-samples", "8", "--mlflow-uri", mlflow_server,
+                      "--experiment", "smoke-test", "--storage-path", str(tmp_path / "ray"),
+                      "--name", "smoke-test", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "leaderboard" in proc.stdout and "mlflow" in proc.stdout
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("smoke-test")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["space"] == "smoke"
+    assert parent.data.tags["heldout_attacks"] == "APGD-DLR+PGDL2"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 8
+    keys = {frozenset(r.data.params) for r in children}
+    assert len(keys) == 1  # the same param keys on every child run
+    assert {"w_feat", "pcl_margin", "unig", "unig_delta", "pool", "pool.PGD"} <= next(iter(keys))
+    statuses = [r.data.tags["trial_status"] for r in children]
+    assert set(statuses) <= {"completed", "early-stopped"}
+    assert "early-stopped" in statuses and "completed" in statuses
+    for run in children:
+        metrics = run.data.metrics
+        for name in ("val/heldout/mean_acc", "val/heldout/union_acc", "val/heldout/APGD-DLR/acc",
+                     "val/heldout/PGDL2/acc", "val/clean/acc"):
+            assert 0.0 <= metrics[name] <= 1.0
+        assert not any(k.startswith(("config/", "pid", "timestamp")) for k in metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "robustness.csv"} <= artifacts
+    completed = [r for r in children if r.data.tags["trial_status"] == "completed"]
+    history = client.get_metric_history(completed[0].info.run_id, "val/heldout/mean_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one value per epoch, with step
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "best_config.yaml", "best"} <= parent_artifacts
+
+    # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
+    storage = f"sqlite:///{tmp_path / 'ray' / 'smoke-test' / 'optuna.db'}"
+    study = optuna.load_study(study_name="smoke-test", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early-stopped")
+    assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("completed")
+
+    # The exported best recipe runs again as a space file
+    best = tmp_path / "ray" / "smoke-test" / "best_config.yaml"
+    check = run_search("--space", str(best), "--dry-run", cwd=tmp_path, timeout=120)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--space", "nope"], "unknown space 'nope'"),
+    (["--space", "BAD_YAML"], "is not valid YAML at line"),
+    (["--space", "smoke", "--set", "attacks.heldout=[PGD]"], "both pool candidates and heldout"),
+    (["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "--mlflow-uri http://127.0.0.1:9"),
+    (["--space", "smoke", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9"),
+    (["--space", "smoke", "--address", "not-an-address"], "must be HOST:PORT"),
+    (["--space", "smoke", "--num-samples", "-3"], "--num-samples=-3 must be >= 1"),
+    (["--space", "smoke", "--search-alg", "grid"], "invalid choice: 'grid'"),
+    (["--space", "smoke", "--set", "budget.epochs"], "must look like KEY=VALUE"),
+    (["--space", "smoke", "--cpus-per-trial", "0"], "--cpus-per-trial=0.0 must be > 0"),
+])
+def test_bad_input_fails_fast_with_one_line(tmp_path: Path, args: list[str],
+                                            message: str) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: bad\ndataset: digits\nattacks: [unclosed\n")
+    args = [str(bad_yaml) if a == "BAD_YAML" else a for a in args]
+    proc = run_search(*args, "--storage-path", str(tmp_path / "ray"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+    assert "started" not in proc.stdout  # no trial ran
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_prints_the_plan_without_ray(tmp_path: Path) -> None:
+    proc = run_search("--space", "mid", "--dry-run", "--set", "budget.epochs=6", cwd=tmp_path,
+                      timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 epochs" in proc.stdout and "APGD-DLR+Square+CW+PGDL2" in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
