@@ -75,15 +75,8 @@ class ThreatModel:
 
     def merged(self, override: Mapping[str, object]) -> ThreatModel:
         """This threat model with a partial threat_model mapping `override` applied."""
-        unknown = set(override) - {"norm", "eps"}
-        if unknown:
-            raise ConfigError(f"threat_model has unknown keys {sorted(unknown)}; "
-                              "allowed: norm, eps")
-        eps = override.get("eps", {})
-        if not isinstance(eps, Mapping):
-            raise ConfigError(f"threat_model.eps must map norms to budgets, got {eps!r}")
-        merged = {"norm": override.get("norm", self.norm), "eps": {**self.budgets, **eps}}
-        return ThreatModel.from_dict(merged)
+        partial = ThreatModel.from_dict({"norm": self.norm, **override})  # checks the keys
+        return ThreatModel(partial.norm, {**self.budgets, **partial.budgets})
 
     def describe(self) -> str:
         return f"{self.norm} eps={self.eps:g}"
