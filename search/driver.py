@@ -93,7 +93,8 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
     client = MlflowClient(plan.mlflow_uri)
     experiment_id = open_experiment(client, plan.experiment)
     parent_id = _parent_run(client, experiment_id, plan, resume=resume)
-    ray.init(address=plan.address, include_dashboard=False, log_to_driver=False,
+    # "local" starts a new instance even where `ray start` left a cluster file behind
+    ray.init(address=plan.address or "local", include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     try:
         resources = _resources(plan)

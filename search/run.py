@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.address in (None, "", "local"):
+        # A search on this machine keeps Ray on the loopback interface: Ray reads this before
+        # it is imported, and then binds 127.0.0.1 instead of the host's network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         plan = make_plan(args)
         if args.dry_run:

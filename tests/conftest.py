@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -57,21 +58,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
-    """Stops a process we started (and its children: it leads its own session) by its PID."""
-    import signal
-    import subprocess
+def session_members(leader: int) -> list[int]:
+    """PIDs whose session id is `leader` (what a process started with its own session left)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == leader:  # after "pid (comm)": state, ppid, pgrp, session
+            members.append(int(stat.parent.name))
+    return members
 
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:
+    """Stops a process we started with its own session, and everything left in that session.
+
+    SIGTERM goes to the leader first, so `ray start --block` can drain its node; whatever is
+    still in the session afterwards gets SIGTERM, then SIGKILL. All by PID, never by name.
+    """
+    import signal
+    import time
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = session_members(proc.pid)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while left and time.time() < deadline:
+            time.sleep(0.2)
+            left = session_members(proc.pid)
+        if not left:
+            return
 
 
 @pytest.fixture(scope="session")
