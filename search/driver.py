@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from search.cluster import REMOTE_SCHEMES, check_cluster
 from search.leaderboard import collect, format_table, rank, to_csv
 from search.progress import ProgressPrinter
 from search.tracking import MlflowTrialLogger, open_experiment
@@ -86,22 +87,24 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
     space = plan.space
     Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
     config = space.trial_config(cache_dir=cache_dir, seed=plan.seed)
-    print(f"search {plan.name}: preparing data and teacher (cached per data set and seed)",
-          flush=True)
-    shared = prepare_shared(config, pool_candidates=space.pool.candidates,
-                            log=lambda line: print(f"  {line}", flush=True))
-    client = MlflowClient(plan.mlflow_uri)
-    experiment_id = open_experiment(client, plan.experiment)
-    parent_id = _parent_run(client, experiment_id, plan, resume=resume)
     # "local" starts a new instance even where `ray start` left a cluster file behind
     ray.init(address=plan.address or "local", include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
+    parent_id = None
     try:
+        node_count = check_cluster(plan.mlflow_uri, plan.storage_path,
+                                   remote_storage=plan.storage_path.startswith(REMOTE_SCHEMES))
         resources = _resources(plan)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        print(f"ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+        print(f"ray: {node_count} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
               f"{ray.cluster_resources().get('GPU', 0):g} GPUs; per trial {resources}",
               flush=True)
+        print(f"search {plan.name}: preparing data and teacher (cached per data set and seed)",
+              flush=True)
+        shared = prepare_shared(config, pool_candidates=space.pool.candidates,
+                                log=lambda line: print(f"  {line}", flush=True))
+        client = MlflowClient(plan.mlflow_uri)
+        experiment_id = open_experiment(client, plan.experiment)
+        parent_id = _parent_run(client, experiment_id, plan, resume=resume)
         callbacks = [
             MlflowTrialLogger(tracking_uri=plan.mlflow_uri, experiment_id=experiment_id,
                               parent_run_id=parent_id, space=space,
@@ -113,8 +116,9 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
                  else build_tuner(plan, shared, resources, callbacks))
         results = tuner.fit()
     except BaseException:
-        client.set_terminated(parent_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt
-                              else "FAILED")
+        if parent_id is not None:
+            client.set_terminated(parent_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt
+                                  else "FAILED")
         raise
     finally:
         ray.shutdown()

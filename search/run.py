@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from search.cluster import REMOTE_SCHEMES
 from trainables.errors import ConfigError, DefenseSearchError
 
 __all__ = ["build_parser", "main", "make_plan"]
 
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://", "file://")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def make_plan(args: argparse.Namespace):
     """Checks every argument and the space; nothing here starts Ray or trains anything."""
     import spaces
+    from search.cluster import is_local_tracking
     from search.tracking import check_tracking_uri
     from search.tuner import SearchPlan
 
@@ -138,6 +139,10 @@ def make_plan(args: argparse.Namespace):
               else Path("search_output").resolve() / name)
     mlflow_uri = args.mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     check_tracking_uri(mlflow_uri)
+    if address and address.startswith("ray://") and is_local_tracking(mlflow_uri):
+        raise ConfigError(f"--address {address} runs Tune (and its MLflow logging) on the "
+                          f"cluster's head, where --mlflow-uri {mlflow_uri} is not this "
+                          "machine's file: pass --mlflow-uri http://HEAD:5000")
     return SearchPlan(
         space=space, name=name,
         num_samples=args.num_samples or space.search.num_samples,

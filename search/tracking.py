@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -106,9 +106,10 @@ class MlflowTrialLogger(Callback):
         self.parent_run_id, self.space, self.max_t = parent_run_id, space, max_t
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self._placement: dict[str, dict[str, str]] = {}  # run id -> node, pid, device
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its state
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_placement": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -154,8 +155,16 @@ class MlflowTrialLogger(Callback):
         stamp = int(time.time() * 1000)
         entries = [Metric(k, v, stamp, step) for k, v in sorted(metrics.items())]
         run_id = self.run_id(trial)
-        for batch in _batched(entries, 1000):  # MLflow's per-request metric limit
-            self.client.log_batch(run_id, metrics=batch)
+        placement = {"ray_node_id": str(result.get("trial/node_id", "")),
+                     "ray_pid": str(result.get("pid", "")),
+                     "device": str(result.get("trial/device", ""))}
+        if self._placement.get(run_id) != placement:  # first result, or moved after a retry
+            self._placement[run_id] = placement
+            tags = [RunTag(k, v) for k, v in placement.items() if v]
+        else:
+            tags = []
+        for index, batch in enumerate(_batched(entries, 1000)):  # MLflow's per-request limit
+            self.client.log_batch(run_id, metrics=batch, tags=tags if index == 0 else [])
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:

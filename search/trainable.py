@@ -61,7 +61,10 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
                     image_shape=setup.info.image_shape, num_classes=setup.info.num_classes,
                     info={"config": trial_config.to_dict(), "metrics": metrics,
                           "threat_model": setup.threat.to_dict(), "space": space.name})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            placement = {"trial/node_id": ray.get_runtime_context().get_node_id(),
+                         "trial/device": device}
+            tune.report({**metrics, **placement},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     run_trial(trial_config, shared=shared, report=report, resume=resume, log=_quiet)
 
