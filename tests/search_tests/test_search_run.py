@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,15 @@ def test_dry_run_prints_the_plan_without_ray(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "6 epochs" in proc.stdout and "APGD-DLR+Square+CW+PGDL2" in proc.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ray_client_address_with_a_local_store_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as listener:  # something answering at the address: a stand-in head
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        proc = run_search("--space", "smoke", "--address", f"ray://127.0.0.1:{port}",
+                          "--storage-path", str(tmp_path / "ray"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: --address ray://127.0.0.1:{port} runs Tune")
+    assert "--mlflow-uri http://HEAD:5000" in proc.stderr
