@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from search.cluster import REMOTE_SCHEMES, check_cluster
-from search.leaderboard import collect, format_table, rank, to_csv
+from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.progress import ProgressPrinter
+from search.sealed import evaluate_sealed
 from search.tracking import MlflowTrialLogger, open_experiment
+from search.trainable import OBJECTIVE
 from search.tuner import SearchPlan, build_tuner, restore_tuner
-from trainables.prepare import prepare_shared
+from spaces import Space
+from trainables.errors import ConfigError
+from trainables.prepare import Shared, prepare_shared
 
-__all__ = ["run_search"]
+__all__ = ["Reopened", "find_search", "reopen_search", "run_search"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +60,8 @@ def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bo
     run = client.create_run(experiment_id, run_name=plan.name, tags=tags)
     params = {"num_samples": plan.num_samples, "max_concurrent": plan.max_concurrent,
               "search_alg": plan.search_alg, "multi_objective": plan.multi_objective,
-              "scheduler": plan.scheduler, "objective": plan.objective, "mode": plan.mode,
+              "scheduler": plan.scheduler, "objective": plan.raw_objective, "mode": plan.mode,
+              "penalize_flags": space.search.penalize_flags,
               "max_t": space.max_evaluations, "grace_period": space.search.grace_period,
               "reduction_factor": space.search.reduction_factor, "seed": plan.seed,
               "epochs": config.epochs, "eval_every": config.eval_every,
@@ -111,10 +120,20 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
                               max_t=space.max_evaluations),
             ProgressPrinter(space, num_samples=plan.num_samples, max_t=space.max_evaluations,
                             objective=plan.objective, epochs=config.epochs)]
+        _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
         path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
         tuner = (restore_tuner(plan, shared, resources, path) if resume
                  else build_tuner(plan, shared, resources, callbacks))
         results = tuner.fit()
+        if plan.sealed_top_k:
+            print(f"\nsealed evaluation of the best {plan.sealed_top_k} completed trial(s) on "
+                  "the test split (held-out + sealed attacks, AutoAttack)", flush=True)
+            entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
+            evaluate_sealed(space=space, shared=shared, client=client,
+                            experiment_id=experiment_id, parent_id=parent_id, entries=entries,
+                            results=results, resources=resources, top_k=plan.sealed_top_k,
+                            strength=plan.sealed_strength, seed=plan.seed,
+                            out=Path(plan.output_dir))
     except BaseException:
         if parent_id is not None:
             client.set_terminated(parent_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt
@@ -123,6 +142,80 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
     finally:
         ray.shutdown()
     return _finish(plan, client, experiment_id, parent_id, results)
+
+
+def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
+                       resources: dict[str, float], cache_dir: str | None) -> None:
+    """What `search.sealed` and `search.report` need to reopen this search later."""
+    out = Path(plan.output_dir)
+    (out / "space.yaml").write_text(yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
+    info = {"name": plan.name, "space": plan.space.name, "mlflow_uri": plan.mlflow_uri,
+            "experiment": plan.experiment, "experiment_id": experiment_id,
+            "parent_run_id": parent_id, "storage_path": plan.storage_path,
+            "optuna_storage": plan.optuna_storage, "seed": plan.seed, "resources": resources,
+            "address": plan.address, "cache_dir": cache_dir, "mode": plan.mode}
+    (out / "search.json").write_text(json.dumps(info, indent=2))
+
+
+@dataclass
+class Reopened:
+    space: Space
+    shared: Shared
+    client: Any
+    experiment_id: str
+    parent_id: str
+    entries: list[Entry]
+    results: Any
+    resources: dict[str, float]
+    seed: int
+    output_dir: Path
+    info: dict[str, Any]
+
+
+def find_search(storage_path: str, name: str | None) -> Path:
+    """The output folder of search `name` (default: the latest) under `storage_path`."""
+    storage = Path(storage_path).expanduser().resolve()
+    if name is not None:
+        for folder in (storage / name, Path("search_output").resolve() / name):
+            if (folder / "search.json").exists():
+                return folder
+        raise ConfigError(f"no search {name!r} in {storage} (no search.json found)")
+    found = sorted(storage.glob("*/search.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"no finished search in {storage}: pass --storage-path or --name")
+    return found[-1].parent
+
+
+@contextmanager
+def reopen_search(storage_path: str, name: str | None) -> Iterator[Reopened]:
+    """A finished search, ready to evaluate again: its space, shared state, runs, results."""
+    import spaces
+
+    out = find_search(storage_path, name)
+    info = json.loads((out / "search.json").read_text())
+    if info["address"] is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback, as run.py
+    _quiet_ray()
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    space = spaces.load(str(out / "space.yaml"))
+    ray.init(address=info["address"] or "local", include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    try:
+        config = space.trial_config(cache_dir=info["cache_dir"], seed=info["seed"])
+        shared = prepare_shared(config, pool_candidates=space.pool.candidates,
+                                log=lambda _: None)
+        client = MlflowClient(info["mlflow_uri"])
+        entries = rank(collect(client, info["experiment_id"], info["parent_run_id"]),
+                       OBJECTIVE, info["mode"])
+        path = f"{info['storage_path'].rstrip('/')}/{info['name']}"
+        results = ResultGrid(ExperimentAnalysis(path))
+        yield Reopened(space, shared, client, info["experiment_id"], info["parent_run_id"],
+                       entries, results, info["resources"], info["seed"], out, info)
+    finally:
+        ray.shutdown()
 
 
 def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
@@ -142,8 +235,10 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
         print("no trial ran to completion: see the failures above", file=sys.stderr)
         return 1
     values = space.values_from_params(best.params)
-    note = (f"Best recipe of search {plan.name} ({best.name}): {plan.objective} = "
-            f"{best.value(plan.objective):.4f}.")
+    raw = best.value(plan.raw_objective)
+    note = (f"Best recipe of search {plan.name} ({best.name}): {plan.raw_objective} = "
+            f"{raw if raw is None else round(raw, 4)}, masking flags: "
+            f"{', '.join(best.flags) or 'none'}.")
     (out / "best_config.yaml").write_text(yaml.safe_dump(
         space.with_defaults(values, name=f"{space.name}-best", note=note), sort_keys=False))
     client.log_artifact(parent_id, str(out / "best_config.yaml"))

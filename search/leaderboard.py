@@ -16,9 +16,12 @@ from spaces import Space
 
 __all__ = ["Entry", "collect", "format_table", "rank", "to_csv"]
 
-STATUS_ORDER = {"completed": 0, "early-stopped": 1, "running": 2, "retrying": 2, "failed": 3}
-COLUMNS = (("held-out mean", "val/heldout/mean_acc"), ("worst", "val/heldout/worst_acc"),
-           ("union", "val/heldout/union_acc"), ("clean", "val/clean/acc"))
+STATUS_ORDER = {"completed": 0, "early-stopped": 1, "running": 2, "retrying": 2, "failed": 3,
+                "baseline": 4}
+COLUMNS = (("objective", "val/objective"), ("held-out mean", "val/heldout/mean_acc"),
+           ("worst", "val/heldout/worst_acc"), ("union", "val/heldout/union_acc"),
+           ("clean", "val/clean/acc"), ("transfer", "val/transfer/mean_acc"),
+           ("sealed mean", "test/sealed/mean_acc"), ("AA", "test/autoattack/acc"))
 
 
 @dataclass
@@ -34,6 +37,14 @@ class Entry:
     def value(self, metric: str) -> float | None:
         return self.metrics.get(metric)
 
+    @property
+    def flags(self) -> list[str]:
+        """The masking checks this trial failed (informational ones left out)."""
+        informational = ("randomized", "backward_in_forward")
+        return [k.split("/")[1] for k, v in self.metrics.items()
+                if k.count("/") == 1 and k.startswith("masking/") and v
+                and k != "masking/any" and k.split("/")[1] not in informational]
+
 
 def collect(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Entry]:
     runs: list[Run] = client.search_runs(
@@ -45,14 +56,19 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str) -> lis
                   dict(run.data.metrics), dict(run.data.params)) for run in runs]
 
 
-def rank(entries: Sequence[Entry], objective: str, mode: str = "max") -> list[Entry]:
-    """Full-length trials first (their objective is comparable), then early-stopped, failed."""
+def rank(entries: Sequence[Entry], objective: str, mode: str = "max",
+         tiebreak: str = "val/heldout/mean_acc") -> list[Entry]:
+    """Full-length trials first (their objective is comparable), then early-stopped, failed.
+
+    Ties (e.g. several trials whose objective was zeroed for masking) go by `tiebreak`.
+    """
     sign = -1.0 if mode == "max" else 1.0
 
-    def key(entry: Entry) -> tuple[int, float]:
-        value = entry.value(objective)
+    def key(entry: Entry) -> tuple[int, float, float]:
+        value, second = entry.value(objective), entry.value(tiebreak)
         return (STATUS_ORDER.get(entry.status, 4),
-                sign * value if value is not None else float("inf"))
+                sign * value if value is not None else float("inf"),
+                sign * second if second is not None else float("inf"))
 
     return sorted(entries, key=key)
 
@@ -65,13 +81,15 @@ def format_table(entries: Sequence[Entry], space: Space, *, limit: int | None = 
     searched = [name for name in space.params]
     header = (f"{'rank':>4}  {'trial':<40} {'status':<13} "
               + " ".join(f"{title:>6}" if len(title) <= 6 else title for title, _ in COLUMNS)
-              + "  " + "  ".join(searched))
+              + "  masking flags  " + "  ".join(searched))
     lines = [header]
     for index, entry in enumerate(entries[:limit] if limit else entries, start=1):
         cells = " ".join(_fmt(entry.value(metric)).rjust(max(6, len(title)))
                          for title, metric in COLUMNS)
         values = "  ".join(_short(entry.params.get(name, "-")) for name in searched)
-        lines.append(f"{index:>4}  {entry.name[:40]:<40} {entry.status:<13} {cells}  {values}")
+        flags = ",".join(entry.flags) or ("-" if "masking/any" in entry.metrics else "n/a")
+        lines.append(f"{index:>4}  {entry.name[:40]:<40} {entry.status:<13} {cells}  "
+                     f"{flags:<13}  {values}")
     return "\n".join(lines)
 
 
@@ -85,14 +103,15 @@ def _short(text: str) -> str:
 
 def to_csv(entries: Sequence[Entry], space: Space) -> str:
     metric_keys = sorted({k for e in entries for k in e.metrics
-                          if k.startswith(("val/", "test/"))})
+                          if k.startswith(("val/", "test/", "masking/"))})
     param_keys = list(space.logged_params(space.default_values()))
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["rank", "trial", "run_id", "status", "evaluations", *metric_keys,
-                     *param_keys])
+    writer.writerow(["rank", "trial", "run_id", "status", "evaluations", "masking_flags",
+                     *metric_keys, *param_keys])
     for index, entry in enumerate(entries, start=1):
         writer.writerow([index, entry.name, entry.run_id, entry.status, entry.evaluations,
+                         "+".join(entry.flags),
                          *(_cell(entry.metrics.get(k)) for k in metric_keys),
                          *(entry.params.get(k, "") for k in param_keys)])
     return out.getvalue()

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep trials on nodes that offer it; repeatable")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--sealed-top-k", type=int, default=3,
+                   help="best completed trials re-evaluated on the test split against the "
+                        "sealed attacks and AutoAttack at the end (0: none)")
+    p.add_argument("--sealed-strength", type=float, default=2.0,
+                   help="multiplier of attack iterations/queries/restarts in that evaluation")
     p.add_argument("--seed", type=int, default=0, help="data split, teacher and sampler seed")
     p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
     p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
@@ -115,9 +120,12 @@ def make_plan(args: argparse.Namespace):
     space.setup()  # data directory, attacks vs data set, budgets
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
-                             ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0)):
+                             ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
+                             ("--sealed-top-k", args.sealed_top_k, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{flag}={value} must be >= {low}")
+    if args.sealed_strength <= 0:
+        raise ConfigError(f"--sealed-strength={args.sealed_strength} must be > 0")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise ConfigError(f"--cpus-per-trial={args.cpus_per_trial} must be > 0")
     if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
@@ -153,7 +161,8 @@ def make_plan(args: argparse.Namespace):
         optuna_storage=f"sqlite:///{output / 'optuna.db'}", mlflow_uri=mlflow_uri,
         experiment=args.experiment or f"defense-search-{space.name}", address=address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_failures=args.max_failures, trial_resources=parse_resources(args.trial_resource))
+        max_failures=args.max_failures, trial_resources=parse_resources(args.trial_resource),
+        sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength)
 
 
 def check_address(address: str | None) -> str | None:
@@ -218,7 +227,8 @@ def describe_plan(plan) -> str:
         f"  pool         {'+'.join(space.pool.candidates)} (size {space.pool.min_size}.."
         f"{space.pool.max_size}, default {'+'.join(space.pool.default)}), crafted against "
         f"{config.craft_against}",
-        f"  held-out     {'+'.join(config.heldout)}  (objective {plan.objective}, {plan.mode})",
+        f"  held-out     {'+'.join(config.heldout)}  (objective {plan.raw_objective}, "
+        f"{plan.mode}{', zeroed for masking flags' if space.search.penalize_flags else ''})",
         f"  sealed       {'+'.join(config.sealed) or '-'}  (final report only)",
         f"  budget       {config.epochs} epochs, evaluation every {config.eval_every} on "
         f"{config.eval_samples or 'all'} validation points",

@@ -25,10 +25,11 @@ from ray.tune import Callback
 from search.progress import trial_label
 from spaces import Space
 from trainables.attacks import attack_spec
+from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 
-__all__ = ["MlflowTrialLogger", "check_tracking_uri", "open_experiment", "robustness_table",
-           "trial_metrics"]
+__all__ = ["MlflowTrialLogger", "check_tracking_uri", "open_experiment", "params_for",
+           "robustness_table", "trial_metrics"]
 
 STATUS_TAG = "trial_status"  # completed | early-stopped | failed | running | retrying
 METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/")
@@ -92,6 +93,20 @@ def robustness_table(metrics: Mapping[str, float]) -> str:
     return out.getvalue()
 
 
+def params_for(space: Space, config: TrialConfig, values: Mapping[str, Any] | None = None
+               ) -> dict[str, str]:
+    """The same param keys on every child run: the config's fixed values and the searched ones.
+
+    `values` are the searched values; without them (a baseline) they are read off the config.
+    """
+    if values is None:
+        values = dict(space.pool.flags(config.pool)) if space.pool.searched else {}
+        values.update({name: getattr(config, name) for name in space.params})
+    params = {k: _param(v) for k, v in config.to_dict().items() if k not in RUNTIME_KEYS}
+    params.update({k: _param(v) for k, v in space.logged_params(values).items()})
+    return params
+
+
 def _batched(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -131,9 +146,7 @@ class MlflowTrialLogger(Callback):
             self._runs[trial_id] = found[0].info.run_id
             return self._runs[trial_id]
         values = _values(trial)
-        config = self.space.trial_config(values)
-        params = {k: _param(v) for k, v in config.to_dict().items() if k not in RUNTIME_KEYS}
-        params.update({k: _param(v) for k, v in self.space.logged_params(values).items()})
+        params = params_for(self.space, self.space.trial_config(values), values)
         tags = {"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": trial_id,
                 "space": self.space.name, STATUS_TAG: "running"}
         run = self.client.create_run(self.experiment_id,

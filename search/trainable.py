@@ -21,7 +21,7 @@ from trainables.models import DefendedModel
 from trainables.prepare import Shared
 from trainables.trial import run_trial
 
-__all__ = ["MODEL_FILE", "STATE_FILE", "train_recipe"]
+__all__ = ["MODEL_FILE", "OBJECTIVE", "STATE_FILE", "objective_value", "train_recipe"]
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -36,6 +36,18 @@ def _device_and_threads(cpus: float, gpu_memory_fraction: float) -> tuple[str, i
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
         return "cuda", threads
     return "cpu", threads
+
+
+OBJECTIVE = "val/objective"
+
+
+def objective_value(metrics: dict[str, float], space: Space) -> float:
+    """The space's objective, zeroed when a masking check raised a flag (search.penalize_flags):
+    a score that only looks robust must not win the search."""
+    value = metrics[space.search.objective]
+    if space.search.penalize_flags and metrics.get("masking/any", 0.0) > 0:
+        return 0.0 if space.search.mode == "max" else float("inf")
+    return value
 
 
 def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
@@ -63,6 +75,7 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
                           "threat_model": setup.threat.to_dict(), "space": space.name})
             placement = {"trial/node_id": ray.get_runtime_context().get_node_id(),
                          "trial/device": device}
+            metrics[OBJECTIVE] = objective_value(metrics, space)
             tune.report({**metrics, **placement},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 

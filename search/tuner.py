@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search.trainable import train_recipe
+from search.trainable import OBJECTIVE, train_recipe
 from spaces import Space
 from trainables.prepare import Shared
 
@@ -50,9 +50,16 @@ class SearchPlan:
     gpus_per_trial: float | None
     max_failures: int = 2
     trial_resources: dict[str, float] = field(default_factory=dict)
+    sealed_top_k: int = 3
+    sealed_strength: float = 2.0
 
     @property
     def objective(self) -> str:
+        """What Tune optimises: the space's objective, penalised for masking flags."""
+        return OBJECTIVE
+
+    @property
+    def raw_objective(self) -> str:
         return self.space.search.objective
 
     @property

@@ -21,7 +21,7 @@ __all__ = ["ParamSpec", "PoolSpec", "SearchSettings", "Space", "SpaceError", "Tr
 TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attacks",
             "craft_against", "budget", "fixed", "params", "search"}
 BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "eval_batch_size",
-               "teacher_epochs"}
+               "teacher_epochs", "masking_samples"}
 GROUP_METRICS = ("mean_acc", "worst_acc", "union_acc")
 
 

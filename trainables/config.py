@@ -77,6 +77,8 @@ RECIPE_FIELDS: dict[str, Field] = {
     # optimisation
     "lr": F("float", 1e-6, 1.0, doc="outer Adam learning rate of the student"),
     "train_attack_steps": F("int", 1, 100, doc="iterations of each pool attack per batch"),
+    "train_on": F("choice", choices=("adversarial", "clean"),
+                  doc="clean: no pool attack is crafted (the standard-training baseline)"),
     "student_init": F("choice", choices=("teacher", "random"),
                       doc="start the student encoder from the teacher's or from scratch (MID)"),
     "train_head": F("bool", doc="train a copy of the head instead of reusing it frozen (MID)"),
@@ -124,6 +126,8 @@ SETUP_FIELDS: dict[str, Field] = {
     "eval_every": F("int", 1, 100000, doc="epochs between evaluations (one report each)"),
     "eval_samples": F("int", 0, 10_000_000, doc="validation points for robust accuracy; 0 = all"),
     "eval_batch_size": F("int", 2, 100000),
+    "masking_samples": F("int", 0, 100000,
+                         doc="validation points for the final gradient-masking checks; 0 = off"),
     "teacher_epochs": F("int", 1, 100000),
     "seed": F("int", 0, 2**31 - 1),
     "device": F("str", doc="auto | cpu | cuda | cuda:N"),
@@ -150,6 +154,7 @@ class TrialConfig:
     eval_every: int = 4
     eval_samples: int = 256
     eval_batch_size: int = 256
+    masking_samples: int = 128
     teacher_epochs: int = 30
     seed: int = 0
     device: str = "auto"
@@ -158,6 +163,7 @@ class TrialConfig:
     # recipe
     lr: float = 1e-3  # MID uses 1e-4 over 120 MNIST epochs; ours are ~100x fewer steps
     train_attack_steps: int = 5
+    train_on: str = "adversarial"
     student_init: str = "teacher"
     train_head: bool = False
     w_ce: float = 1.0
@@ -190,6 +196,9 @@ class TrialConfig:
             if overlap:
                 raise ConfigError(f"attacks {sorted(overlap)} are in both {first} and {second}; "
                                   "the three attack sets must be disjoint")
+        if self.train_on == "clean" and (self.meta != "off" or not self.include_clean):
+            raise ConfigError("train_on=clean trains on clean images only: it needs meta: off "
+                              "and include_clean: true")
         if self.meta != "off" and self.meta_test_attacks >= len(self.pool):
             raise ConfigError(
                 f"meta_test_attacks={self.meta_test_attacks} needs a pool of at least "

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from trainables.attacks import BoundAttack
+from trainables.attacks import BoundAttack, attack_spec
 from trainables.runtime import seed_everything
-from trainables.threat import within_budget
+from trainables.threat import ThreatModel, within_budget
 
-__all__ = ["clean_correct", "evaluate_groups", "group_metrics", "robust_mask"]
+__all__ = ["clean_correct", "evaluate_groups", "group_metrics", "robust_mask", "transfer_masks"]
 
 
 @torch.no_grad()
@@ -80,3 +80,18 @@ def evaluate_groups(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         metrics.update(group_metrics(f"{split}/{group}", masks))
         all_masks.update({f"{group}/{name}": m for name, m in masks.items()})
     return metrics, all_masks
+
+
+def transfer_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   adversarials: Mapping[str, torch.Tensor], threat: ThreatModel, *,
+                   batch_size: int) -> dict[str, torch.Tensor]:
+    """Robust masks against adversarial examples crafted elsewhere (on a surrogate model)."""
+    correct = clean_correct(model, x, y, batch_size)
+    masks = {}
+    for name, x_adv in adversarials.items():
+        x_adv = x_adv.to(x.device)
+        spec = attack_spec(name)
+        fooled = (predict(model, x_adv, batch_size) != y) & within_budget(
+            x_adv - x, spec.norm, threat.budget(spec.norm))
+        masks[name] = correct & ~fooled
+    return masks

@@ -82,11 +82,24 @@ class Shared:
     setup: Setup
     data: DataSplits
     teacher: ModelParts
-    target: DefendedModel | None = None
+    target: DefendedModel | None = None  # the undefended model: transfer source, surrogate
     # MID's protocol: train-set adversarial examples crafted once on the target,
     # keyed "<attack>@<steps>"
     target_examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    # held-out attacks crafted on the target, per split ("val" subset, "test"), per attack
+    transfer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     cache_dir: Path | None = None
+
+    def split(self, name: str, *, eval_samples: int = 0, seed: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points every trial is scored on: a fixed seeded subset of "val", or "test"."""
+        if name == "test":
+            return self.data.test_x, self.data.test_y
+        x, y = self.data.val_x, self.data.val_y
+        if eval_samples and eval_samples < len(y):
+            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+            x, y = x[keep[:eval_samples]], y[keep[:eval_samples]]
+        return x, y
 
     def examples_on_target(self, name: str, config: TrialConfig, log: Log = print
                            ) -> torch.Tensor:
@@ -193,11 +206,38 @@ def prepare_shared(config: TrialConfig, *, pool_candidates: Sequence[str] = (),
     teacher_model = DefendedModel(teacher.encoder, teacher.head)
     log(f"teacher clean val accuracy {clean_accuracy(teacher_model, data.val_x, data.val_y):.3f}")
     shared = Shared(setup, data, teacher, cache_dir=root)
+    shared.target = _target_model(config, setup, data, root, device, log)
     if config.craft_against == "target":
-        shared.target = _target_model(config, setup, data, root, device, log)
         for name in dict.fromkeys((*config.pool, *pool_candidates)):
             shared.examples_on_target(name, config, log)
+    for split in ("val", "test"):
+        shared.transfer[split] = _transfer_examples(shared, split, config, device, log)
     return shared
+
+
+def _transfer_examples(shared: Shared, split: str, config: TrialConfig, device: torch.device,
+                       log: Log) -> dict[str, torch.Tensor]:
+    """The held-out attacks crafted once on the undefended target (MID's transfer protocol)."""
+    assert shared.target is not None and shared.cache_dir is not None
+    x, y = shared.split(split, eval_samples=config.eval_samples, seed=config.seed)
+    out: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    for name in config.heldout:
+        path = shared.cache_dir / f"transfer-{split}-{name}-n{len(y)}-s{config.seed}.pt"
+        if path.exists():
+            out[name] = torch.load(path, map_location="cpu", weights_only=True)
+            continue
+        model = shared.target.to(device)
+        attack = bind_attack(name, model, shared.setup.threat,
+                             num_classes=shared.setup.info.num_classes, seed=config.seed)
+        seed_everything(config.seed)
+        out[name] = torch.cat([attack(x[i:i + 256].to(device), y[i:i + 256].to(device)).cpu()
+                               for i in range(0, len(y), 256)])
+        shared.target.cpu()
+        _save_atomic(out[name], path)
+    log(f"transfer set ({split}, {len(y)} points): {len(out)} held-out attacks on the target "
+        f"in {time.perf_counter() - start:.1f}s")
+    return out
 
 
 def _target_model(config: TrialConfig, setup: Setup, data: DataSplits, root: Path,

@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from trainables.attacks import BoundAttack, bind_attack
 from trainables.config import TrialConfig
-from trainables.evaluate import evaluate_groups
+from trainables.evaluate import evaluate_groups, group_metrics, transfer_masks
 from trainables.losses import (
     channel_kl,
     feature_consistency,
@@ -31,6 +31,7 @@ from trainables.losses import (
     prediction_kl,
     prototype_conformity,
 )
+from trainables.masking import run_masking_checks
 from trainables.meta import meta_objective
 from trainables.models import ClassifierHead, DefendedModel, build_arch
 from trainables.prepare import Shared, prepare_shared
@@ -173,28 +174,36 @@ def _pool_attacks(config: TrialConfig, shared: Shared, model: nn.Module) -> list
             for name in config.pool]
 
 
-def _eval_groups(config: TrialConfig, shared: Shared, model: nn.Module,
-                 *, with_sealed: bool = False, strength: float = 1.0
+def _eval_groups(config: TrialConfig, shared: Shared, model: nn.Module
                  ) -> dict[str, list[BoundAttack]]:
     setup = shared.setup
 
     def bind(names: tuple[str, ...]) -> list[BoundAttack]:
         return [bind_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                            strength=strength, seed=config.seed) for n in names]
+                            seed=config.seed) for n in names]
 
-    groups = {"pool": bind(config.pool), "heldout": bind(config.heldout)}
-    if with_sealed:
-        groups["sealed"] = bind(config.sealed)
-    return groups
+    return {"pool": bind(config.pool), "heldout": bind(config.heldout)}
 
 
-def _val_subset(config: TrialConfig, shared: Shared) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = shared.data.val_x, shared.data.val_y
-    if config.eval_samples and config.eval_samples < len(y):
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))
-        keep = order[:config.eval_samples]
-        x, y = x[keep], y[keep]
-    return x, y
+def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel,
+              val_x: torch.Tensor, val_y: torch.Tensor, *, final: bool) -> dict[str, float]:
+    """White-box pool and held-out groups, the transfer group and, at the end, masking checks."""
+    setup = shared.setup
+    groups = _eval_groups(config, shared, defended)
+    metrics, _ = evaluate_groups(defended, val_x, val_y, groups, split="val",
+                                 batch_size=config.eval_batch_size, seed=config.seed)
+    if shared.transfer.get("val"):  # crafted on the undefended target: reported apart
+        masks = transfer_masks(defended, val_x, val_y, shared.transfer["val"], setup.threat,
+                               batch_size=config.eval_batch_size)
+        metrics.update(group_metrics("val/transfer", masks))
+    if final and config.masking_samples and setup.threat.norm in ("Linf", "L2"):
+        count = config.masking_samples
+        surrogate = shared.target.to(val_x.device) if shared.target is not None else None
+        report = run_masking_checks(defended, val_x[:count], val_y[:count], setup.threat,
+                                    num_classes=setup.info.num_classes, surrogate=surrogate,
+                                    batch_size=config.eval_batch_size, seed=config.seed)
+        metrics.update(report.metrics("masking"))
+    return metrics
 
 
 def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Report | None = None,
@@ -216,10 +225,15 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     first_epoch = 0
     train_x, train_y = shared.data.train_x.to(device), shared.data.train_y.to(device)
     on_target = ({name: shared.examples_on_target(name, config, log).to(device)
-                  for name in config.pool} if config.craft_against == "target" else None)
-    attacks = _pool_attacks(config, shared, recipe.model) if on_target is None else []
+                  for name in config.pool}
+                 if config.craft_against == "target" and config.train_on == "adversarial"
+                 else None)
+    adversarial_training = config.train_on == "adversarial"
+    attacks = (_pool_attacks(config, shared, recipe.model)
+               if on_target is None and adversarial_training else [])
     defended = DefendedModel(recipe.student.encoder, recipe.student.head, build_unig(config))
-    val_x, val_y = (t.to(device) for t in _val_subset(config, shared))
+    val_x, val_y = (t.to(device) for t in shared.split("val", eval_samples=config.eval_samples,
+                                                        seed=config.seed))
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     rng = random.Random(config.seed)
@@ -241,7 +255,9 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         for index in batches:
             index = index.to(device)
             x, y = train_x[index], train_y[index]
-            if on_target is not None:
+            if not adversarial_training:
+                adversarial = []
+            elif on_target is not None:
                 adversarial = [on_target[name][index] for name in config.pool]
             else:
                 recipe.student.eval()
@@ -273,9 +289,7 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         # ---- evaluate (and report) every eval_every epochs and after the last
         last = epoch == config.epochs - 1
         if (epoch + 1) % config.eval_every == 0 or last:
-            groups = _eval_groups(config, shared, defended)
-            metrics, _ = evaluate_groups(defended, val_x, val_y, groups, split="val",
-                                         batch_size=config.eval_batch_size, seed=config.seed)
+            metrics = _evaluate(config, shared, defended, val_x, val_y, final=last)
             recipe.student.train()
             metrics.update(train_metrics)
             metrics["epoch"] = epoch + 1
@@ -283,7 +297,13 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
             line += (f"  val clean {metrics['val/clean/acc']:.3f}"
                      f"  pool mean {metrics.get('val/pool/mean_acc', float('nan')):.3f}"
                      f"  heldout mean {metrics.get('val/heldout/mean_acc', float('nan')):.3f}"
-                     f" union {metrics.get('val/heldout/union_acc', float('nan')):.3f}")
+                     f" union {metrics.get('val/heldout/union_acc', float('nan')):.3f}"
+                     f"  transfer mean {metrics.get('val/transfer/mean_acc', float('nan')):.3f}")
+            if "masking/any" in metrics:
+                raised = [k.split("/")[1] for k, v in metrics.items()
+                          if k.count("/") == 1 and k.startswith("masking/") and v
+                          and k != "masking/any"]
+                line += f"  masking flags: {', '.join(raised) or 'none'}"
             history.append(dict(metrics))
             if report is not None:
                 report(dict(metrics), lambda e=epoch: {
@@ -294,12 +314,9 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
 
     defended.eval()
     if sealed:
-        groups = _eval_groups(config, shared, defended, with_sealed=True)
-        groups = {"heldout": groups["heldout"], "sealed": groups["sealed"]}
-        test_x, test_y = shared.data.test_x.to(device), shared.data.test_y.to(device)
-        test_metrics, _ = evaluate_groups(defended, test_x, test_y, groups, split="test",
-                                          batch_size=config.eval_batch_size, seed=config.seed)
-        metrics.update(test_metrics)
+        from trainables.sealed import sealed_evaluation  # the final report: test split only
+
+        metrics.update(sealed_evaluation(defended, shared, config, log=log))
     metrics["time/total_s"] = time.perf_counter() - start
     return TrialResult(metrics, defended, config, shared, history)
 
