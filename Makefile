@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install system-deps demo test test-fast lint clean
+# Root runs apt-get directly; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed
 
@@ -17,12 +19,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# torchattacks pins requests~=2.25.1 and requires torchvision, neither used at run time.
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	# The official AutoAttack (Croce & Hein's code) for the sealed evaluation; no deps declared.
+	$(BIN)/pip install -q --no-deps pyautoattack==0.2.0
 	touch $@
 
 demo: install
 	$(BIN)/python -m search.run --space mid
 
-test: install
+# What the tests need from the system: headless Chromium + its driver (MLflow UI test), and
+# iproute2 / util-linux for the two-node Ray cluster test's network namespace.
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		&& command -v ip >/dev/null && command -v unshare >/dev/null \
+		|| ($(SUDO) apt-get update -qq \
+		    && $(SUDO) apt-get install -y -qq chromium chromium-driver iproute2 util-linux)
+
+test: install system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -121,6 +121,7 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
             ProgressPrinter(space, num_samples=plan.num_samples, max_t=space.max_evaluations,
                             objective=plan.objective, epochs=config.epochs)]
         _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
+        client.log_artifact(parent_id, str(Path(plan.output_dir) / "space.yaml"))
         path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
         tuner = (restore_tuner(plan, shared, resources, path) if resume
                  else build_tuner(plan, shared, resources, callbacks))

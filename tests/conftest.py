@@ -57,3 +57,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def at_model(smoke_space: spaces.Space) -> DefendedModel:
+    """A plainly PGD-adversarially-trained small CNN on digits (no UniG, no tricks)."""
+    from trainables.trial import run_trial
+
+    config = smoke_space.trial_config(
+        teacher_epochs=15, epochs=12, eval_every=12, batch_size=32, pool=["PGD"],
+        include_clean=False, meta="off", w_feat=0.0, w_cyc=0.0, pcl_weight=0.0, unig="off",
+        train_head=True, train_attack_steps=5, masking_samples=0)
+    return run_trial(config, log=lambda _: None).model.eval()

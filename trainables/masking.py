@@ -86,19 +86,29 @@ class CheckContext:
         return ta.PGDL2(model, eps=eps, alpha=2.5 * eps / steps, steps=steps)
 
     def white_box(self) -> float:
-        """The strongest of the gradient attacks run so far (PGD-10 at least)."""
+        """The strongest of the gradient attacks run so far (PGD-10 at least; the full list
+        runs APGD-CE/DLR and PGD-50 before the checks that compare against this)."""
         self.accuracy("pgd10", lambda: self.pgd(self.model, 10))
         keys = [k for k in ("pgd10", "pgd50", "apgd_ce", "apgd_dlr") if k in self.results]
         return min(self.results[k] for k in keys)
 
 
 Check = Callable[[CheckContext], tuple[bool, dict[str, float]]]
-_CHECKS: Registry[tuple[Check, bool]] = Registry("masking check")
 
 
-def register_check(*, masking: bool = True) -> Callable[[Check], Check]:
+@dataclass(frozen=True)
+class _Entry:
+    check: Check
+    masking: bool  # raised, it counts as masking (not just information)
+    quick: bool  # cheap enough (PGD-10 at most) to run at every evaluation of a trial
+
+
+_CHECKS: Registry[_Entry] = Registry("masking check")
+
+
+def register_check(*, masking: bool = True, quick: bool = False) -> Callable[[Check], Check]:
     def decorate(fn: Check) -> Check:
-        _CHECKS.add(fn.__name__, (fn, masking))
+        _CHECKS.add(fn.__name__, _Entry(fn, masking, quick))
         return fn
     return decorate
 
@@ -124,7 +134,7 @@ class StraightThrough(nn.Module):
 # ---------------------------------------------------------------- model-level signs
 
 
-@register_check()
+@register_check(quick=True)
 def probability_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#1: the model returns probabilities (rows in [0,1] summing to 1), not logits."""
     with torch.no_grad():
@@ -134,7 +144,7 @@ def probability_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return bool(rows), {"row_sum_mean": float(out.sum(1).mean())}
 
 
-@register_check(masking=False)
+@register_check(masking=False, quick=True)
 def randomized(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#2: repeated forward passes differ (white-box checks then use EOT)."""
     with torch.no_grad():
@@ -145,7 +155,7 @@ def randomized(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return c.randomized, {"logit_spread": spread, "prediction_flips": flips}
 
 
-@register_check(masking=False)
+@register_check(masking=False, quick=True)
 def backward_in_forward(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#11: autograd runs inside forward (a test-time optimisation loop; attack it with BPDA)."""
     calls = {"n": 0}
@@ -164,7 +174,7 @@ def backward_in_forward(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return calls["n"] > 0, {"autograd_calls_per_forward": float(calls["n"])}
 
 
-@register_check()
+@register_check(quick=True)
 def zero_gradient(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#3: points whose input gradient of the CE loss is exactly zero."""
     x = c.x.clone().requires_grad_(True)
@@ -236,7 +246,7 @@ def noise_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return noisy <= best, {"noise_acc": noisy, "white_box_acc": best}
 
 
-@register_check()
+@register_check(quick=True)
 def eps_sweep(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#8: PGD-10 at eps x {0.5, 1, 2, 4}: accuracy must fall, and be ~0 at the largest."""
     limit = 1.0 if c.linf else float(c.x[0].numel()) ** 0.5
@@ -260,7 +270,7 @@ def unbounded_attack_fails(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return success < UNBOUNDED_SUCCESS, {"cw_unbounded_success": success}
 
 
-@register_check()
+@register_check(quick=True)
 def transfer_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#10: PGD crafted on an undefended surrogate beats PGD on the model itself."""
     if c.surrogate is None:
@@ -270,7 +280,7 @@ def transfer_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return transfer < best - GAP, {"transfer_acc": transfer, "white_box_acc": best}
 
 
-@register_check()
+@register_check(quick=True)
 def adaptive_beats_plain(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """Adaptive attacks on a test-time module (UniG) beat the plain white-box attacks.
 
@@ -312,11 +322,13 @@ class MaskingReport:
 
 def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                        *, num_classes: int, surrogate: nn.Module | None = None,
-                       batch_size: int = 256, seed: int = 0) -> MaskingReport:
-    """Runs every registered check (randomness first: it decides whether the others use EOT).
+                       batch_size: int = 256, seed: int = 0, quick: bool = False
+                       ) -> MaskingReport:
+    """Runs the registered checks (randomness first: it decides whether the others use EOT).
 
-    For a DefendedModel with a test-time module (UniG), the same model without it is the base
-    for the BPDA check.
+    `quick` runs only the cheap ones (PGD-10 at most), the set a trial runs at every
+    evaluation so the search sees masking from its first report. For a DefendedModel with a
+    test-time module (UniG), the same model without it is the base for the adaptive check.
     """
     if threat.norm not in ("Linf", "L2"):
         raise ConfigError(f"masking checks need a Linf or L2 threat model, got {threat.norm}")
@@ -327,11 +339,11 @@ def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     ctx = CheckContext(model, x, y, threat, num_classes, base, surrogate, batch_size, seed)
     flags: dict[str, bool] = {}
     evidence: dict[str, float] = {}
-    order = ["randomized"] + [n for n in list_checks() if n != "randomized"]
+    order = ["randomized"] + [n for n in list_checks()
+                              if n != "randomized" and (_CHECKS.get(n).quick or not quick)]
     for name in order:
-        check, _ = _CHECKS.get(name)
-        raised, found = check(ctx)
+        raised, found = _CHECKS.get(name).check(ctx)
         flags[name] = bool(raised)
         evidence.update(found)
-    masking = tuple(n for n in order if flags[n] and _CHECKS.get(n)[1])
+    masking = tuple(n for n in order if flags[n] and _CHECKS.get(n).masking)
     return MaskingReport(flags, evidence, masking)

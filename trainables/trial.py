@@ -196,12 +196,15 @@ def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel,
         masks = transfer_masks(defended, val_x, val_y, shared.transfer["val"], setup.threat,
                                batch_size=config.eval_batch_size)
         metrics.update(group_metrics("val/transfer", masks))
-    if final and config.masking_samples and setup.threat.norm in ("Linf", "L2"):
+    if config.masking_samples and setup.threat.norm in ("Linf", "L2"):
+        # the cheap checks at every evaluation (the search sees masking from its first rung),
+        # the whole checklist at the last one
         count = config.masking_samples
         surrogate = shared.target.to(val_x.device) if shared.target is not None else None
         report = run_masking_checks(defended, val_x[:count], val_y[:count], setup.threat,
                                     num_classes=setup.info.num_classes, surrogate=surrogate,
-                                    batch_size=config.eval_batch_size, seed=config.seed)
+                                    batch_size=config.eval_batch_size, seed=config.seed,
+                                    quick=not final)
         metrics.update(report.metrics("masking"))
     return metrics
 

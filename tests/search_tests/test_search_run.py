@@ -9,7 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
+
+from tests.search_tests.conftest import FinishedSearch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,17 +22,10 @@ def run_search(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_smoke_search_logs_every_trial_to_mlflow(tmp_path: Path, mlflow_server: str) -> None:
-    proc = run_search("--space", "smoke", "--num-samples", "8", "--mlflow-uri", mlflow_server,
-                      "--experiment", "smoke-test", "--storage-path", str(tmp_path / "ray"),
-                      "--name", "smoke-test", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "leaderboard" in proc.stdout and "mlflow" in proc.stdout
-
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("smoke-test")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -> None:
+    assert "leaderboard" in smoke_search.proc.stdout and "mlflow" in smoke_search.proc.stdout
+    client = smoke_search.client
+    runs = client.search_runs([smoke_search.experiment_id], max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
@@ -49,27 +43,39 @@ def test_smoke_search_logs_every_trial_to_mlflow(tmp_path: Path, mlflow_server: 
     for run in children:
         metrics = run.data.metrics
         for name in ("val/heldout/mean_acc", "val/heldout/union_acc", "val/heldout/APGD-DLR/acc",
-                     "val/heldout/PGDL2/acc", "val/clean/acc"):
+                     "val/heldout/PGDL2/acc", "val/clean/acc", "val/transfer/mean_acc",
+                     "val/objective"):
             assert 0.0 <= metrics[name] <= 1.0
         assert not any(k.startswith(("config/", "pid", "timestamp")) for k in metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "robustness.csv"} <= artifacts
     completed = [r for r in children if r.data.tags["trial_status"] == "completed"]
+    for run in completed:  # full-length trials carry their masking checks and penalty
+        metrics = run.data.metrics
+        assert "masking/any" in metrics and "masking/evidence/pgd10_acc" in metrics
+        expected = 0.0 if metrics["masking/any"] else metrics["val/heldout/mean_acc"]
+        assert metrics["val/objective"] == pytest.approx(expected)
     history = client.get_metric_history(completed[0].info.run_id, "val/heldout/mean_acc")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one value per epoch, with step
+    sealed = [r for r in children if r.data.tags.get("sealed") == "true"]
+    assert len(sealed) == 1 and sealed[0].data.tags["trial_status"] == "completed"
+    for name in ("test/clean/acc", "test/heldout/mean_acc", "test/sealed/Square/acc",
+                 "test/transfer/mean_acc", "test/autoattack/acc"):
+        assert 0.0 <= sealed[0].data.metrics[name] <= 1.0
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"leaderboard.csv", "best_config.yaml", "best"} <= parent_artifacts
+    assert {"leaderboard.csv", "best_config.yaml", "best", "sealed.csv",
+            "space.yaml"} <= parent_artifacts
 
     # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
-    storage = f"sqlite:///{tmp_path / 'ray' / 'smoke-test' / 'optuna.db'}"
+    storage = f"sqlite:///{smoke_search.output / 'optuna.db'}"
     study = optuna.load_study(study_name="smoke-test", storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early-stopped")
     assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("completed")
 
     # The exported best recipe runs again as a space file
-    best = tmp_path / "ray" / "smoke-test" / "best_config.yaml"
-    check = run_search("--space", str(best), "--dry-run", cwd=tmp_path, timeout=120)
+    best = smoke_search.output / "best_config.yaml"
+    check = run_search("--space", str(best), "--dry-run", cwd=smoke_search.cwd, timeout=120)
     assert check.returncode == 0, check.stderr
 
 

@@ -1,0 +1,137 @@
+"""Gradient-masking checks: deliberately masked models are flagged, honest ones are not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.masking import (
+    CheckContext,
+    MaskingReport,
+    list_checks,
+    more_steps_help,
+    one_step_beats_iterative,
+    run_masking_checks,
+)
+from trainables.models import DefendedModel
+from trainables.threat import ThreatModel
+from trainables.unig import UniG
+
+THREAT = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0})
+
+
+class Quantized(nn.Module):
+    """Rounds the input to 4 grey levels: a non-differentiable input layer (zero gradients)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x * 4).round() / 4)
+
+
+class Saturated(nn.Module):
+    """Logits x 1e4: softmax saturates, CE gradients vanish (DLR is scale-free)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1e4
+
+
+class Softmax(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=1)
+
+
+class Noisy(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits + torch.randn_like(logits)
+
+
+def _check(model: nn.Module, reference: DefendedModel,
+           surrogate: nn.Module | None = None) -> MaskingReport:
+    x, y = reference.val_x[:128], reference.val_y[:128]  # type: ignore[attr-defined]
+    return run_masking_checks(model, x, y, THREAT, num_classes=10, surrogate=surrogate)
+
+
+def test_the_checklist_is_complete() -> None:
+    assert set(list_checks()) == {
+        "probability_output", "randomized", "backward_in_forward", "zero_gradient",
+        "one_step_beats_iterative", "more_steps_help", "dlr_much_stronger",
+        "black_box_beats_white_box", "noise_beats_white_box", "eps_sweep",
+        "unbounded_attack_fails", "transfer_beats_white_box", "adaptive_beats_plain"}
+
+
+def test_honest_models_raise_no_masking_flag(digits_model: DefendedModel,
+                                            at_model: DefendedModel) -> None:
+    standard = _check(digits_model, digits_model)
+    trained = _check(at_model, digits_model, surrogate=digits_model)
+    assert standard.masking == () and not standard.masked, standard.evidence
+    assert trained.masking == () and not trained.masked, trained.evidence
+    # the adversarially trained model is robust for real: PGD leaves something standing
+    assert trained.evidence["pgd10_acc"] > standard.evidence["pgd10_acc"] + 0.1
+
+
+@pytest.mark.parametrize(("wrap", "expected"), [
+    # gradients are zero almost everywhere: score-based, transfer and unbounded attacks tell
+    (Quantized, {"zero_gradient", "black_box_beats_white_box", "eps_sweep",
+                 "unbounded_attack_fails", "transfer_beats_white_box"}),
+    # saturated softmax: CE gradients vanish, the scale-free DLR loss does not
+    (Saturated, {"zero_gradient", "dlr_much_stronger", "eps_sweep"}),
+    (Softmax, {"probability_output"}),
+])
+def test_masked_models_are_flagged(digits_model: DefendedModel, wrap: type[nn.Module],
+                                   expected: set[str]) -> None:
+    report = _check(wrap(digits_model), digits_model, surrogate=digits_model)
+    assert expected <= set(report.masking), report.evidence
+    assert report.masked and report.metrics()["masking/any"] == 1.0
+
+
+def test_randomness_is_reported_and_answered_with_eot(digits_model: DefendedModel) -> None:
+    report = _check(Noisy(digits_model), digits_model)
+    assert report.flags["randomized"] and "randomized" not in report.masking
+    assert report.evidence["logit_spread"] > 0.1
+
+
+def test_unig_is_caught_by_the_adaptive_attack(at_model: DefendedModel,
+                                               digits_model: DefendedModel) -> None:
+    torch.manual_seed(0)
+    defended = DefendedModel(at_model.encoder, at_model.head, UniG("per_sample")).eval()
+    report = _check(defended, digits_model, surrogate=digits_model)
+    assert report.flags["backward_in_forward"] and report.flags["randomized"]
+    assert "adaptive_beats_plain" in report.masking, report.evidence
+    assert report.evidence["adaptive_acc"] < report.evidence["white_box_acc"] - 0.02
+
+
+def _context(model: DefendedModel, results: dict[str, float]) -> CheckContext:
+    x, y = model.val_x[:8], model.val_y[:8]  # type: ignore[attr-defined]
+    return CheckContext(model, x, y, THREAT, 10, results=dict(results))
+
+
+# No toy model reliably makes FGSM beat PGD or PGD-50 far beat PGD-10 on digits, so these two
+# decisions are checked on given accuracies (the cache the checks share).
+def test_one_step_beating_iterative_is_flagged(digits_model: DefendedModel) -> None:
+    raised, evidence = one_step_beats_iterative(_context(digits_model,
+                                                         {"fgsm": 0.30, "pgd10": 0.50}))
+    assert raised and evidence == {"fgsm_acc": 0.30, "pgd10_acc": 0.50}
+    assert not one_step_beats_iterative(_context(digits_model,
+                                                 {"fgsm": 0.55, "pgd10": 0.50}))[0]
+
+
+def test_more_steps_helping_a_lot_is_flagged(digits_model: DefendedModel) -> None:
+    assert more_steps_help(_context(digits_model, {"pgd10": 0.60, "pgd50": 0.40}))[0]
+    assert not more_steps_help(_context(digits_model, {"pgd10": 0.60, "pgd50": 0.58}))[0]
