@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Run
@@ -33,6 +33,7 @@ class Entry:
     evaluations: int
     metrics: dict[str, float]
     params: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
         return self.metrics.get(metric)
@@ -40,10 +41,8 @@ class Entry:
     @property
     def flags(self) -> list[str]:
         """The masking checks this trial failed (informational ones left out)."""
-        informational = ("randomized", "backward_in_forward")
-        return [k.split("/")[1] for k, v in self.metrics.items()
-                if k.count("/") == 1 and k.startswith("masking/") and v
-                and k != "masking/any" and k.split("/")[1] not in informational]
+        raised = self.tags.get("masking_flags", "none")
+        return [] if raised == "none" else raised.split(",")
 
 
 def collect(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Entry]:
@@ -53,7 +52,8 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str) -> lis
                   run.info.run_name or run.info.run_id,
                   run.data.tags.get(STATUS_TAG, "unknown"),
                   int(run.data.tags.get("evaluations", "0") or 0),
-                  dict(run.data.metrics), dict(run.data.params)) for run in runs]
+                  dict(run.data.metrics), dict(run.data.params), dict(run.data.tags))
+            for run in runs]
 
 
 def rank(entries: Sequence[Entry], objective: str, mode: str = "max",

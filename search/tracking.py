@@ -28,8 +28,8 @@ from trainables.attacks import attack_spec
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 
-__all__ = ["MlflowTrialLogger", "check_tracking_uri", "open_experiment", "params_for",
-           "robustness_table", "trial_metrics"]
+__all__ = ["MlflowTrialLogger", "check_tracking_uri", "masking_flags", "masking_record",
+           "open_experiment", "params_for", "robustness_table", "trial_metrics"]
 
 STATUS_TAG = "trial_status"  # completed | early-stopped | failed | running | retrying
 METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/")
@@ -73,10 +73,36 @@ def open_experiment(client: MlflowClient, name: str) -> str:
 
 
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The project's metrics in a Tune result (no config/*, pid, timestamp noise)."""
+    """The project's metrics in a Tune result (no config/*, pid, timestamp noise).
+
+    Of the masking checks only `masking/any` is a metric; the flags raised go to the
+    `masking_flags` tag and the evidence to masking.json, so they do not bury the held-out
+    numbers in the UI's metric lists.
+    """
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+            and not isinstance(v, bool)
+            and (not k.startswith("masking/") or k == "masking/any")}
+
+
+INFORMATIONAL_FLAGS = ("randomized", "backward_in_forward")
+
+
+def masking_flags(result: Mapping[str, Any]) -> list[str] | None:
+    """The masking checks a result raised (None when no check ran)."""
+    if "masking/any" not in result:
+        return None
+    return [k.split("/")[1] for k, v in result.items()
+            if k.count("/") == 1 and k.startswith("masking/") and k != "masking/any" and v
+            and k.split("/")[1] not in INFORMATIONAL_FLAGS]
+
+
+def masking_record(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Every check's flag and evidence, for masking.json."""
+    return {"flags": {k.split("/")[1]: bool(v) for k, v in result.items()
+                      if k.count("/") == 1 and k.startswith("masking/")},
+            "evidence": {k.split("/", 2)[2]: v for k, v in result.items()
+                         if k.startswith("masking/evidence/")}}
 
 
 def robustness_table(metrics: Mapping[str, float]) -> str:
@@ -176,6 +202,9 @@ class MlflowTrialLogger(Callback):
             tags = [RunTag(k, v) for k, v in placement.items() if v]
         else:
             tags = []
+        flags = masking_flags(result)
+        if flags is not None:
+            tags.append(RunTag("masking_flags", ",".join(flags) or "none"))
         for index, batch in enumerate(_batched(entries, 1000)):  # MLflow's per-request limit
             self.client.log_batch(run_id, metrics=batch, tags=tags if index == 0 else [])
 
@@ -203,6 +232,8 @@ class MlflowTrialLogger(Callback):
                              "config.json")
         if metrics:
             self.client.log_text(run_id, robustness_table(metrics), "robustness.csv")
+        if "masking/any" in result:
+            self.client.log_dict(run_id, masking_record(result), "masking.json")
         self.client.set_terminated(run_id, state)
 
 

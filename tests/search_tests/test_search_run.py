@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -52,7 +53,12 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     completed = [r for r in children if r.data.tags["trial_status"] == "completed"]
     for run in completed:  # full-length trials carry their masking checks and penalty
         metrics = run.data.metrics
-        assert "masking/any" in metrics and "masking/evidence/pgd10_acc" in metrics
+        assert not any(k.startswith("masking/") and k != "masking/any" for k in metrics)
+        checks = json.loads(Path(client.download_artifacts(
+            run.info.run_id, "masking.json", str(smoke_search.cwd))).read_text())
+        assert len(checks["flags"]) == 14 and "pgd10_acc" in checks["evidence"]
+        raised = run.data.tags["masking_flags"]
+        assert (raised == "none") == (metrics["masking/any"] == 0)
         expected = 0.0 if metrics["masking/any"] else metrics["val/heldout/mean_acc"]
         assert metrics["val/objective"] == pytest.approx(expected)
     history = client.get_metric_history(completed[0].info.run_id, "val/heldout/mean_acc")
