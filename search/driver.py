@@ -18,15 +18,15 @@ import yaml
 from search.cluster import REMOTE_SCHEMES, check_cluster
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.progress import ProgressPrinter
+from search.records import find_search, read_info, use_loopback_for
 from search.sealed import evaluate_sealed
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.trainable import OBJECTIVE
 from search.tuner import SearchPlan, build_tuner, restore_tuner
 from spaces import Space
-from trainables.errors import ConfigError
 from trainables.prepare import Shared, prepare_shared
 
-__all__ = ["Reopened", "find_search", "reopen_search", "run_search"]
+__all__ = ["Reopened", "reopen_search", "run_search"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,29 +173,14 @@ class Reopened:
     info: dict[str, Any]
 
 
-def find_search(storage_path: str, name: str | None) -> Path:
-    """The output folder of search `name` (default: the latest) under `storage_path`."""
-    storage = Path(storage_path).expanduser().resolve()
-    if name is not None:
-        for folder in (storage / name, Path("search_output").resolve() / name):
-            if (folder / "search.json").exists():
-                return folder
-        raise ConfigError(f"no search {name!r} in {storage} (no search.json found)")
-    found = sorted(storage.glob("*/search.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"no finished search in {storage}: pass --storage-path or --name")
-    return found[-1].parent
-
-
 @contextmanager
 def reopen_search(storage_path: str, name: str | None) -> Iterator[Reopened]:
     """A finished search, ready to evaluate again: its space, shared state, runs, results."""
     import spaces
 
     out = find_search(storage_path, name)
-    info = json.loads((out / "search.json").read_text())
-    if info["address"] is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback, as run.py
+    info = read_info(out)
+    use_loopback_for(info["address"])
     _quiet_ray()
     import ray
     from mlflow.tracking import MlflowClient

@@ -11,7 +11,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from search.tracking import STATUS_TAG
+from search.records import STATUS_TAG
 from spaces import Space
 
 __all__ = ["Entry", "collect", "format_table", "rank", "to_csv"]

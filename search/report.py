@@ -62,10 +62,10 @@ def _locate(args: argparse.Namespace) -> Search:
         out = Path(args.out or Path("report") / name)
         experiment_id, parent_id = experiment.experiment_id, parent.info.run_id
     else:
-        from search.driver import find_search
+        from search.records import find_search, read_info
 
         folder = find_search(args.storage_path, args.name)
-        info = json.loads((folder / "search.json").read_text())
+        info = read_info(folder)
         client = MlflowClient(args.mlflow_uri or info["mlflow_uri"])
         name, optuna_storage = info["name"], info.get("optuna_storage")
         experiment_id, parent_id = info["experiment_id"], info["parent_run_id"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from search.cluster import REMOTE_SCHEMES
+from search.records import use_loopback_for
 from trainables.errors import ConfigError, DefenseSearchError
 
 __all__ = ["build_parser", "main", "make_plan"]
@@ -88,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.address in (None, "", "local"):
-        # A search on this machine keeps Ray on the loopback interface: Ray reads this before
-        # it is imported, and then binds 127.0.0.1 instead of the host's network address.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    use_loopback_for(args.address)
     try:
         plan = make_plan(args)
         if args.dry_run:

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
 from search.leaderboard import Entry
@@ -60,9 +59,11 @@ def model_file(results: Any, trial_id: str) -> bytes | None:
     return None
 
 
-@ray.remote(max_retries=1)
 def _evaluate_saved(payload: bytes, shared: Shared, config: dict[str, Any], strength: float,
                     threads: int) -> dict[str, float]:
+    """A Ray task: the sealed evaluation of one saved defended model."""
+    import ray
+
     torch.set_num_threads(threads)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
@@ -73,9 +74,11 @@ def _evaluate_saved(payload: bytes, shared: Shared, config: dict[str, Any], stre
                              log=lambda _: None)
 
 
-@ray.remote(max_retries=1)
 def _train_and_evaluate(shared: Shared, config: dict[str, Any], strength: float,
                         threads: int) -> dict[str, float]:
+    """A Ray task: train a baseline like a trial, then its sealed evaluation."""
+    import ray
+
     from trainables.trial import run_trial
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
@@ -97,9 +100,13 @@ def evaluate_sealed(*, space: Space, shared: Shared, client: Any, experiment_id:
                     baselines: bool = False, seed: int = 0, out: Path | None = None
                     ) -> list[dict[str, Any]]:
     """Sealed numbers for the top-k completed trials (and the baselines), logged to MLflow."""
+    import ray
     from mlflow.entities import Metric, Param
 
     from search.tracking import params_for
+
+    evaluate_saved = ray.remote(max_retries=1)(_evaluate_saved)
+    train_and_evaluate = ray.remote(max_retries=1)(_train_and_evaluate)
 
     threads = max(1, int(resources.get("cpu", 1)))
     options = {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0),
@@ -112,7 +119,7 @@ def evaluate_sealed(*, space: Space, shared: Shared, client: Any, experiment_id:
             print(f"sealed: no saved model for {entry.name}; skipped", file=sys.stderr)
             continue
         config = space.trial_config(space.values_from_params(entry.params), seed=seed)
-        jobs.append((entry.name, entry.run_id, _evaluate_saved.options(**options).remote(
+        jobs.append((entry.name, entry.run_id, evaluate_saved.options(**options).remote(
             payload, shared_ref, config.to_dict(), strength, threads)))
     for name in BASELINES if baselines else ():
         config = baseline_config(space, name, seed=seed)
@@ -120,7 +127,7 @@ def evaluate_sealed(*, space: Space, shared: Shared, client: Any, experiment_id:
             "mlflow.parentRunId": parent_id, "baseline": name, "trial_status": "baseline"})
         client.log_batch(run.info.run_id, params=[
             Param(k, v) for k, v in sorted(params_for(space, config).items())])
-        jobs.append((f"baseline {name}", run.info.run_id, _train_and_evaluate.options(
+        jobs.append((f"baseline {name}", run.info.run_id, train_and_evaluate.options(
             **options).remote(shared_ref, config.to_dict(), strength, threads)))
     rows = []
     for label, run_id, future in jobs:
@@ -174,10 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also train and evaluate standard training and PGD-AT")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     args = p.parse_args(argv)
-    from search.driver import reopen_search
+    from search.records import find_search, read_info, use_loopback_for
     from trainables.errors import DefenseSearchError
 
     try:
+        use_loopback_for(read_info(find_search(args.storage_path, args.name))["address"])
+        from search.driver import reopen_search  # imports Ray: after the network setting
+
         with reopen_search(args.storage_path, args.name) as opened:
             rows = evaluate_sealed(
                 space=opened.space, shared=opened.shared, client=opened.client,

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.progress import trial_label
+from search.records import STATUS_TAG
 from spaces import Space
 from trainables.attacks import attack_spec
 from trainables.config import TrialConfig
@@ -31,7 +32,6 @@ from trainables.errors import ConfigError
 __all__ = ["MlflowTrialLogger", "check_tracking_uri", "masking_flags", "masking_record",
            "open_experiment", "params_for", "robustness_table", "trial_metrics"]
 
-STATUS_TAG = "trial_status"  # completed | early-stopped | failed | running | retrying
 METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/")
 RUNTIME_KEYS = ("device", "threads", "cache_dir")  # where a trial ran, not what it trained
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")

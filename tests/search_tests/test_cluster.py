@@ -150,7 +150,8 @@ def test_trials_run_on_the_worker_and_log_to_the_server(cluster: Cluster) -> Non
     # The worker offers one logical GPU: two trials share it at 0.5 each (no CUDA here, so
     # each trial still computes on the CPU, and says so)
     proc = cluster.run(*_search(cluster, "cluster-a", "--num-samples", "4",
-                                "--gpus-per-trial", "0.5"), timeout=600, cwd=str(cluster.shared))
+                                "--gpus-per-trial", "0.5", "--sealed-top-k", "1"),
+                       timeout=600, cwd=str(cluster.shared))
     print(f"\nsearch on the two-node cluster: {time.time() - start:.1f}s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ray: 2 node(s), 3 CPUs, 1 GPUs" in proc.stdout
@@ -167,6 +168,8 @@ def test_trials_run_on_the_worker_and_log_to_the_server(cluster: Cluster) -> Non
         for name in ("val/heldout/mean_acc", "val/heldout/APGD-DLR/acc", "val/clean/acc"):
             assert 0.0 <= metrics[name] <= 1.0  # type: ignore[index]
     # Ray Tune's own per-trial records say the same
+    sealed = [r for r in children if r["tags"].get("sealed") == "true"]  # type: ignore[union-attr]
+    assert len(sealed) == 1 and "test/autoattack/acc" in sealed[0]["metrics"]  # type: ignore[operator]
     records = list((cluster.shared / "cluster-a").glob("*/result.json"))
     assert len(records) == 4
     for record in records:
@@ -179,8 +182,8 @@ def test_a_killed_trial_is_retried_and_nothing_logged_is_lost(cluster: Cluster,
                                                              tmp_path: Path) -> None:
     log = tmp_path / "search.log"
     search = cluster.popen(*_search(cluster, "cluster-b", "--num-samples", "2", "--scheduler",
-                                    "none", "--set", "budget.epochs=8", "--max-failures", "2"),
-                           log=log)
+                                    "none", "--set", "budget.epochs=8", "--max-failures", "2",
+                                    "--sealed-top-k", "0"), log=log)
     try:
         victim, logged_before = None, {}
         deadline = time.time() + 300
