@@ -78,7 +78,8 @@ def _locate(args: argparse.Namespace) -> Search:
 
 
 def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
-    """Clean vs held-out accuracy, one dot per trial; the Pareto front joined; flags marked."""
+    """Clean vs held-out accuracy, one dot per trial; flags crossed out; the Pareto front of
+    the trials that passed the masking checks (a flagged trial's robustness is not real)."""
     points = [(e.value(CLEAN), e.value(HELDOUT), e) for e in entries
               if e.value(CLEAN) is not None and e.value(HELDOUT) is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -89,18 +90,21 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
         ax.scatter(clean, heldout, marker=marker, color=colour, s=40, zorder=2)
         if entry.flags:
             ax.scatter(clean, heldout, marker="x", color="tab:red", s=90, zorder=3)
-        ax.annotate(entry.name.split()[0], (clean, heldout), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        label = entry.name if entry.status == "baseline" else entry.name.split()[0]
+        ax.annotate(label, (clean, heldout), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
     front, best = [], -1.0
-    for clean, heldout, _ in sorted(points, key=lambda p: (-p[0], -p[1])):
+    honest = [p for p in points if not p[2].flags and p[2].status != "baseline"]
+    for clean, heldout, _ in sorted(honest, key=lambda p: (-p[0], -p[1])):
         if heldout > best:
             front.append((clean, heldout))
             best = heldout
     if front:
         ax.plot(*zip(*front, strict=True), color="tab:orange", lw=1.5, zorder=1,
-                label="Pareto front")
+                label="Pareto front (unflagged trials)")
     ax.scatter([], [], marker="x", color="tab:red", label="masking flag raised")
     ax.scatter([], [], marker="o", color="lightsteelblue", label="stopped early by ASHA")
+    ax.scatter([], [], marker="s", color="tab:green", label="baseline")
     ax.set_xlabel("clean accuracy (validation)")
     ax.set_ylabel("held-out robust accuracy, mean over attacks (validation)")
     ax.set_title("Clean vs held-out robustness")
@@ -225,12 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _space_of(search: Search) -> Any:
     """The search's space (for the searched-value columns), from its parent run's artifacts."""
+    import os
     import tempfile
 
     from mlflow.exceptions import MlflowException
 
     import spaces
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = search.client.download_artifacts(search.parent_id, "space.yaml", folder)
