@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from search.cluster import REMOTE_SCHEMES, check_cluster
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.progress import ProgressPrinter
 from search.records import find_search, read_info, use_loopback_for
-from search.sealed import evaluate_sealed
+from search.sealed import evaluate_sealed, model_file
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.trainable import OBJECTIVE
 from search.tuner import SearchPlan, build_tuner, restore_tuner
@@ -242,19 +241,14 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     return 0
 
 
-def _export_best_model(results: Any, best: Any, out: Path) -> Path | None:
-    trial_id = best.trial_id
-    for result in results:
-        if getattr(result, "metrics", {}).get("trial_id") != trial_id or result.checkpoint is None:
-            continue
-        with result.checkpoint.as_directory() as folder:
-            source = Path(folder) / "model.pt"
-            if source.exists():
-                target = out / "best_model.pt"
-                shutil.copyfile(source, target)
-                return target
-    print(f"note: the best trial's final checkpoint holds no model file ({trial_id})")
-    return None
+def _export_best_model(results: Any, best: Entry, out: Path) -> Path | None:
+    payload = model_file(results, best.trial_id)
+    if payload is None:
+        print(f"note: the best trial's final checkpoint holds no model file ({best.trial_id})")
+        return None
+    target = out / "best_model.pt"
+    target.write_bytes(payload)
+    return target
 
 
 def _print_where(plan: SearchPlan, best: Any, model: Path | None, out: Path) -> None:
