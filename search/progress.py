@@ -7,6 +7,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.records import trial_status
 from spaces import Space
 
 __all__ = ["ProgressPrinter", "trial_label"]
@@ -60,7 +61,7 @@ class ProgressPrinter(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         done = int((trial.last_result or {}).get("training_iteration", 0))
-        status = "completed" if done >= self.max_t else "early-stopped"
+        status = trial_status(trial.last_result, self.max_t)
         self.done[status] += 1
         note = "" if status == "completed" else f" by ASHA after {done}/{self.max_t} evaluations"
         self._print(f"{trial_label(self.space, trial)}: {status}{note}  {self._summary()}")

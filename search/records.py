@@ -10,7 +10,7 @@ from typing import Any
 
 from trainables.errors import ConfigError
 
-__all__ = ["STATUS_TAG", "find_search", "read_info", "use_loopback_for"]
+__all__ = ["STATUS_TAG", "find_search", "read_info", "trial_status", "use_loopback_for"]
 
 # The child-run tag holding a trial's fate: completed | early-stopped | failed | running |
 # retrying (baselines: baseline)
@@ -40,3 +40,9 @@ def use_loopback_for(address: str | None) -> None:
     when it is imported, and then binds 127.0.0.1 instead of the host's network address."""
     if address in (None, "", "local"):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def trial_status(result: dict[str, Any] | None, max_t: int) -> str:
+    """How a trial that ended without error ended: all its evaluations, or stopped by ASHA."""
+    done = int((result or {}).get("training_iteration", 0))
+    return "completed" if done >= max_t else "early-stopped"

@@ -62,10 +62,10 @@ def model_file(results: Any, trial_id: str) -> bytes | None:
 def _evaluate_saved(payload: bytes, shared: Shared, config: dict[str, Any], strength: float,
                     threads: int) -> dict[str, float]:
     """A Ray task: the sealed evaluation of one saved defended model."""
-    import ray
+    from search.trainable import assigned_device
 
     torch.set_num_threads(threads)
-    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    device = assigned_device()
     with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
         handle.write(payload)
         handle.flush()
@@ -77,11 +77,10 @@ def _evaluate_saved(payload: bytes, shared: Shared, config: dict[str, Any], stre
 def _train_and_evaluate(shared: Shared, config: dict[str, Any], strength: float,
                         threads: int) -> dict[str, float]:
     """A Ray task: train a baseline like a trial, then its sealed evaluation."""
-    import ray
-
+    from search.trainable import assigned_device
     from trainables.trial import run_trial
 
-    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    device = assigned_device()
     trial = TrialConfig.from_dict({**config, "device": device, "threads": threads})
     result = run_trial(trial, shared=shared, log=lambda _: None)
     metrics = dict(result.metrics)

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.progress import trial_label
-from search.records import STATUS_TAG
+from search.records import STATUS_TAG, trial_status
 from spaces import Space
 from trainables.attacks import attack_spec
 from trainables.config import TrialConfig
@@ -215,9 +215,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        done = int(result.get("training_iteration", 0))
-        status = "completed" if done >= self.max_t else "early-stopped"
-        self._finish(trial, status, "FINISHED", result)
+        self._finish(trial, trial_status(result, self.max_t), "FINISHED", result)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:

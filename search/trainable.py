@@ -21,21 +21,25 @@ from trainables.models import DefendedModel
 from trainables.prepare import Shared
 from trainables.trial import run_trial
 
-__all__ = ["MODEL_FILE", "OBJECTIVE", "STATE_FILE", "objective_value", "train_recipe"]
+__all__ = ["MODEL_FILE", "OBJECTIVE", "STATE_FILE", "assigned_device", "objective_value",
+           "train_recipe"]
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 
 
+def assigned_device() -> str:
+    """The device of the Ray task or trial running this: the GPU Ray assigned, else the CPU."""
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
 def _device_and_threads(cpus: float, gpu_memory_fraction: float) -> tuple[str, int]:
     """The GPU Ray assigned (if any) and torch threads = this trial's CPUs."""
-    threads = max(1, int(cpus))
-    if ray.get_gpu_ids() and torch.cuda.is_available():
+    device, threads = assigned_device(), max(1, int(cpus))
+    if device == "cuda" and gpu_memory_fraction < 1:
         # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU; trials sharing it are not isolated.
-        if gpu_memory_fraction < 1:
-            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
-        return "cuda", threads
-    return "cpu", threads
+        torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
+    return device, threads
 
 
 OBJECTIVE = "val/objective"
