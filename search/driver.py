@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from search.cluster import REMOTE_SCHEMES, check_cluster
+from search.final import FinalReport, candidates_of, final_stage, versus_baselines
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
+from search.plan import SearchPlan
 from search.progress import ProgressPrinter
-from search.records import find_search, read_info, use_loopback_for
-from search.sealed import evaluate_sealed, model_file
+from search.records import model_file, quiet_ray, record_of, write_info
+from search.report import write_plots
 from search.tracking import MlflowTrialLogger, open_experiment
-from search.trainable import OBJECTIVE
-from search.tuner import SearchPlan, build_tuner, restore_tuner
-from spaces import Space
-from trainables.prepare import Shared, prepare_shared
+from search.tuner import build_tuner, restore_tuner
+from trainables.prepare import prepare_shared
+from trainables.vocab import (
+    ARTIFACT,
+    CLEAN_ACC,
+    GROUP_STATS,
+    TAG,
+    Group,
+    Split,
+    Stat,
+    TrialStatus,
+    group_metric,
+    high_key,
+    low_key,
+)
 
-__all__ = ["Reopened", "reopen_search", "run_search"]
+__all__ = ["run_search"]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _quiet_ray() -> None:
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 
 def _git_commit() -> str:
@@ -45,13 +49,13 @@ def _git_commit() -> str:
 
 def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bool) -> str:
     if resume:
-        found = client.search_runs([experiment_id], f"tags.search_name = '{plan.name}'",
+        found = client.search_runs([experiment_id], f"tags.{TAG.SEARCH_NAME} = '{plan.name}'",
                                    max_results=1)
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
     space, config = plan.space, plan.space.trial_config()
-    tags = {"search_name": plan.name, "space": space.name, "dataset": config.dataset,
+    tags = {TAG.SEARCH_NAME: plan.name, TAG.SPACE: space.name, "dataset": config.dataset,
             "threat_model": space.setup().threat.describe(), "git_commit": _git_commit(),
             "heldout_attacks": "+".join(config.heldout),
             "sealed_attacks": "+".join(config.sealed) or "-",
@@ -88,16 +92,16 @@ def _resources(plan: SearchPlan) -> dict[str, float]:
 
 
 def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None = None) -> int:
-    _quiet_ray()
+    quiet_ray()
     import ray
     from mlflow.tracking import MlflowClient
 
     space = plan.space
     Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
-    config = space.trial_config(cache_dir=cache_dir, seed=plan.seed)
+    config = space.trial_config(cache_dir=cache_dir)
     # "local" starts a new instance even where `ray start` left a cluster file behind
     ray.init(address=plan.address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
+             logging_level=logging.ERROR)
     parent_id = None
     try:
         node_count = check_cluster(plan.mlflow_uri, plan.storage_path,
@@ -115,25 +119,30 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
         parent_id = _parent_run(client, experiment_id, plan, resume=resume)
         callbacks = [
             MlflowTrialLogger(tracking_uri=plan.mlflow_uri, experiment_id=experiment_id,
-                              parent_run_id=parent_id, space=space,
+                              parent_run_id=parent_id, space_name=space.name,
                               max_t=space.max_evaluations),
-            ProgressPrinter(space, num_samples=plan.num_samples, max_t=space.max_evaluations,
+            ProgressPrinter(num_samples=plan.num_samples, max_t=space.max_evaluations,
                             objective=plan.objective, epochs=config.epochs)]
         _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
-        client.log_artifact(parent_id, str(Path(plan.output_dir) / "space.yaml"))
+        client.log_artifact(parent_id, str(Path(plan.output_dir) / ARTIFACT.SPACE))
         path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
         tuner = (restore_tuner(plan, shared, resources, path) if resume
                  else build_tuner(plan, shared, resources, callbacks))
         results = tuner.fit()
+        _compare_with_baselines(client, experiment_id, parent_id, results, plan)
+        report = None
         if plan.sealed_top_k:
-            print(f"\nsealed evaluation of the best {plan.sealed_top_k} completed trial(s) on "
-                  "the test split (held-out + sealed attacks, AutoAttack)", flush=True)
+            print(f"\nfinal comparison: the best {plan.sealed_top_k} searched recipe(s) and the "
+                  f"baselines ({', '.join(space.baselines) or 'none'}) on the test split, "
+                  f"{plan.final_seeds} seeds each (held-out + sealed attacks, AutoAttack)",
+                  flush=True)
             entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
-            evaluate_sealed(space=space, shared=shared, client=client,
-                            experiment_id=experiment_id, parent_id=parent_id, entries=entries,
-                            results=results, resources=resources, top_k=plan.sealed_top_k,
-                            strength=plan.sealed_strength, seed=plan.seed,
-                            out=Path(plan.output_dir))
+            report = final_stage(
+                space=space, shared=shared,
+                candidates=candidates_of(space, entries, results, top_k=plan.sealed_top_k),
+                client=client, parent_id=parent_id, resources=resources,
+                seeds=[plan.seed + i for i in range(plan.final_seeds)],
+                strength=plan.sealed_strength, out=Path(plan.output_dir))
     except BaseException:
         if parent_id is not None:
             client.set_terminated(parent_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt
@@ -141,103 +150,84 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
         raise
     finally:
         ray.shutdown()
-    return _finish(plan, client, experiment_id, parent_id, results)
+    return _finish(plan, client, experiment_id, parent_id, results, report)
 
 
 def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
                        resources: dict[str, float], cache_dir: str | None) -> None:
     """What `search.sealed` and `search.report` need to reopen this search later."""
     out = Path(plan.output_dir)
-    (out / "space.yaml").write_text(yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
-    info = {"name": plan.name, "space": plan.space.name, "mlflow_uri": plan.mlflow_uri,
-            "experiment": plan.experiment, "experiment_id": experiment_id,
-            "parent_run_id": parent_id, "storage_path": plan.storage_path,
-            "optuna_storage": plan.optuna_storage, "seed": plan.seed, "resources": resources,
-            "address": plan.address, "cache_dir": cache_dir, "mode": plan.mode}
-    (out / "search.json").write_text(json.dumps(info, indent=2))
+    (out / ARTIFACT.SPACE).write_text(yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
+    write_info(out, {"name": plan.name, "space": plan.space.name, "mlflow_uri": plan.mlflow_uri,
+                     "experiment": plan.experiment, "experiment_id": experiment_id,
+                     "parent_run_id": parent_id, "storage_path": plan.storage_path,
+                     "optuna_storage": plan.optuna_storage, "seed": plan.seed,
+                     "resources": resources, "address": plan.address, "cache_dir": cache_dir,
+                     "mode": plan.mode.value})
 
 
-@dataclass
-class Reopened:
-    space: Space
-    shared: Shared
-    client: Any
-    experiment_id: str
-    parent_id: str
-    entries: list[Entry]
-    results: Any
-    resources: dict[str, float]
-    seed: int
-    output_dir: Path
-    info: dict[str, Any]
+def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, results: Any,
+                            plan: SearchPlan) -> None:
+    """Tags each completed searched trial with its paired difference from the best baseline
+    on the validation objective (the leaderboard's `vs best baseline`)."""
+    from mlflow.entities import Metric
 
-
-@contextmanager
-def reopen_search(storage_path: str, name: str | None) -> Iterator[Reopened]:
-    """A finished search, ready to evaluate again: its space, shared state, runs, results."""
-    import spaces
-
-    out = find_search(storage_path, name)
-    info = read_info(out)
-    use_loopback_for(info["address"])
-    _quiet_ray()
-    import ray
-    from mlflow.tracking import MlflowClient
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    space = spaces.load(str(out / "space.yaml"))
-    ray.init(address=info["address"] or "local", include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    try:
-        config = space.trial_config(cache_dir=info["cache_dir"], seed=info["seed"])
-        shared = prepare_shared(config, pool_candidates=space.pool.candidates,
-                                log=lambda _: None)
-        client = MlflowClient(info["mlflow_uri"])
-        entries = rank(collect(client, info["experiment_id"], info["parent_run_id"]),
-                       OBJECTIVE, info["mode"])
-        path = f"{info['storage_path'].rstrip('/')}/{info['name']}"
-        results = ResultGrid(ExperimentAnalysis(path))
-        yield Reopened(space, shared, client, info["experiment_id"], info["parent_run_id"],
-                       entries, results, info["resources"], info["seed"], out, info)
-    finally:
-        ray.shutdown()
+    entries = collect(client, experiment_id, parent_id)
+    reference, differences = versus_baselines(entries, results, plan.raw_objective)
+    for run_id, diff in differences.items():
+        verdict = ("better than" if diff.low > 0 else "worse than" if diff.high < 0
+                   else "not significantly better than")
+        client.set_tag(run_id, TAG.VS_BASELINE, f"{verdict} {reference}: {diff.value:+.3f} "
+                                                f"[{diff.low:+.3f}, {diff.high:+.3f}]")
+        key = f"{Split.VAL}/vs_best_baseline"
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in (
+            (key, diff.value), (low_key(key), diff.low), (high_key(key), diff.high))])
 
 
 def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
-            results: Any) -> int:
+            results: Any, report: FinalReport | None) -> int:
     space, out = plan.space, Path(plan.output_dir)
     entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
     print("\nleaderboard (full-length trials first; ranked by "
           f"{plan.objective}):\n{format_table(entries, space, limit=15)}")
-    (out / "leaderboard.csv").write_text(to_csv(entries, space))
-    client.log_artifact(parent_id, str(out / "leaderboard.csv"))
+    (out / ARTIFACT.LEADERBOARD).write_text(to_csv(entries, space))
+    client.log_artifact(parent_id, str(out / ARTIFACT.LEADERBOARD))
     statuses = [e.status for e in entries]
-    for status in ("completed", "early-stopped", "failed"):
+    for status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.FAILED):
         client.log_metric(parent_id, f"trials/{status}", statuses.count(status))
-    best = next((e for e in entries if e.status == "completed"), None)
-    if best is None:
+    best = next((e for e in entries if e.status == TrialStatus.COMPLETED), None)
+    record = record_of(results, best.trial_id) if best is not None else None
+    if best is None or record is None:
         client.set_terminated(parent_id, "FAILED")
         print("no trial ran to completion: see the failures above", file=sys.stderr)
         return 1
-    values = space.values_from_params(best.params)
+    values = space.values_of(record)
     raw = best.value(plan.raw_objective)
     note = (f"Best recipe of search {plan.name} ({best.name}): {plan.raw_objective} = "
             f"{raw if raw is None else round(raw, 4)}, masking flags: "
             f"{', '.join(best.flags) or 'none'}.")
-    (out / "best_config.yaml").write_text(yaml.safe_dump(
+    (out / ARTIFACT.BEST_CONFIG).write_text(yaml.safe_dump(
         space.with_defaults(values, name=f"{space.name}-best", note=note), sort_keys=False))
-    client.log_artifact(parent_id, str(out / "best_config.yaml"))
-    client.set_tag(parent_id, "best_run", best.run_id)
-    for key in ("val/heldout/mean_acc", "val/heldout/worst_acc", "val/heldout/union_acc",
-                "val/clean/acc"):
-        if best.value(key) is not None:
-            client.log_metric(parent_id, f"best/{key}", float(best.value(key)))
+    client.log_artifact(parent_id, str(out / ARTIFACT.BEST_CONFIG))
+    client.set_tag(parent_id, TAG.BEST_RUN, best.run_id)
+    for key in (*(group_metric(Split.VAL, Group.HELDOUT, stat) for stat in GROUP_STATS),
+                CLEAN_ACC):
+        value = best.value(key)
+        if value is not None:
+            client.log_metric(parent_id, f"best/{key}", value)
     model = _export_best_model(results, best, out)
     if model is not None:
         client.log_artifact(parent_id, str(model), "best")
         client.log_artifact(best.run_id, str(model))
+    plots = write_plots(entries, out / "report", optuna_storage=plan.optuna_storage,
+                        study=plan.name, objective=plan.raw_objective, space=space)
+    for path in plots:
+        client.log_artifact(parent_id, str(path), "report")
     client.set_terminated(parent_id, "FINISHED")
-    _print_where(plan, best, model, out)
+    _print_where(plan, best, model, out, plots)
+    if report is not None:
+        print("\nfinal comparison (test split; the table is also on the MLflow parent run as "
+              f"{ARTIFACT.FINAL_TABLE}):\n{report.markdown()}")
     return 0
 
 
@@ -246,20 +236,24 @@ def _export_best_model(results: Any, best: Entry, out: Path) -> Path | None:
     if payload is None:
         print(f"note: the best trial's final checkpoint holds no model file ({best.trial_id})")
         return None
-    target = out / "best_model.pt"
+    target = out / ARTIFACT.BEST_MODEL
     target.write_bytes(payload)
     return target
 
 
-def _print_where(plan: SearchPlan, best: Any, model: Path | None, out: Path) -> None:
-    print(f"\nbest trial   {best.name}: held-out mean {best.value('val/heldout/mean_acc'):.3f}, "
-          f"worst {best.value('val/heldout/worst_acc'):.3f}, union "
-          f"{best.value('val/heldout/union_acc'):.3f}, clean {best.value('val/clean/acc'):.3f}")
-    print(f"best recipe  {out / 'best_config.yaml'}  (pass it to --space, here or to "
-          "python -m trainables.trial)")
+def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
+                 plots: list[Path]) -> None:
+    heldout = {stat: best.value(group_metric(Split.VAL, Group.HELDOUT, stat))
+               for stat in GROUP_STATS}
+    print(f"\nbest trial   {best.name}: held-out mean {heldout[Stat.MEAN]:.3f}, worst "
+          f"{heldout[Stat.WORST]:.3f}, union {heldout[Stat.UNION]:.3f}, clean "
+          f"{best.value(CLEAN_ACC):.3f}")
+    print(f"best recipe  {out / ARTIFACT.BEST_CONFIG}  (pass it to --space, here or to "
+          "python -m search.trial)")
     if model is not None:
         print(f"best model   {model}  (trainables.load_defended_model)")
-    print(f"leaderboard  {out / 'leaderboard.csv'}")
+    print(f"leaderboard  {out / ARTIFACT.LEADERBOARD}")
+    print(f"report       {', '.join(p.name for p in plots)} in {out / 'report'}")
     print(f"optuna       {plan.optuna_storage} (study {plan.name})")
     print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}   "
           f"(experiment {plan.experiment!r}, parent run {plan.name!r})"

@@ -11,17 +11,33 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from search.records import STATUS_TAG
 from spaces import Space
+from trainables.vocab import (
+    CLEAN_ACC,
+    HELDOUT_MEAN,
+    MASKING,
+    MASKING_ANY,
+    OBJECTIVE,
+    TAG,
+    Group,
+    Mode,
+    Split,
+    Stat,
+    TrialStatus,
+    group_metric,
+)
 
 __all__ = ["Entry", "collect", "format_table", "rank", "to_csv"]
 
-STATUS_ORDER = {"completed": 0, "early-stopped": 1, "running": 2, "retrying": 2, "failed": 3,
-                "baseline": 4}
-COLUMNS = (("objective", "val/objective"), ("held-out mean", "val/heldout/mean_acc"),
-           ("worst", "val/heldout/worst_acc"), ("union", "val/heldout/union_acc"),
-           ("clean", "val/clean/acc"), ("transfer", "val/transfer/mean_acc"),
-           ("sealed mean", "test/sealed/mean_acc"), ("AA", "test/autoattack/acc"))
+STATUS_ORDER: dict[str, int] = {
+    TrialStatus.COMPLETED: 0, TrialStatus.EARLY_STOPPED: 1, TrialStatus.RUNNING: 2,
+    TrialStatus.RETRYING: 2, TrialStatus.FAILED: 3, TrialStatus.BASELINE: 4}
+COLUMNS = (("objective", OBJECTIVE), ("held-out mean", HELDOUT_MEAN),
+           ("worst", group_metric(Split.VAL, Group.HELDOUT, Stat.WORST)),
+           ("union", group_metric(Split.VAL, Group.HELDOUT, Stat.UNION)),
+           ("clean", CLEAN_ACC), ("transfer", group_metric(Split.VAL, Group.TRANSFER)),
+           ("sealed mean", group_metric(Split.TEST, Group.SEALED)),
+           ("AA", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
 
 
 @dataclass
@@ -39,34 +55,50 @@ class Entry:
         return self.metrics.get(metric)
 
     @property
+    def baseline(self) -> str | None:
+        """The reference recipe this trial is, if any."""
+        return self.tags.get(TAG.BASELINE) or None
+
+    @property
+    def versus(self) -> str:
+        """Against the best baseline on the validation objective: `+0.041 n.s. (pgd-at)`, where
+        n.s. says the paired interval contains 0 (the tag has the interval)."""
+        text = self.tags.get(TAG.VS_BASELINE)
+        value = self.metrics.get(f"{Split.VAL}/vs_best_baseline")
+        if not text or value is None:
+            return "-"
+        verdict = "n.s." if text.startswith("not significantly") else "sig."
+        return f"{value:+.3f} {verdict} ({text.split(':')[0].split()[-1]})"
+
+    @property
     def flags(self) -> list[str]:
         """The masking checks this trial failed (informational ones left out)."""
-        raised = self.tags.get("masking_flags", "none")
+        raised = self.tags.get(TAG.MASKING_FLAGS, "none")
         return [] if raised == "none" else raised.split(",")
 
 
 def collect(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Entry]:
     runs: list[Run] = client.search_runs(
-        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000)
-    return [Entry(run.info.run_id, run.data.tags.get("ray_trial_id", ""),
+        [experiment_id], f"tags.`{TAG.PARENT}` = '{parent_run_id}'", max_results=10000)
+    return [Entry(run.info.run_id, run.data.tags.get(TAG.TRIAL_ID, ""),
                   run.info.run_name or run.info.run_id,
-                  run.data.tags.get(STATUS_TAG, "unknown"),
-                  int(run.data.tags.get("evaluations", "0") or 0),
+                  run.data.tags.get(TAG.STATUS, "unknown"),
+                  int(run.data.tags.get(TAG.EVALUATIONS, "0") or 0),
                   dict(run.data.metrics), dict(run.data.params), dict(run.data.tags))
             for run in runs]
 
 
-def rank(entries: Sequence[Entry], objective: str, mode: str = "max",
-         tiebreak: str = "val/heldout/mean_acc") -> list[Entry]:
+def rank(entries: Sequence[Entry], objective: str, mode: Mode = Mode.MAX,
+         tiebreak: str = HELDOUT_MEAN) -> list[Entry]:
     """Full-length trials first (their objective is comparable), then early-stopped, failed.
 
     Ties (e.g. several trials whose objective was zeroed for masking) go by `tiebreak`.
     """
-    sign = -1.0 if mode == "max" else 1.0
+    sign = -1.0 if mode == Mode.MAX else 1.0
 
     def key(entry: Entry) -> tuple[int, float, float]:
         value, second = entry.value(objective), entry.value(tiebreak)
-        return (STATUS_ORDER.get(entry.status, 4),
+        return (STATUS_ORDER.get(entry.status, len(STATUS_ORDER)),
                 sign * value if value is not None else float("inf"),
                 sign * second if second is not None else float("inf"))
 
@@ -81,15 +113,15 @@ def format_table(entries: Sequence[Entry], space: Space, *, limit: int | None = 
     searched = [name for name in space.params]
     header = (f"{'rank':>4}  {'trial':<40} {'status':<13} "
               + " ".join(f"{title:>6}" if len(title) <= 6 else title for title, _ in COLUMNS)
-              + "  masking flags  " + "  ".join(searched))
+              + f"  {'vs best baseline':<22}  masking flags  " + "  ".join(searched))
     lines = [header]
     for index, entry in enumerate(entries[:limit] if limit else entries, start=1):
         cells = " ".join(_fmt(entry.value(metric)).rjust(max(6, len(title)))
                          for title, metric in COLUMNS)
         values = "  ".join(_short(entry.params.get(name, "-")) for name in searched)
-        flags = ",".join(entry.flags) or ("-" if "masking/any" in entry.metrics else "n/a")
+        flags = ",".join(entry.flags) or ("-" if MASKING_ANY in entry.metrics else "n/a")
         lines.append(f"{index:>4}  {entry.name[:40]:<40} {entry.status:<13} {cells}  "
-                     f"{flags:<13}  {values}")
+                     f"{entry.versus:<22}  {flags:<13}  {values}")
     return "\n".join(lines)
 
 
@@ -103,11 +135,11 @@ def _short(text: str) -> str:
 
 def to_csv(entries: Sequence[Entry], space: Space) -> str:
     metric_keys = sorted({k for e in entries for k in e.metrics
-                          if k.startswith(("val/", "test/", "masking/"))})
+                          if k.startswith((f"{Split.VAL}/", f"{Split.TEST}/", f"{MASKING}/"))})
     param_keys = list(space.logged_params(space.default_values()))
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["rank", "trial", "run_id", "status", "evaluations", "masking_flags",
+    writer.writerow(["rank", "trial", "run_id", "status", "evaluations", TAG.MASKING_FLAGS,
                      *metric_keys, *param_keys])
     for index, entry in enumerate(entries, start=1):
         writer.writerow([index, entry.name, entry.run_id, entry.status, entry.evaluations,

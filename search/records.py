@@ -1,38 +1,66 @@
-"""What a search leaves in its output folder so later commands can reopen it (no Ray here:
-commands must choose Ray's network settings before Ray is imported)."""
+"""What a search leaves behind, and how later commands find it again (no Ray imported here:
+commands must choose Ray's network settings before Ray is imported).
+
+- `search.json` in the search's output folder: where its MLflow runs, Optuna study and Ray
+  results are;
+- a trial's record (`Space.record`): the exact config it trained and its searched values,
+  carried in Tune's trial config under RECORD_KEY;
+- the trial's final defended model, in its last checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from search.leaderboard import Entry, collect, rank
+from spaces import RECORD_KEY
 from trainables.errors import ConfigError
+from trainables.vocab import ARTIFACT, OBJECTIVE, POINTS, TAG, Mode, TrialStatus
 
-__all__ = ["STATUS_TAG", "find_search", "read_info", "trial_status", "use_loopback_for"]
+__all__ = [
+    "Located",
+    "find_search",
+    "locate",
+    "model_file",
+    "points_of",
+    "quiet_ray",
+    "read_info",
+    "record_of",
+    "trial_status",
+    "use_loopback_for",
+    "write_info",
+]
 
-# The child-run tag holding a trial's fate: completed | early-stopped | failed | running |
-# retrying (baselines: baseline)
-STATUS_TAG = "trial_status"
+DEFAULT_OUTPUT = Path("search_output")  # searches whose --storage-path is remote keep files here
 
 
 def find_search(storage_path: str, name: str | None) -> Path:
     """The output folder of search `name` (default: the latest) under `storage_path`."""
     storage = Path(storage_path).expanduser().resolve()
     if name is not None:
-        for folder in (storage / name, Path("search_output").resolve() / name):
-            if (folder / "search.json").exists():
+        for folder in (storage / name, DEFAULT_OUTPUT.resolve() / name):
+            if (folder / ARTIFACT.SEARCH_INFO).exists():
                 return folder
-        raise ConfigError(f"no search {name!r} in {storage} (no search.json found)")
-    found = sorted(storage.glob("*/search.json"), key=lambda p: p.stat().st_mtime)
+        raise ConfigError(f"no search {name!r} in {storage} (no {ARTIFACT.SEARCH_INFO} found)")
+    found = sorted(storage.glob(f"*/{ARTIFACT.SEARCH_INFO}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ConfigError(f"no finished search in {storage}: pass --storage-path or --name")
     return found[-1].parent
 
 
 def read_info(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "search.json").read_text())
+    return dict(json.loads((folder / ARTIFACT.SEARCH_INFO).read_text()))
+
+
+def write_info(folder: Path, info: Mapping[str, Any]) -> None:
+    (folder / ARTIFACT.SEARCH_INFO).write_text(json.dumps(dict(info), indent=2))
 
 
 def use_loopback_for(address: str | None) -> None:
@@ -42,7 +70,87 @@ def use_loopback_for(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def trial_status(result: dict[str, Any] | None, max_t: int) -> str:
+def quiet_ray() -> None:
+    """Ray Tune's output settings for a search driver (set before Ray is imported)."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+
+def trial_status(result: Mapping[str, Any] | None, max_t: int) -> TrialStatus:
     """How a trial that ended without error ended: all its evaluations, or stopped by ASHA."""
     done = int((result or {}).get("training_iteration", 0))
-    return "completed" if done >= max_t else "early-stopped"
+    return TrialStatus.COMPLETED if done >= max_t else TrialStatus.EARLY_STOPPED
+
+
+def record_of(results: Any, trial_id: str) -> dict[str, Any] | None:
+    """The record (config and searched values) a trial of a Tune ResultGrid trained."""
+    for result in results:
+        if result.metrics.get("trial_id") == trial_id and RECORD_KEY in (result.config or {}):
+            return dict(result.config[RECORD_KEY])
+    return None
+
+
+def points_of(results: Any, trial_id: str, metric: str) -> np.ndarray | None:
+    """The per-point values of `metric` at a trial's last evaluation (when it ran to the end)."""
+    for result in results:
+        if result.metrics.get("trial_id") == trial_id:
+            values = result.metrics.get(f"{POINTS}/{metric}")
+            return None if values is None else np.asarray(values, dtype=float)
+    return None
+
+
+def model_file(results: Any, trial_id: str) -> bytes | None:
+    """The final defended model a trial saved in its last checkpoint, as bytes."""
+    for result in results:
+        if result.metrics.get("trial_id") != trial_id or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as folder:
+            path = Path(folder) / ARTIFACT.MODEL
+            return path.read_bytes() if path.exists() else None
+    return None
+
+
+@dataclass
+class Located:
+    """A search found again through MLflow: its runs, and its output folder if it has one."""
+
+    name: str
+    client: Any
+    experiment_id: str
+    parent_id: str
+    entries: list[Entry]
+    folder: Path | None = None
+    info: dict[str, Any] | None = None
+
+
+def locate(*, storage_path: str, name: str | None, mlflow_uri: str | None = None,
+           experiment: str | None = None) -> Located:
+    """A search by MLflow experiment (its latest parent run, or the one named `name`), or by
+    its output folder under `storage_path` (default: the latest)."""
+    from mlflow.tracking import MlflowClient
+
+    if experiment:
+        uri = mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise ConfigError(f"no MLflow experiment {experiment!r} at {uri}")
+        parents = [r for r in client.search_runs([found.experiment_id],
+                                                 order_by=["attributes.start_time DESC"])
+                   if TAG.PARENT not in r.data.tags
+                   and (name is None or r.info.run_name == name)]
+        if not parents:
+            raise ConfigError(f"experiment {experiment!r} holds no search run")
+        parent = parents[0]
+        located = Located(parent.info.run_name, client, found.experiment_id,
+                          parent.info.run_id, [])
+    else:
+        folder = find_search(storage_path, name)
+        info = read_info(folder)
+        client = MlflowClient(mlflow_uri or info["mlflow_uri"])
+        located = Located(info["name"], client, info["experiment_id"], info["parent_run_id"],
+                          [], folder, info)
+    mode = Mode((located.info or {}).get("mode", Mode.MAX))
+    located.entries = rank(collect(client, located.experiment_id, located.parent_id),
+                           OBJECTIVE, mode)
+    return located

@@ -8,11 +8,10 @@ parameter importance, written as PNG files and logged to the search's MLflow par
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,80 +20,38 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from search.leaderboard import COLUMNS, Entry, collect, format_table, rank, to_csv
-from trainables.errors import ConfigError, DefenseSearchError
+from search.cli import Parser, run_cli
+from search.leaderboard import COLUMNS, Entry, format_table, to_csv
+from search.records import Located, locate
+from spaces import INACTIVE, Space
+from trainables.errors import ConfigError
+from trainables.vocab import ARTIFACT, CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat, TrialStatus
 
 __all__ = ["heat_map", "importance_plot", "main", "pareto_plot"]
 
-OBJECTIVE = "val/objective"
-HELDOUT, CLEAN = "val/heldout/mean_acc", "val/clean/acc"
-
-
-@dataclass
-class Search:
-    name: str
-    client: Any
-    experiment_id: str
-    parent_id: str
-    entries: list[Entry]
-    optuna_storage: str | None
-    out: Path
-
-
-def _locate(args: argparse.Namespace) -> Search:
-    """The search to report on: by MLflow experiment (its latest parent run) or by name."""
-    from mlflow.tracking import MlflowClient
-
-    if args.experiment:
-        uri = args.mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(args.experiment)
-        if experiment is None:
-            raise ConfigError(f"no MLflow experiment {args.experiment!r} at {uri}")
-        parents = [r for r in client.search_runs([experiment.experiment_id],
-                                                 order_by=["attributes.start_time DESC"])
-                   if "mlflow.parentRunId" not in r.data.tags
-                   and (args.name is None or r.info.run_name == args.name)]
-        if not parents:
-            raise ConfigError(f"experiment {args.experiment!r} holds no search run")
-        parent = parents[0]
-        name, optuna_storage = parent.info.run_name, None
-        out = Path(args.out or Path("report") / name)
-        experiment_id, parent_id = experiment.experiment_id, parent.info.run_id
-    else:
-        from search.records import find_search, read_info
-
-        folder = find_search(args.storage_path, args.name)
-        info = read_info(folder)
-        client = MlflowClient(args.mlflow_uri or info["mlflow_uri"])
-        name, optuna_storage = info["name"], info.get("optuna_storage")
-        experiment_id, parent_id = info["experiment_id"], info["parent_run_id"]
-        out = Path(args.out or folder / "report")
-    entries = rank(collect(client, experiment_id, parent_id), OBJECTIVE)
-    if not entries:
-        raise ConfigError(f"search {name!r} has no trial runs in MLflow yet")
-    out.mkdir(parents=True, exist_ok=True)
-    return Search(name, client, experiment_id, parent_id, entries, optuna_storage, out)
+HELDOUT, CLEAN = HELDOUT_MEAN, CLEAN_ACC
 
 
 def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
     """Clean vs held-out accuracy, one dot per trial; flags crossed out; the Pareto front of
     the trials that passed the masking checks (a flagged trial's robustness is not real)."""
-    points = [(e.value(CLEAN), e.value(HELDOUT), e) for e in entries
-              if e.value(CLEAN) is not None and e.value(HELDOUT) is not None]
+    points = [(clean, heldout, e) for e in entries if (clean := e.value(CLEAN)) is not None
+              and (heldout := e.value(HELDOUT)) is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
-    styles = {"completed": ("o", "tab:blue"), "early-stopped": ("o", "lightsteelblue"),
-              "baseline": ("s", "tab:green")}
+    styles: dict[str, tuple[str, str]] = {TrialStatus.COMPLETED: ("o", "tab:blue"),
+              TrialStatus.EARLY_STOPPED: ("o", "lightsteelblue"),
+              TrialStatus.BASELINE: ("s", "tab:green")}
     for clean, heldout, entry in points:
         marker, colour = styles.get(entry.status, ("o", "grey"))
         ax.scatter(clean, heldout, marker=marker, color=colour, s=40, zorder=2)
         if entry.flags:
             ax.scatter(clean, heldout, marker="x", color="tab:red", s=90, zorder=3)
-        label = entry.name if entry.status == "baseline" else entry.name.split()[0]
+        label = entry.name if entry.status == TrialStatus.BASELINE else entry.name.split()[0]
         ax.annotate(label, (clean, heldout), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    front, best = [], -1.0
-    honest = [p for p in points if not p[2].flags and p[2].status != "baseline"]
+    front: list[tuple[float, float]] = []
+    best = -1.0
+    honest = [p for p in points if not p[2].flags and p[2].status != TrialStatus.BASELINE]
     for clean, heldout, _ in sorted(honest, key=lambda p: (-p[0], -p[1])):
         if heldout > best:
             front.append((clean, heldout))
@@ -118,7 +75,9 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
 
 def heat_map(entries: Sequence[Entry], path: Path) -> Path:
     """Robust accuracy per trial (rows) and attack (columns): pool, held-out, transfer, sealed."""
-    groups = ("val/pool/", "val/heldout/", "val/transfer/", "test/sealed/", "test/adaptive/")
+    groups = tuple(f"{split}/{group}/" for split, group in (
+        (Split.VAL, Group.POOL), (Split.VAL, Group.HELDOUT), (Split.VAL, Group.TRANSFER),
+        (Split.TEST, Group.SEALED), (Split.TEST, Group.ADAPTIVE)))
     columns = sorted({k for e in entries for k in e.metrics
                       if k.startswith(groups) and k.endswith("/acc")},
                      key=lambda k: (groups.index(k.rsplit("/", 2)[0] + "/"), k))
@@ -128,7 +87,8 @@ def heat_map(entries: Sequence[Entry], path: Path) -> Path:
                                     max(3.0, 0.32 * len(rows) + 2)))
     image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(columns)),
-                  [c.removesuffix("/acc").replace("val/", "").replace("test/", "test ")
+                  [c.removesuffix(f"/{Stat.ACC}").replace(f"{Split.VAL}/", "")
+                   .replace(f"{Split.TEST}/", "test ")
                    for c in columns], rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), [e.name for e in rows], fontsize=7)
     for i, row in enumerate(data):
@@ -173,6 +133,77 @@ def importance_plot(storage: str, study_name: str, path: Path) -> Path | None:
     return path
 
 
+def parallel_coordinates(entries: Sequence[Entry], space: Space, objective: str, path: Path
+                         ) -> Path | None:
+    """Every trial's searched values against the objective, one line per trial coloured by
+    it: what W&B Sweeps draws unasked (MLflow's compare page picks its own metric)."""
+    names = [*space.params]
+    rows = [e for e in entries if e.value(objective) is not None]
+    if not rows or not names:
+        return None
+    columns: list[tuple[str, list[float], list[str] | None]] = []
+    for name in names:
+        spec = space.params[name]
+        raw = [e.params.get(name, INACTIVE) for e in rows]
+        if spec.choices is not None:
+            labels = [str(c) for c in spec.choices] + [INACTIVE]
+            columns.append((name, [labels.index(r) / max(1, len(labels) - 1)
+                                   if r in labels else 1.0 for r in raw], labels))
+        else:
+            assert spec.low is not None and spec.high is not None
+            low, high = (math.log(spec.low), math.log(spec.high)) if spec.log else (
+                spec.low, spec.high)
+            scaled = []
+            for r in raw:
+                value = float(r) if r != INACTIVE else float("nan")
+                value = math.log(value) if spec.log and value > 0 else value
+                scaled.append((value - low) / (high - low) if high > low else 0.5)
+            columns.append((name, scaled, None))
+    values = [e.value(objective) or 0.0 for e in rows]
+    top = max(values) or 1.0
+    columns.append((objective.rsplit("/", 1)[-1], [v / top for v in values], None))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(columns)), 5))
+    cmap = plt.get_cmap("viridis")
+    order = sorted(range(len(rows)), key=lambda i: values[i])  # the best drawn on top
+    for i in order:
+        ys = [col[1][i] for col in columns]
+        baseline = rows[i].baseline
+        if baseline:
+            ax.plot(range(len(columns)), ys, color="tab:red", lw=2.2, ls="--")
+            ax.annotate(baseline, (len(columns) - 1, ys[-1]), fontsize=7, xytext=(4, 0),
+                        textcoords="offset points", color="tab:red")
+        else:
+            ax.plot(range(len(columns)), ys, color=cmap(values[i] / top), lw=1.4, alpha=0.85)
+    for x, (_, _, ticks) in enumerate(columns):
+        ax.axvline(x, color="grey", lw=0.6)
+        for j, tick in enumerate(ticks or ()):
+            ax.annotate(tick, (x, j / max(1, len(ticks or ()) - 1)), fontsize=6,
+                        xytext=(3, 0), textcoords="offset points", color="dimgrey")
+    ax.set_xticks(range(len(columns)), [c[0] for c in columns], rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_yticks([])
+    ax.set_title(f"Searched values against {objective} (colour: objective; dashed red: "
+                 "baselines)", fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, top)), ax=ax,
+                 label=objective)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(entries: Sequence[Entry], folder: Path, *, optuna_storage: str | None,
+                study: str, objective: str, space: Space) -> list[Path]:
+    """Every plot of a search's report, written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [pareto_plot(entries, folder / "pareto.png"),
+               heat_map(entries, folder / "heatmap.png")]
+    found = [parallel_coordinates(entries, space, objective, folder / "parallel.png")]
+    if optuna_storage:
+        found.append(importance_plot(optuna_storage, study, folder / "importance.png"))
+    return written + [p for p in found if p is not None]
+
+
 def _table(entries: Sequence[Entry], fmt: str, space: Any) -> str:
     if fmt == "csv":
         return to_csv(entries, space)
@@ -193,7 +224,7 @@ def _table(entries: Sequence[Entry], fmt: str, space: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.report", description=(
+    p = Parser(prog="python -m search.report", description=(
         "Leaderboard, Pareto plot, per-attack heat map and parameter importance of a search"))
     p.add_argument("--name", default=None, help="the search (default: the latest)")
     p.add_argument("--storage-path", default="./ray_results",
@@ -205,29 +236,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for the PNG files")
     p.add_argument("--no-plots", action="store_true", help="print the table only")
     args = p.parse_args(argv)
-    try:
-        search = _locate(args)
-        space = _space_of(search)
-        print(_table(search.entries, args.format, space))
+
+    def body() -> int:
+        found = locate(storage_path=args.storage_path, name=args.name,
+                       mlflow_uri=args.mlflow_uri, experiment=args.experiment)
+        if not found.entries:
+            raise ConfigError(f"search {found.name!r} has no trial runs in MLflow yet")
+        space = _space_of(found)
+        print(_table(found.entries, args.format, space))
         if args.no_plots:
             return 0
-        written = [pareto_plot(search.entries, search.out / "pareto.png"),
-                   heat_map(search.entries, search.out / "heatmap.png")]
-        if search.optuna_storage:
-            found = importance_plot(search.optuna_storage, search.name,
-                                    search.out / "importance.png")
-            written += [found] if found else []
+        if args.out:
+            out = Path(args.out)
+        elif found.folder is not None:
+            out = found.folder / "report"
+        else:
+            out = Path("report") / found.name
+        written = write_plots(found.entries, out, study=found.name, space=space,
+                              optuna_storage=(found.info or {}).get("optuna_storage"),
+                              objective=space.search.objective)
         for path in written:
-            search.client.log_artifact(search.parent_id, str(path), "report")
+            found.client.log_artifact(found.parent_id, str(path), "report")
         print(f"\nplots: {', '.join(str(p) for p in written)} (also on the MLflow parent run, "
               "under report/)", file=sys.stderr)
-    except DefenseSearchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body)
 
 
-def _space_of(search: Search) -> Any:
+def _space_of(found: Located) -> Any:
     """The search's space (for the searched-value columns), from its parent run's artifacts."""
     import os
     import tempfile
@@ -239,9 +276,9 @@ def _space_of(search: Search) -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = search.client.download_artifacts(search.parent_id, "space.yaml", folder)
+            path = found.client.download_artifacts(found.parent_id, ARTIFACT.SPACE, folder)
         except (MlflowException, OSError):  # no copy logged: the space named in the tags
-            run = search.client.get_run(search.parent_id)
+            run = found.client.get_run(found.parent_id)
             return spaces.load(run.data.tags.get("space", "mid"))
         return spaces.load(path)
 

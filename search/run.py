@@ -10,27 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from search.cli import Parser, run_cli
 from search.cluster import REMOTE_SCHEMES
-from search.records import use_loopback_for
-from trainables.errors import ConfigError, DefenseSearchError
+from search.plan import SearchPlan
+from search.records import DEFAULT_OUTPUT, use_loopback_for
+from trainables.errors import ConfigError
+from trainables.vocab import ARTIFACT, FINAL_SEEDS, SEALED_STRENGTH, Scheduler, SearchAlg
 
 __all__ = ["build_parser", "main", "make_plan"]
 
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + message
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.run",
+    p = Parser(prog="python -m search.run",
                 description="Search defense recipes (MID + PCL + UniG) with Ray Tune, Optuna and "
                             "ASHA; every trial's held-out robustness goes to MLflow.")
     p.add_argument("--space", default="mid", help="space name (smoke, mid, paper) or a YAML path")
@@ -41,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials to run (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials running at once (default: the space's search.max_concurrent)")
-    p.add_argument("--search-alg", choices=("tpe", "random", "nsga2"), default="tpe",
+    p.add_argument("--search-alg", choices=[a.value for a in SearchAlg], default=SearchAlg.TPE,
                    help="Optuna sampler; nsga2 searches the clean vs held-out Pareto front")
     p.add_argument("--multi-objective", action="store_true",
                    help="optimise held-out and clean accuracy together (implied by nsga2)")
-    p.add_argument("--scheduler", choices=("asha", "none"), default="asha",
+    p.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=Scheduler.ASHA,
                    help="asha stops weak trials at its rungs; none runs every trial in full")
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
@@ -74,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep trials on nodes that offer it; repeatable")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial from its last checkpoint")
-    p.add_argument("--sealed-top-k", type=int, default=3,
-                   help="best completed trials re-evaluated on the test split against the "
-                        "sealed attacks and AutoAttack at the end (0: none)")
-    p.add_argument("--sealed-strength", type=float, default=2.0,
+    p.add_argument("--sealed-top-k", type=int, default=1,
+                   help="best searched recipes compared with the space's baselines at the end, "
+                        "on the test split against the held-out and sealed attacks and "
+                        "AutoAttack (0: no final comparison)")
+    p.add_argument("--final-seeds", type=int, default=FINAL_SEEDS,
+                   help="seeds each recipe of the final comparison is trained with")
+    p.add_argument("--sealed-strength", type=float, default=SEALED_STRENGTH,
                    help="multiplier of attack iterations/queries/restarts in that evaluation")
-    p.add_argument("--seed", type=int, default=0, help="data split, teacher and sampler seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="data split, teacher, trial and sampler seed (default: the space's, 0)")
     p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
     p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
     p.add_argument("--dry-run", action="store_true",
@@ -90,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_loopback_for(args.address)
-    try:
+
+    def body() -> int:
         plan = make_plan(args)
         if args.dry_run:
             print(describe_plan(plan))
@@ -98,28 +98,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search.driver import run_search
 
         return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
-    except DefenseSearchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: resume with --resume", file=sys.stderr)
-        return 130
+
+    return run_cli(body, interrupted="interrupted: resume with --resume")
 
 
-def make_plan(args: argparse.Namespace):
+def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Checks every argument and the space; nothing here starts Ray or trains anything."""
     import spaces
     from search.cluster import is_local_tracking
     from search.tracking import check_tracking_uri
-    from search.tuner import SearchPlan
 
     overrides = list(args.overrides) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
+    if args.seed is not None:
+        overrides.append(f"fixed.seed={args.seed}")
     space = spaces.load(args.space, overrides)
     space.setup()  # data directory, attacks vs data set, budgets
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
-                             ("--sealed-top-k", args.sealed_top_k, 0)):
+                             ("--sealed-top-k", args.sealed_top_k, 0),
+                             ("--final-seeds", args.final_seeds, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag}={value} must be >= {low}")
     if args.sealed_strength <= 0:
@@ -142,7 +140,7 @@ def make_plan(args: argparse.Namespace):
                               ) from None
     name = resolve_name(args.name, space.name, storage, resume=args.resume)
     output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
-              else Path("search_output").resolve() / name)
+              else DEFAULT_OUTPUT.resolve() / name)
     mlflow_uri = args.mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     check_tracking_uri(mlflow_uri)
     if address and address.startswith("ray://") and is_local_tracking(mlflow_uri):
@@ -153,14 +151,15 @@ def make_plan(args: argparse.Namespace):
         space=space, name=name,
         num_samples=args.num_samples or space.search.num_samples,
         max_concurrent=args.max_concurrent or space.search.max_concurrent,
-        search_alg=args.search_alg, scheduler=args.scheduler,
-        multi_objective=args.multi_objective or args.search_alg == "nsga2",
-        seed=args.seed, storage_path=storage, output_dir=str(output),
-        optuna_storage=f"sqlite:///{output / 'optuna.db'}", mlflow_uri=mlflow_uri,
+        search_alg=SearchAlg(args.search_alg), scheduler=Scheduler(args.scheduler),
+        multi_objective=args.multi_objective or args.search_alg == SearchAlg.NSGA2,
+        seed=space.trial_config().seed, storage_path=storage, output_dir=str(output),
+        optuna_storage=f"sqlite:///{output / ARTIFACT.OPTUNA_DB}", mlflow_uri=mlflow_uri,
         experiment=args.experiment or f"defense-search-{space.name}", address=address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures, trial_resources=parse_resources(args.trial_resource),
-        sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength)
+        sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
+        final_seeds=args.final_seeds)
 
 
 def check_address(address: str | None) -> str | None:
@@ -217,7 +216,7 @@ def resolve_name(name: str | None, space: str, storage: str, *, resume: bool) ->
     return name
 
 
-def describe_plan(plan) -> str:
+def describe_plan(plan: SearchPlan) -> str:
     space, config = plan.space, plan.space.trial_config()
     lines = [
         f"search {plan.name}: space {space.name} ({space.source})",

@@ -23,17 +23,27 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.progress import trial_label
-from search.records import STATUS_TAG, trial_status
-from spaces import Space
-from trainables.attacks import attack_spec
-from trainables.config import TrialConfig
+from search.records import trial_status
+from spaces import RECORD_KEY
+from trainables.attacks import attack_spec, list_families
+from trainables.config import RUNTIME_KEYS
 from trainables.errors import ConfigError
+from trainables.masking import raised_flags
+from trainables.threat import NORMS
+from trainables.vocab import (
+    ARTIFACT,
+    MASKING,
+    MASKING_ANY,
+    METRIC_PREFIXES,
+    TAG,
+    Group,
+    Stat,
+    TrialStatus,
+)
 
-__all__ = ["MlflowTrialLogger", "check_tracking_uri", "masking_flags", "masking_record",
-           "open_experiment", "params_for", "robustness_table", "trial_metrics"]
+__all__ = ["MlflowTrialLogger", "check_tracking_uri", "masking_record", "open_experiment",
+           "params_of", "robustness_table", "trial_metrics"]
 
-METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/")
-RUNTIME_KEYS = ("device", "threads", "cache_dir")  # where a trial ran, not what it trained
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
 
@@ -62,13 +72,20 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0) -> None:
                           "writable")
 
 
+# MLflow 3's UI opens an experiment of this kind on its runs (not on the GenAI overview page)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def open_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it in the UI or pick "
                           "another --experiment")
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -82,54 +99,44 @@ def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))
             and not isinstance(v, bool)
-            and (not k.startswith("masking/") or k == "masking/any")}
-
-
-INFORMATIONAL_FLAGS = ("randomized", "backward_in_forward")
-
-
-def masking_flags(result: Mapping[str, Any]) -> list[str] | None:
-    """The masking checks a result raised (None when no check ran)."""
-    if "masking/any" not in result:
-        return None
-    return [k.split("/")[1] for k, v in result.items()
-            if k.count("/") == 1 and k.startswith("masking/") and k != "masking/any" and v
-            and k.split("/")[1] not in INFORMATIONAL_FLAGS]
+            and (not k.startswith(f"{MASKING}/") or k == MASKING_ANY)}
 
 
 def masking_record(result: Mapping[str, Any]) -> dict[str, Any]:
     """Every check's flag and evidence, for masking.json."""
     return {"flags": {k.split("/")[1]: bool(v) for k, v in result.items()
-                      if k.count("/") == 1 and k.startswith("masking/")},
+                      if k.count("/") == 1 and k.startswith(f"{MASKING}/")},
             "evidence": {k.split("/", 2)[2]: v for k, v in result.items()
-                         if k.startswith("masking/evidence/")}}
+                         if k.startswith(f"{MASKING}/evidence/")}}
 
 
 def robustness_table(metrics: Mapping[str, float]) -> str:
-    """CSV: split, group, attack, norm, family, accuracy for every per-attack metric."""
+    """CSV: split, group, attack (or a whole family: `attack` = family), family, kind and
+    accuracy for every per-attack and per-family metric."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["split", "group", "attack", "norm", "family", "accuracy"])
+    writer.writerow(["split", "group", "attack", "family", "kind", "accuracy"])
+    families = {*NORMS, *list_families()}
     for key in sorted(metrics):
         parts = key.split("/")
-        if len(parts) == 4 and parts[3] == "acc" and parts[1] not in ("clean",):
-            spec = attack_spec(parts[2])
-            writer.writerow([parts[0], parts[1], parts[2], spec.norm, spec.family,
-                             f"{metrics[key]:.4f}"])
+        if len(parts) != 4 or parts[3] != Stat.ACC or parts[1] == Group.CLEAN:
+            continue
+        name = parts[2].replace(".", "@")  # metric keys spell `@` as a dot
+        if name in families:
+            row = [name, name, "family"]
+        else:
+            spec = attack_spec(name)
+            row = [name, spec.family, spec.kind]
+        writer.writerow([parts[0], parts[1], *row, f"{metrics[key]:.4f}"])
     return out.getvalue()
 
 
-def params_for(space: Space, config: TrialConfig, values: Mapping[str, Any] | None = None
-               ) -> dict[str, str]:
-    """The same param keys on every child run: the config's fixed values and the searched ones.
-
-    `values` are the searched values; without them (a baseline) they are read off the config.
-    """
-    if values is None:
-        values = dict(space.pool.flags(config.pool)) if space.pool.searched else {}
-        values.update({name: getattr(config, name) for name in space.params})
-    params = {k: _param(v) for k, v in config.to_dict().items() if k not in RUNTIME_KEYS}
-    params.update({k: _param(v) for k, v in space.logged_params(values).items()})
+def params_of(record: Mapping[str, Any]) -> dict[str, str]:
+    """A trial's MLflow params, from its record: the config's values (where it ran left out),
+    then the searched values under the same keys on every run ('inactive' where a condition
+    did not apply)."""
+    params = {k: _param(v) for k, v in record["config"].items() if k not in RUNTIME_KEYS}
+    params.update({k: _param(v) for k, v in record["params"].items()})
     return params
 
 
@@ -142,9 +149,9 @@ class MlflowTrialLogger(Callback):
     """Ray Tune callback: a nested MLflow child run per trial, logged in batches."""
 
     def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 space: Space, max_t: int) -> None:
+                 space_name: str, max_t: int) -> None:
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
-        self.parent_run_id, self.space, self.max_t = parent_run_id, space, max_t
+        self.parent_run_id, self.space_name, self.max_t = parent_run_id, space_name, max_t
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._placement: dict[str, dict[str, str]] = {}  # run id -> node, pid, device
@@ -166,17 +173,18 @@ class MlflowTrialLogger(Callback):
             return self._runs[trial_id]
         found = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
-            f"tags.ray_trial_id = '{trial_id}'", max_results=1)
+            f"tags.`{TAG.PARENT}` = '{self.parent_run_id}' and "
+            f"tags.{TAG.TRIAL_ID} = '{trial_id}'", max_results=1)
         if found:
             self._runs[trial_id] = found[0].info.run_id
             return self._runs[trial_id]
-        values = _values(trial)
-        params = params_for(self.space, self.space.trial_config(values), values)
-        tags = {"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": trial_id,
-                "space": self.space.name, STATUS_TAG: "running"}
+        record = trial.config[RECORD_KEY]
+        params = params_of(record)
+        tags = {TAG.PARENT: self.parent_run_id, TAG.TRIAL_ID: trial_id,
+                TAG.SPACE: self.space_name, TAG.STATUS: TrialStatus.RUNNING,
+                **({TAG.BASELINE: record["baseline"]} if record.get("baseline") else {})}
         run = self.client.create_run(self.experiment_id,
-                                     run_name=trial_label(self.space, trial), tags=tags)
+                                     run_name=trial_label(trial), tags=tags)
         self._runs[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[
             Param(k, v) for k, v in sorted(params.items())])
@@ -185,7 +193,7 @@ class MlflowTrialLogger(Callback):
     # ---- Tune callback hooks
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, STATUS_TAG, "running")
+        self.client.set_tag(run_id, TAG.STATUS, TrialStatus.RUNNING)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
@@ -202,15 +210,15 @@ class MlflowTrialLogger(Callback):
             tags = [RunTag(k, v) for k, v in placement.items() if v]
         else:
             tags = []
-        flags = masking_flags(result)
+        flags = raised_flags(result)
         if flags is not None:
-            tags.append(RunTag("masking_flags", ",".join(flags) or "none"))
+            tags.append(RunTag(TAG.MASKING_FLAGS, ",".join(flags) or "none"))
         for index, batch in enumerate(_batched(entries, 1000)):  # MLflow's per-request limit
             self.client.log_batch(run_id, metrics=batch, tags=tags if index == 0 else [])
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
-        self.client.set_tag(self.run_id(trial), STATUS_TAG, "retrying")
+        self.client.set_tag(self.run_id(trial), TAG.STATUS, TrialStatus.RETRYING)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -219,24 +227,19 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
-        self._finish(trial, "failed", "FAILED", trial.last_result or {})
+        self._finish(trial, TrialStatus.FAILED, "FAILED", trial.last_result or {})
 
     def _finish(self, trial: Any, status: str, state: str, result: Mapping[str, Any]) -> None:
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, STATUS_TAG, status)
-        self.client.set_tag(run_id, "evaluations", str(result.get("training_iteration", 0)))
+        self.client.set_tag(run_id, TAG.STATUS, status)
+        self.client.set_tag(run_id, TAG.EVALUATIONS, str(result.get("training_iteration", 0)))
         metrics = trial_metrics(result)
-        self.client.log_dict(run_id, self.space.trial_config(_values(trial)).to_dict(),
-                             "config.json")
+        self.client.log_dict(run_id, trial.config[RECORD_KEY], ARTIFACT.CONFIG)
         if metrics:
-            self.client.log_text(run_id, robustness_table(metrics), "robustness.csv")
-        if "masking/any" in result:
-            self.client.log_dict(run_id, masking_record(result), "masking.json")
+            self.client.log_text(run_id, robustness_table(metrics), ARTIFACT.ROBUSTNESS)
+        if MASKING_ANY in result:
+            self.client.log_dict(run_id, masking_record(result), ARTIFACT.MASKING)
         self.client.set_terminated(run_id, state)
-
-
-def _values(trial: Any) -> dict[str, Any]:
-    return dict(trial.config)
 
 
 def _param(value: Any) -> str:

@@ -9,7 +9,6 @@ Two Ray/Optuna traps handled here (see stack-notes):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -18,90 +17,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search.trainable import OBJECTIVE, train_recipe
-from spaces import Space
+from search.plan import SearchPlan
+from search.trainable import train_recipe
 from trainables.prepare import Shared
+from trainables.vocab import Scheduler, SearchAlg
 
-__all__ = ["DefineByRun", "PruneAwareOptunaSearch", "SearchPlan", "build_tuner",
-           "restore_tuner"]
-
-CLEAN_METRIC = "val/clean/acc"
-
-
-@dataclass
-class SearchPlan:
-    """Everything the search needs, resolved and validated from the CLI before Ray starts."""
-
-    space: Space
-    name: str
-    num_samples: int
-    max_concurrent: int
-    search_alg: str  # tpe | random | nsga2
-    scheduler: str  # asha | none
-    multi_objective: bool
-    seed: int
-    storage_path: str
-    output_dir: str
-    optuna_storage: str
-    mlflow_uri: str
-    experiment: str
-    address: str | None
-    cpus_per_trial: float | None
-    gpus_per_trial: float | None
-    max_failures: int = 2
-    trial_resources: dict[str, float] = field(default_factory=dict)
-    sealed_top_k: int = 3
-    sealed_strength: float = 2.0
-
-    @property
-    def objective(self) -> str:
-        """What Tune optimises: the space's objective, penalised for masking flags."""
-        return OBJECTIVE
-
-    @property
-    def raw_objective(self) -> str:
-        return self.space.search.objective
-
-    @property
-    def mode(self) -> str:
-        return self.space.search.mode
-
-    def metrics(self) -> list[str] | str:
-        return [self.objective, CLEAN_METRIC] if self.multi_objective else self.objective
-
-    def modes(self) -> list[str] | str:
-        return [self.mode, "max"] if self.multi_objective else self.mode
-
-
-class DefineByRun:
-    """Module-level and picklable (Tune pickles the searcher): samples the space per trial."""
-
-    def __init__(self, space: Space) -> None:
-        self.space = space
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        # Returned values include the pool flags the size bounds forced (never suggested).
-        return self.space.suggest(trial)
-
-
-class _DefaultsRecorder:
-    """A stand-in trial that answers every suggestion with the space's default."""
-
-    def __init__(self, defaults: dict[str, Any]) -> None:
-        self.defaults, self.suggested = defaults, {}
-
-    def _answer(self, name: str, *_: Any, **__: Any) -> Any:
-        self.suggested[name] = self.defaults[name]
-        return self.defaults[name]
-
-    suggest_float = suggest_int = suggest_categorical = _answer
-
-
-def default_point(space: Space) -> dict[str, Any]:
-    """The defaults as Optuna should enqueue them: only the values that get suggested."""
-    recorder = _DefaultsRecorder(space.default_values())
-    space.suggest(recorder)  # type: ignore[arg-type]
-    return recorder.suggested
+__all__ = ["PruneAwareOptunaSearch", "build_tuner", "restore_tuner"]
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -119,6 +40,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             if not isinstance(self.metric, list):  # Optuna keeps no curves for multi-objective
                 ot_trial.report(result[self.metric], iterations)
+            assert self._ot_study is not None  # set up by set_search_properties
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
@@ -126,9 +48,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
 
 def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
-    if plan.search_alg == "random":
+    if plan.search_alg == SearchAlg.RANDOM:
         return optuna.samplers.RandomSampler(seed=plan.seed)
-    if plan.search_alg == "nsga2":
+    if plan.search_alg == SearchAlg.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=plan.seed)
     return optuna.samplers.TPESampler(seed=plan.seed)
 
@@ -136,23 +58,26 @@ def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     space = plan.space
     searcher = PruneAwareOptunaSearch(
-        DefineByRun(space), metric=plan.metrics(), mode=plan.modes(),
-        points_to_evaluate=[default_point(space)], sampler=_sampler(plan),
+        # define-by-run: the space suggests each trial's values and builds its record
+        space.sample, metric=plan.metrics(), mode=plan.modes(),
+        points_to_evaluate=[space.point(space.default_values())], sampler=_sampler(plan),
         study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage),
         max_t=space.max_evaluations)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
 
 
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:
-    if plan.scheduler == "none":
+    if plan.scheduler == Scheduler.NONE:
         return FIFOScheduler()
     settings = plan.space.search
     # Single objective: ASHA takes metric/mode from TuneConfig (Ray refuses them twice);
     # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
-    own = {"metric": plan.objective, "mode": plan.mode} if plan.multi_objective else {}
+    own = plan.multi_objective
     return ASHAScheduler(time_attr="training_iteration", max_t=plan.space.max_evaluations,
                          grace_period=settings.grace_period,
-                         reduction_factor=settings.reduction_factor, **own)
+                         reduction_factor=settings.reduction_factor,
+                         metric=plan.objective if own else None,
+                         mode=plan.mode.value if own else None)
 
 
 def _trainable(plan: SearchPlan, shared: Shared, resources: dict[str, float]) -> Any:
@@ -178,7 +103,8 @@ def build_tuner(plan: SearchPlan, shared: Shared, resources: dict[str, float],
         num_samples=plan.num_samples,
         # single objective: metric/mode here too (ASHA and the searcher both need them);
         # multi-objective: the scheduler carries its own single metric
-        **({} if plan.multi_objective else {"metric": plan.objective, "mode": plan.mode}))
+        metric=None if plan.multi_objective else plan.objective,
+        mode=None if plan.multi_objective else plan.mode.value)
     return tune.Tuner(_trainable(plan, shared, resources), tune_config=tune_config,
                       run_config=_run_config(plan, callbacks))
 

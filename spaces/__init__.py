@@ -14,10 +14,21 @@ from typing import Any
 
 import yaml
 
-from spaces._space import ParamSpec, PoolSpec, SearchSettings, Space, SpaceError, parse_space
+from spaces._space import (
+    INACTIVE,
+    RECORD_KEY,
+    ParamSpec,
+    PoolSpec,
+    SearchSettings,
+    Space,
+    SpaceError,
+    parse_space,
+)
 from trainables.errors import ConfigError
 
 __all__ = [
+    "INACTIVE",
+    "RECORD_KEY",
     "ParamSpec",
     "PoolSpec",
     "SearchSettings",

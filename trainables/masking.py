@@ -12,30 +12,39 @@ model (EOT, BPDA) but are no masking by themselves; every other raised flag coun
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchattacks as ta
 from torch import nn
 
-from trainables.attacks import AttackSpec, BoundAttack
+from trainables.attacks import attack_spec, build_attack, split_name
+from trainables.attacks.base import Attack
 from trainables.errors import ConfigError
 from trainables.evaluate import clean_correct, robust_mask
 from trainables.models import DefendedModel
 from trainables.registry import Registry
 from trainables.threat import ThreatModel
+from trainables.vocab import (
+    MASKING,
+    MASKING_ANY,
+    MASKING_DLR_GAP,
+    MASKING_EPS_SWEEP,
+    MASKING_FAMILY_GAP,
+    MASKING_GAP,
+    MASKING_INFORMATIONAL,
+    MASKING_LARGE_EPS_ACC,
+    MASKING_STEPS_GAP,
+    MASKING_UNBOUNDED_SUCCESS,
+    Norm,
+)
 
-__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "list_checks",
-           "run_masking_checks"]
+__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "is_randomized", "list_checks",
+           "raised_flags", "run_masking_checks"]
 
-GAP = 0.02  # a weaker attack beating a stronger one by more than this is suspicious
-STEPS_GAP = 0.05  # PGD-50 below PGD-10 by more than this: the attack had not converged
-DLR_GAP = 0.10  # the DLR loss beating CE by this much: logits are saturated or rescaled
-LARGE_EPS_ACC = 0.05  # at 4x the budget an honest model is (almost) never right
-UNBOUNDED_SUCCESS = 0.95  # an unbounded CW should flip (almost) every point
-EPS_SWEEP = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -51,6 +60,7 @@ class CheckContext:
     surrogate: nn.Module | None = None  # an undefended model of the same task
     batch_size: int = 256
     seed: int = 0
+    unforeseen: tuple[str, ...] = ()  # the trial's non-Lp gradient attacks (`Elastic@medium`)
     results: dict[str, float] = field(default_factory=dict)
     randomized: bool = False
 
@@ -62,28 +72,30 @@ class CheckContext:
 
     @property
     def linf(self) -> bool:
-        return self.threat.norm == "Linf"
+        return self.threat.norm == Norm.LINF
 
-    def accuracy(self, key: str, make: Callable[[], Callable[..., torch.Tensor]],
-                 *, norm: str | None = None, budget: float | None = None) -> float:
-        """Robust accuracy of `model` under the attack `make()` builds (cached by key)."""
+    def accuracy(self, key: str, make: Callable[[], Attack]) -> float:
+        """Robust accuracy of `model` under the attack `make()` builds (cached by key); the
+        attack may be crafted on another model, it is always judged on this one."""
         if key not in self.results:
-            norm = norm or self.threat.norm
-            budget = budget if budget is not None else self.threat.eps
-            spec = AttackSpec(key, norm, "iterative", build=lambda _: None)  # type: ignore[arg-type]
-            attack = BoundAttack(spec, make(), budget)  # type: ignore[arg-type]
-            mask = robust_mask(self.model, attack, self.x, self.y, self.correct,
-                               batch_size=self.batch_size, seed=self.seed)
+            mask = robust_mask(self.model, make(), self.x, self.y, self.correct,
+                               batch_size=self.batch_size, seed=self.seed, stream=key)
             self.results[key] = float(mask.float().mean())
         return self.results[key]
 
-    def pgd(self, model: nn.Module, steps: int, eps: float | None = None) -> ta.Attack:
+    def attack(self, name: str, model: nn.Module | None = None, *, budget: float | None = None,
+               **overrides: Any) -> Attack:
+        """An attack of the registry against `model` (default: the model under check)."""
+        return build_attack(name, self.model if model is None else model, self.threat,
+                            num_classes=self.num_classes, seed=self.seed, budget=budget,
+                            **overrides)
+
+    def pgd(self, model: nn.Module, steps: int, eps: float | None = None) -> Attack:
         eps = self.threat.eps if eps is None else eps
-        if self.randomized:  # expectation over the model's randomness
-            return ta.EOTPGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, eot_iter=5)
-        if self.linf:
-            return ta.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps)
-        return ta.PGDL2(model, eps=eps, alpha=2.5 * eps / steps, steps=steps)
+        step = {"steps": steps, "alpha": 2.5 * eps / steps}
+        if self.randomized and self.linf:  # expectation over the model's randomness
+            return self.attack("EOTPGD", model, budget=eps, eot_iter=5, **step)
+        return self.attack("PGD" if self.linf else "PGDL2", model, budget=eps, **step)
 
     def white_box(self) -> float:
         """The strongest of the gradient attacks run so far (PGD-10 at least; the full list
@@ -144,14 +156,28 @@ def probability_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return bool(rows), {"row_sum_mean": float(out.sum(1).mean())}
 
 
+RANDOM_SPREAD = 1e-5  # logits of two passes differing by more than this: a randomised model
+
+
+def _spread(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float]:
+    """The largest logit difference and prediction flip rate between repeated passes."""
+    with torch.no_grad():
+        outs = [model(x) for _ in range(passes)]
+    spread = max(float((o - outs[0]).abs().max()) for o in outs[1:])
+    flips = max(float((o.argmax(1) != outs[0].argmax(1)).float().mean()) for o in outs[1:])
+    return spread, flips
+
+
+def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forward passes of the same input differ (then attacks need EOT)."""
+    return _spread(model, x, 2)[0] > RANDOM_SPREAD
+
+
 @register_check(masking=False, quick=True)
 def randomized(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#2: repeated forward passes differ (white-box checks then use EOT)."""
-    with torch.no_grad():
-        outs = [c.model(c.x[: c.batch_size]) for _ in range(3)]
-    spread = max(float((o - outs[0]).abs().max()) for o in outs[1:])
-    flips = max(float((o.argmax(1) != outs[0].argmax(1)).float().mean()) for o in outs[1:])
-    c.randomized = spread > 1e-5
+    spread, flips = _spread(c.model, c.x[: c.batch_size], 3)
+    c.randomized = spread > RANDOM_SPREAD
     return c.randomized, {"logit_spread": spread, "prediction_flips": flips}
 
 
@@ -161,11 +187,11 @@ def backward_in_forward(c: CheckContext) -> tuple[bool, dict[str, float]]:
     calls = {"n": 0}
     original = torch.autograd.grad
 
-    def counting(*args: object, **kwargs: object) -> object:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(*args, **kwargs)
 
-    torch.autograd.grad = counting  # type: ignore[assignment]
+    torch.autograd.grad = counting
     try:
         with torch.no_grad():
             c.model(c.x[:8])
@@ -191,10 +217,10 @@ def zero_gradient(c: CheckContext) -> tuple[bool, dict[str, float]]:
 def one_step_beats_iterative(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#4a: FGSM does better than PGD-10 (iterating should only help)."""
     eps = c.threat.eps
-    fgsm = c.accuracy("fgsm", lambda: ta.FGSM(c.model, eps=eps) if c.linf
-                      else ta.PGDL2(c.model, eps=eps, alpha=eps, steps=1, random_start=False))
+    fgsm = c.accuracy("fgsm", lambda: c.attack("FGSM") if c.linf else c.attack(
+        "PGDL2", steps=1, alpha=eps, random_start=False))
     pgd = c.accuracy("pgd10", lambda: c.pgd(c.model, 10))
-    return fgsm < pgd - GAP, {"fgsm_acc": fgsm, "pgd10_acc": pgd}
+    return fgsm < pgd - MASKING_GAP, {"fgsm_acc": fgsm, "pgd10_acc": pgd}
 
 
 @register_check()
@@ -202,7 +228,7 @@ def more_steps_help(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#4b: PGD-50 far below PGD-10: short attacks underestimate (noisy or flat gradients)."""
     pgd10 = c.accuracy("pgd10", lambda: c.pgd(c.model, 10))
     pgd50 = c.accuracy("pgd50", lambda: c.pgd(c.model, 50))
-    return pgd50 < pgd10 - STEPS_GAP, {"pgd10_acc": pgd10, "pgd50_acc": pgd50}
+    return pgd50 < pgd10 - MASKING_STEPS_GAP, {"pgd10_acc": pgd10, "pgd50_acc": pgd50}
 
 
 @register_check()
@@ -210,38 +236,24 @@ def dlr_much_stronger(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#5: APGD with the DLR loss far stronger than with CE (saturated or rescaled logits)."""
     if c.num_classes < 3:
         return False, {}
-    norm = c.threat.norm if c.threat.norm in ("Linf", "L2") else "Linf"
-    ce = c.accuracy("apgd_ce", lambda: ta.APGD(c.model, norm=norm, eps=c.threat.eps, steps=50,
-                                               loss="ce", seed=c.seed))
-    dlr = c.accuracy("apgd_dlr", lambda: ta.APGD(c.model, norm=norm, eps=c.threat.eps, steps=50,
-                                                 loss="dlr", seed=c.seed))
-    return dlr < ce - DLR_GAP, {"apgd_ce_acc": ce, "apgd_dlr_acc": dlr}
+    apgd = "APGD" if c.linf else "APGD-L2"
+    ce = c.accuracy("apgd_ce", lambda: c.attack(apgd, loss="ce"))
+    dlr = c.accuracy("apgd_dlr", lambda: c.attack(apgd, loss="dlr"))
+    return dlr < ce - MASKING_DLR_GAP, {"apgd_ce_acc": ce, "apgd_dlr_acc": dlr}
 
 
 @register_check()
 def black_box_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#6: the score-based Square attack (1000 queries) beats the best gradient attack."""
-    norm = "Linf" if c.linf else "L2"
-    square = c.accuracy("square", lambda: ta.Square(c.model, norm=norm, eps=c.threat.eps,
-                                                    n_queries=1000, p_init=0.3, seed=c.seed))
+    square = c.accuracy("square", lambda: c.attack("Square" if c.linf else "Square-L2"))
     best = c.white_box()
-    return square < best - GAP, {"square_acc": square, "white_box_acc": best}
+    return square < best - MASKING_GAP, {"square_acc": square, "white_box_acc": best}
 
 
 @register_check()
 def noise_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#7: uniform noise at the budget does as well as the best gradient attack."""
-    eps = c.threat.eps
-
-    def noise() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        def attack(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-            delta = torch.empty_like(x).uniform_(-1, 1)
-            if not c.linf:  # a random direction of L2 length eps
-                delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            return (x + eps * delta).clamp(0, 1)
-        return attack
-
-    noisy = c.accuracy("noise", noise)
+    noisy = c.accuracy("noise", lambda: c.attack("Noise" if c.linf else "Noise-L2"))
     best = c.white_box()
     return noisy <= best, {"noise_acc": noisy, "white_box_acc": best}
 
@@ -251,23 +263,22 @@ def eps_sweep(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#8: PGD-10 at eps x {0.5, 1, 2, 4}: accuracy must fall, and be ~0 at the largest."""
     limit = 1.0 if c.linf else float(c.x[0].numel()) ** 0.5
     accs = []
-    for scale in EPS_SWEEP:
+    for scale in MASKING_EPS_SWEEP:
         eps = min(limit, c.threat.eps * scale)
-        accs.append(c.accuracy(f"pgd10_eps_x{scale:g}", lambda e=eps: c.pgd(c.model, 10, eps=e),
-                               budget=eps))
-    rises = any(later > earlier + GAP for earlier, later in itertools.pairwise(accs))
-    evidence = {f"pgd10_acc_eps_x{s:g}": a for s, a in zip(EPS_SWEEP, accs, strict=True)}
-    return rises or accs[-1] > LARGE_EPS_ACC, evidence
+        accs.append(c.accuracy(f"pgd10_eps_x{scale:g}", partial(c.pgd, c.model, 10, eps=eps)))
+    rises = any(later > earlier + MASKING_GAP for earlier, later in itertools.pairwise(accs))
+    evidence = {f"pgd10_acc_eps_x{s:g}": a for s, a in zip(MASKING_EPS_SWEEP, accs, strict=True)}
+    return rises or accs[-1] > MASKING_LARGE_EPS_ACC, evidence
 
 
 @register_check()
 def unbounded_attack_fails(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#9: an unbounded CW (100 steps) should flip (almost) every correctly classified point."""
-    unbounded = c.accuracy("cw_unbounded", lambda: ta.CW(c.model, c=10.0, steps=100, lr=0.05),
-                           norm="L2", budget=float("inf"))
+    unbounded = c.accuracy("cw_unbounded", lambda: c.attack("CW", budget=float("inf"), c=10.0,
+                                                            steps=100, lr=0.05))
     correct = float(c.correct.float().mean())
     success = 1 - unbounded / correct if correct else 1.0
-    return success < UNBOUNDED_SUCCESS, {"cw_unbounded_success": success}
+    return success < MASKING_UNBOUNDED_SUCCESS, {"cw_unbounded_success": success}
 
 
 @register_check(quick=True)
@@ -275,9 +286,10 @@ def transfer_beats_white_box(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#10: PGD crafted on an undefended surrogate beats PGD on the model itself."""
     if c.surrogate is None:
         return False, {}
-    transfer = c.accuracy("transfer_pgd10", lambda: c.pgd(c.surrogate, 10))
+    surrogate = c.surrogate
+    transfer = c.accuracy("transfer_pgd10", lambda: c.pgd(surrogate, 10))
     best = c.white_box()
-    return transfer < best - GAP, {"transfer_acc": transfer, "white_box_acc": best}
+    return transfer < best - MASKING_GAP, {"transfer_acc": transfer, "white_box_acc": best}
 
 
 @register_check(quick=True)
@@ -293,11 +305,27 @@ def adaptive_beats_plain(c: CheckContext) -> tuple[bool, dict[str, float]]:
         return False, {}
     straight = StraightThrough(c.model, c.base)
     bpda = c.accuracy("bpda_pgd10", lambda: c.pgd(straight, 10))
-    bypass = c.accuracy("base_pgd10", lambda: c.pgd(c.base, 10))
+    base = c.base
+    bypass = c.accuracy("base_pgd10", lambda: c.pgd(base, 10))
     plain = c.white_box()
     adaptive = min(bpda, bypass)
-    return adaptive < plain - GAP, {"bpda_acc": bpda, "module_free_acc": bypass,
+    return adaptive < plain - MASKING_GAP, {"bpda_acc": bpda, "module_free_acc": bypass,
                                     "adaptive_acc": adaptive, "white_box_acc": plain}
+
+
+@register_check()
+def gradient_weaker_than_random(c: CheckContext) -> tuple[bool, dict[str, float]]:
+    """Each non-Lp family's gradient attack against random search over the same latents, with
+    as many model evaluations: on an honest model the gradient finds more."""
+    raised, evidence = False, {}
+    for name in c.unforeseen:
+        family, level = split_name(name)
+        key = f"{family}_{level}"
+        gradient = c.accuracy(f"{key}_gradient", partial(c.attack, name))
+        search = c.accuracy(f"{key}_random", partial(c.attack, f"{family}-RS@{level}"))
+        evidence.update({f"{key}_gradient_acc": gradient, f"{key}_random_acc": search})
+        raised |= search < gradient - MASKING_FAMILY_GAP
+    return raised, evidence
 
 
 # ---------------------------------------------------------------- the whole checklist
@@ -313,30 +341,50 @@ class MaskingReport:
     def masked(self) -> bool:
         return bool(self.masking)
 
-    def metrics(self, prefix: str = "masking") -> dict[str, float]:
+    def metrics(self, prefix: str = MASKING) -> dict[str, float]:
         out = {f"{prefix}/{name}": float(raised) for name, raised in self.flags.items()}
         out.update({f"{prefix}/evidence/{k}": v for k, v in self.evidence.items()})
         out[f"{prefix}/any"] = float(self.masked)
         return out
 
 
+def raised_flags(metrics: Mapping[str, Any], *, informational: bool = False
+                 ) -> list[str] | None:
+    """The checks a trial's metrics say were raised (None when no check ran); the
+    informational ones (randomised, autograd in forward) only with `informational`."""
+    if MASKING_ANY not in metrics:
+        return None
+    return [name for key, value in metrics.items()
+            if key.count("/") == 1 and key.startswith(f"{MASKING}/") and key != MASKING_ANY
+            and value and ((name := key.split("/")[1]) not in MASKING_INFORMATIONAL
+                           or informational)]
+
+
 def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                        *, num_classes: int, surrogate: nn.Module | None = None,
-                       batch_size: int = 256, seed: int = 0, quick: bool = False
-                       ) -> MaskingReport:
+                       batch_size: int = 256, seed: int = 0, quick: bool = False,
+                       attacks: Sequence[str] = ()) -> MaskingReport:
     """Runs the registered checks (randomness first: it decides whether the others use EOT).
 
     `quick` runs only the cheap ones (PGD-10 at most), the set a trial runs at every
     evaluation so the search sees masking from its first report. For a DefendedModel with a
     test-time module (UniG), the same model without it is the base for the adaptive check.
+    `attacks`: the trial's attacks; each non-Lp family among them (at the first level named)
+    is checked against random search.
     """
-    if threat.norm not in ("Linf", "L2"):
+    if threat.norm not in (Norm.LINF, Norm.L2):
         raise ConfigError(f"masking checks need a Linf or L2 threat model, got {threat.norm}")
     base = None
     if isinstance(model, DefendedModel) and model.unig is not None:
         base = DefendedModel(model.encoder, model.head).eval()
     model.eval()
-    ctx = CheckContext(model, x, y, threat, num_classes, base, surrogate, batch_size, seed)
+    families: dict[str, str] = {}
+    for name in attacks:
+        spec = attack_spec(name)
+        if spec.kind == "transform" and spec.unforeseen is not None:
+            families.setdefault(spec.unforeseen, name)
+    ctx = CheckContext(model, x, y, threat, num_classes, base, surrogate, batch_size, seed,
+                       tuple(families.values()))
     flags: dict[str, bool] = {}
     evidence: dict[str, float] = {}
     order = ["randomized"] + [n for n in list_checks()

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from trainables.vocab import MetaOrder
+
 __all__ = ["TaskLoss", "meta_objective"]
 
 # task_loss(params, task_index) -> scalar loss of the student with `params` on that task
@@ -31,24 +33,27 @@ def meta_objective(
     alpha: float,
     beta: float,
     order: str = "first",
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_mtr(theta) + beta * L_mte(theta'), and its parts as floats for logging."""
-    if order not in ("first", "second"):
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_mtr(theta) + beta * L_mte(theta'), and its parts (detached, float64) for logging."""
+    if order not in (MetaOrder.FIRST, MetaOrder.SECOND):
         raise ValueError(f"meta order {order!r} is unknown; choose 'first' or 'second'")
     names = list(params)
     loss_train = torch.stack([task_loss(params, t) for t in meta_train]).mean()
     if not meta_test or beta == 0:
-        return loss_train, {"meta_train": float(loss_train.detach()), "meta_test": 0.0}
+        return loss_train, {"meta_train": loss_train.detach().double(),
+                            "meta_test": torch.zeros((), dtype=torch.float64,
+                                                     device=loss_train.device)}
     grads = torch.autograd.grad(loss_train, [params[n] for n in names],
-                                create_graph=order == "second", retain_graph=True,
+                                create_graph=order == MetaOrder.SECOND, retain_graph=True,
                                 allow_unused=True)
     fast = {}
     for name, grad in zip(names, grads, strict=True):
         if grad is None:
             fast[name] = params[name]
         else:
-            fast[name] = params[name] - alpha * (grad if order == "second" else grad.detach())
+            fast[name] = params[name] - alpha * (grad if order == MetaOrder.SECOND
+                                                 else grad.detach())
     loss_test = torch.stack([task_loss(fast, t) for t in meta_test]).mean()
     total = loss_train + beta * loss_test
-    parts = {"meta_train": float(loss_train.detach()), "meta_test": float(loss_test.detach())}
+    parts = {"meta_train": loss_train.detach().double(), "meta_test": loss_test.detach().double()}
     return total, parts

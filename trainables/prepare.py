@@ -18,61 +18,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import attack_spec, bind_attack, check_attack_fits
+from trainables.attacks import build_attack
+from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
-from trainables.data import DatasetInfo, DataSplits, dataset_info, load_dataset
+from trainables.data import DataSplits, load_dataset
 from trainables.errors import ConfigError
-from trainables.models import DefendedModel, ModelParts, build_arch, list_archs
+from trainables.models import DefendedModel, ModelParts, build_arch
 from trainables.runtime import resolve_device, seed_everything
-from trainables.threat import ThreatModel
+from trainables.setup import Setup, resolve_setup
+from trainables.vocab import (
+    CRAFT_BATCH,
+    TEACHER_LR,
+    TRANSFER_BATCH,
+    CraftAgainst,
+    Split,
+)
 
-__all__ = ["Setup", "Shared", "cache_root", "prepare_shared", "resolve_setup"]
+__all__ = ["Shared", "cache_root", "prepare_shared"]
 
 CACHE_VERSION = 1  # bump when teacher/target training changes, to invalidate old caches
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Setup:
-    """The resolved, validated setting of a trial: data set, architecture, threat model."""
-
-    info: DatasetInfo
-    arch: str
-    threat: ThreatModel
-
-
-def resolve_setup(config: TrialConfig, *, extra_attacks: Sequence[str] = (),
-                  check_data_dir: bool = True) -> Setup:
-    """Checks everything that depends on the data set, without loading any data.
-
-    Raises ConfigError for an unknown architecture, an out-of-range budget, an attack that
-    cannot run on this data set, a slow attack in a white-box training pool, or (with
-    `check_data_dir`) a data set that needs a data directory it was not given.
-    """
-    info = dataset_info(config.dataset)
-    if info.needs_data_dir and check_data_dir:
-        if config.data_dir is None:
-            raise ConfigError(f"data set {config.dataset!r} reads its standard files from a data "
-                              "directory: pass --data-dir DIR (or set data_dir in the space)")
-        if not Path(config.data_dir).is_dir():
-            raise ConfigError(f"data_dir {config.data_dir!r} does not exist")
-    arch = info.default_arch if config.arch == "auto" else config.arch
-    if arch not in list_archs():
-        raise ConfigError(f"arch {arch!r} is unknown; choose auto or one of {list_archs()}")
-    threat = info.threat_model.merged(config.threat_model or {})
-    threat.validate(info.image_shape)
-    channels = info.image_shape[0]
-    for name in (*config.pool, *config.heldout, *config.sealed, *extra_attacks):
-        check_attack_fits(name, channels=channels, num_classes=info.num_classes, threat=threat,
-                          dataset=config.dataset)
-    if config.craft_against == "student":
-        slow = [name for name in (*config.pool, *extra_attacks) if attack_spec(name).heavy]
-        if slow:
-            raise ConfigError(
-                f"pool attack(s) {slow} are too slow to craft against the student on every "
-                "batch; move them to heldout/sealed, or set craft_against: target (crafted once "
-                "on the fixed target model)")
-    return Setup(info, arch, threat)
 
 
 @dataclass
@@ -90,21 +55,26 @@ class Shared:
     transfer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     cache_dir: Path | None = None
 
-    def split(self, name: str, *, eval_samples: int = 0, seed: int = 0
+    def split(self, name: str, *, samples: int = 0, seed: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The points every trial is scored on: a fixed seeded subset of "val", or "test"."""
-        if name == "test":
-            return self.data.test_x, self.data.test_y
-        x, y = self.data.val_x, self.data.val_y
-        if eval_samples and eval_samples < len(y):
+        """The points every trial is scored on: "val" or "test", or a fixed seeded subset of
+        `samples` of them (0: all)."""
+        x, y = ((self.data.test_x, self.data.test_y) if name == Split.TEST
+                else (self.data.val_x, self.data.val_y))
+        if samples and samples < len(y):
             keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-            x, y = x[keep[:eval_samples]], y[keep[:eval_samples]]
+            x, y = x[keep[:samples]], y[keep[:samples]]
         return x, y
+
+    def points(self, name: str, config: TrialConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points of `config` on split `name`: its eval_samples or test_samples."""
+        samples = config.test_samples if name == Split.TEST else config.eval_samples
+        return self.split(name, samples=samples, seed=config.data_seed)
 
     def examples_on_target(self, name: str, config: TrialConfig, log: Log = print
                            ) -> torch.Tensor:
         """Train-set examples of pool attack `name` crafted on the target (computed once)."""
-        slot = f"{name}@{config.train_attack_steps}"
+        slot = f"{name}:{config.train_attack_steps}:{config.train_eps_scale:g}"
         if slot not in self.target_examples:
             if self.target is None or self.cache_dir is None:
                 raise ConfigError("craft_against=target needs a target model: prepare the "
@@ -122,7 +92,7 @@ def cache_root(cache_dir: str | None) -> Path:
 
 def _key(config: TrialConfig, setup: Setup, data: DataSplits) -> str:
     ident = {"v": CACHE_VERSION, "dataset": config.dataset, "arch": setup.arch,
-             "seed": config.seed, "epochs": config.teacher_epochs,
+             "seed": config.data_seed, "epochs": config.teacher_epochs,
              "sizes": [len(data.train_y), len(data.val_y), len(data.test_y)],
              "train_sum": float(data.train_x.double().sum())}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -142,7 +112,7 @@ def _train(parts: ModelParts, data: DataSplits, *, epochs: int, batch_size: int,
     seed_everything(seed)
     modules = nn.ModuleList([parts.encoder, parts.head] + ([parts.decoder] if reconstruct else []))
     modules.to(device).train()
-    optimizer = torch.optim.Adam(modules.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(modules.parameters(), lr=TEACHER_LR)
     x_all, y_all = data.train_x.to(device), data.train_y.to(device)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -189,25 +159,25 @@ def prepare_shared(config: TrialConfig, *, pool_candidates: Sequence[str] = (),
     craft_against=target their train-set examples are crafted once here.
     """
     setup = resolve_setup(config, extra_attacks=pool_candidates)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+    data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed,
                         download=config.download)
     device = resolve_device(config.device)
     key = _key(config, setup, data)
     root = cache_root(config.cache_dir) / f"{config.dataset}-{setup.arch}-{key}"
     shape, classes = setup.info.image_shape, setup.info.num_classes
 
-    seed_everything(config.seed)
+    seed_everything(config.data_seed)
     teacher = build_arch(setup.arch, shape, classes)
     _load_or_train(root / "teacher.pt", teacher,
                    lambda: _train(teacher, data, epochs=config.teacher_epochs,
                                   batch_size=config.batch_size, reconstruct=True,
-                                  device=device, seed=config.seed),
+                                  device=device, seed=config.data_seed),
                    log, "teacher")
     teacher_model = DefendedModel(teacher.encoder, teacher.head)
     log(f"teacher clean val accuracy {clean_accuracy(teacher_model, data.val_x, data.val_y):.3f}")
     shared = Shared(setup, data, teacher, cache_dir=root)
     shared.target = _target_model(config, setup, data, root, device, log)
-    if config.craft_against == "target":
+    if config.craft_against == CraftAgainst.TARGET:
         for name in dict.fromkeys((*config.pool, *pool_candidates)):
             shared.examples_on_target(name, config, log)
     for split in ("val", "test"):
@@ -219,20 +189,21 @@ def _transfer_examples(shared: Shared, split: str, config: TrialConfig, device: 
                        log: Log) -> dict[str, torch.Tensor]:
     """The held-out attacks crafted once on the undefended target (MID's transfer protocol)."""
     assert shared.target is not None and shared.cache_dir is not None
-    x, y = shared.split(split, eval_samples=config.eval_samples, seed=config.seed)
+    x, y = shared.points(split, config)
     out: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     for name in config.heldout:
-        path = shared.cache_dir / f"transfer-{split}-{name}-n{len(y)}-s{config.seed}.pt"
+        path = shared.cache_dir / f"transfer-{split}-{name}-n{len(y)}-s{config.data_seed}.pt"
         if path.exists():
             out[name] = torch.load(path, map_location="cpu", weights_only=True)
             continue
         model = shared.target.to(device)
-        attack = bind_attack(name, model, shared.setup.threat,
-                             num_classes=shared.setup.info.num_classes, seed=config.seed)
-        seed_everything(config.seed)
-        out[name] = torch.cat([attack(x[i:i + 256].to(device), y[i:i + 256].to(device)).cpu()
-                               for i in range(0, len(y), 256)])
+        attack = build_attack(name, model, shared.setup.threat,
+                             num_classes=shared.setup.info.num_classes, seed=config.data_seed)
+        seed_everything(config.data_seed)
+        out[name] = torch.cat([_inside(attack, x[i:i + TRANSFER_BATCH].to(device),
+                                       y[i:i + TRANSFER_BATCH].to(device)).cpu()
+                               for i in range(0, len(y), TRANSFER_BATCH)])
         shared.target.cpu()
         _save_atomic(out[name], path)
     log(f"transfer set ({split}, {len(y)} points): {len(out)} held-out attacks on the target "
@@ -240,14 +211,21 @@ def _transfer_examples(shared: Shared, split: str, config: TrialConfig, device: 
     return out
 
 
+def _inside(attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The attack's examples, with those outside its budget replaced by the clean images (so
+    they cannot count as a success)."""
+    x_adv = attack(x, y)
+    return torch.where(attack.within_budget(x, x_adv).view(-1, 1, 1, 1), x_adv, x)
+
+
 def _target_model(config: TrialConfig, setup: Setup, data: DataSplits, root: Path,
                   device: torch.device, log: Log) -> DefendedModel:
-    seed_everything(config.seed + 1)
+    seed_everything(config.data_seed + 1)
     parts = build_arch(setup.arch, setup.info.image_shape, setup.info.num_classes)
     _load_or_train(root / "target.pt", parts,
                    lambda: _train(parts, data, epochs=config.teacher_epochs,
                                   batch_size=config.batch_size, reconstruct=False,
-                                  device=device, seed=config.seed + 1),
+                                  device=device, seed=config.data_seed + 1),
                    log, "undefended target")
     return DefendedModel(parts.encoder, parts.head).eval()
 
@@ -255,16 +233,19 @@ def _target_model(config: TrialConfig, setup: Setup, data: DataSplits, root: Pat
 def _target_examples(name: str, target: DefendedModel, config: TrialConfig, setup: Setup,
                      data: DataSplits, root: Path, device: torch.device, log: Log
                      ) -> torch.Tensor:
-    path = root / f"pool-{name}-steps{config.train_attack_steps}.pt"
+    scale = "" if config.train_eps_scale == 1 else f"-x{config.train_eps_scale:g}"
+    path = root / f"pool-{name}-steps{config.train_attack_steps}{scale}.pt"
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     start = time.perf_counter()
     model = target.to(device)
-    attack = bind_attack(name, model, setup.threat, num_classes=setup.info.num_classes,
-                         train_steps=config.train_attack_steps, seed=config.seed)
+    attack = build_attack(name, model, setup.threat, num_classes=setup.info.num_classes,
+                          train_steps=config.train_attack_steps, seed=config.data_seed,
+                          scale=config.train_eps_scale)
     x, y = data.train_x, data.train_y
-    out = torch.cat([attack.craft(x[i:i + 512].to(device), y[i:i + 512].to(device)).cpu()
-                     for i in range(0, len(y), 512)])
+    out = torch.cat([attack.craft(x[i:i + CRAFT_BATCH].to(device),
+                                  y[i:i + CRAFT_BATCH].to(device)).cpu()
+                     for i in range(0, len(y), CRAFT_BATCH)])
     target.cpu()
     _save_atomic(out, path)
     log(f"pool {name}: crafted {len(y)} train examples on the target in "

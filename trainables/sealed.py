@@ -19,58 +19,75 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from trainables.attacks import BoundAttack, attack_spec, bind_attack
+from trainables.attacks import attack_spec, build_attack
+from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
 from trainables.evaluate import (
     clean_correct,
     evaluate_groups,
     group_metrics,
+    group_points,
     predict,
     robust_mask,
     transfer_masks,
 )
-from trainables.masking import StraightThrough
+from trainables.masking import StraightThrough, is_randomized
 from trainables.models import DefendedModel
 from trainables.prepare import Shared
+from trainables.stats import wilson
 from trainables.threat import ThreatModel
+from trainables.vocab import (
+    SEALED_STRENGTH,
+    Group,
+    Norm,
+    Split,
+    Stat,
+    group_metric,
+    high_key,
+    low_key,
+)
 
-__all__ = ["SEALED_STRENGTH", "autoattack_accuracy", "sealed_evaluation"]
-
-SEALED_STRENGTH = 2.0
-GRADIENT_FAMILIES = ("single-step", "iterative", "min-norm")
+__all__ = ["Evaluation", "autoattack_robust", "sealed_evaluation"]
 
 
-def _randomized(model: torch.nn.Module, x: torch.Tensor) -> bool:
-    with torch.no_grad():
-        return bool((model(x) - model(x)).abs().max() > 1e-5)
+@dataclass
+class Evaluation:
+    """A model's final report: its metrics, and for each summary metric (clean accuracy, a
+    group's mean, union and family mean, AutoAttack) the per-point values it is the mean of,
+    which paired comparisons and intervals over seeds need."""
+
+    metrics: dict[str, float]
+    points: dict[str, np.ndarray]
 
 
-def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        threat: ThreatModel, *, num_classes: int, seed: int, batch_size: int
-                        ) -> tuple[float, list[str], str] | None:
-    """Robust accuracy under the official AutoAttack, its warnings, and the version run.
+def autoattack_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      threat: ThreatModel, *, num_classes: int, seed: int, batch_size: int
+                      ) -> tuple[torch.Tensor, list[str], str] | None:
+    """Which points survive the official AutoAttack, its warnings, and the version run.
 
     None where AutoAttack does not apply (an L0 threat model, or fewer than 4 classes: its
     targeted DLR attacks need them).
     """
-    if threat.norm not in ("Linf", "L2", "L1") or num_classes < 4:
+    if threat.norm not in (Norm.LINF, Norm.L2, Norm.L1) or num_classes < 4:
         return None
     from pyautoattack import AutoAttack
 
-    version = "rand" if _randomized(model, x[:batch_size]) else "standard"
+    version = "rand" if is_randomized(model, x[:batch_size]) else "standard"
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        attack = AutoAttack(model, norm=threat.norm, eps=threat.eps, version=version,  # type: ignore[arg-type]
+        attack = AutoAttack(model, norm=threat.norm, eps=threat.eps, version=version,
                             seed=seed, device=x.device)
         attack.verbose = False
         x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
     robust = clean_correct(model, x, y, batch_size) & (predict(model, x_adv, batch_size) == y)
     notes = [str(w.message) for w in caught if "autoattack" in str(w.filename).replace("_", "")]
-    return float(robust.float().mean()), notes, version
+    return robust, notes, version
 
 
 def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
@@ -83,15 +100,14 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
     correct = clean_correct(model, x, y, config.eval_batch_size)
     masks = {}
     for name in config.heldout:
-        if attack_spec(name).family not in GRADIENT_FAMILIES:
+        if not attack_spec(name).gradient_based:
             continue
-        mask = plain[f"heldout/{name}"].clone()
+        mask = plain[f"{Group.HELDOUT}/{name}"].clone()
         for via in surrogates.values():
-            crafted = bind_attack(name, via, shared.setup.threat,
-                                  num_classes=shared.setup.info.num_classes, strength=strength,
-                                  seed=config.seed)
-            judged = BoundAttack(crafted.spec, crafted.attack, crafted.budget)
-            mask &= robust_mask(model, judged, x, y, correct, batch_size=config.eval_batch_size,
+            crafted = build_attack(name, via, shared.setup.threat,
+                                   num_classes=shared.setup.info.num_classes, strength=strength,
+                                   seed=config.seed)  # judged on the defended model
+            mask &= robust_mask(model, crafted, x, y, correct, batch_size=config.eval_batch_size,
                                 seed=config.seed)
         masks[name] = mask
     return masks
@@ -99,36 +115,52 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
 
 def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
                       strength: float = SEALED_STRENGTH, autoattack: bool = True,
-                      log: Callable[[str], None] = print) -> dict[str, float]:
+                      log: Callable[[str], None] = print) -> Evaluation:
     """The final report of one defended model (see the module docstring for the metrics)."""
     start = time.perf_counter()
     setup, device = shared.setup, next(model.parameters()).device
     model.eval()
-    x, y = (t.to(device) for t in shared.split("test"))
+    x, y = (t.to(device) for t in shared.points(Split.TEST, config))
 
-    def bind(names: tuple[str, ...]) -> list[BoundAttack]:
-        return [bind_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
+    def bind(names: tuple[str, ...]) -> list[Attack]:
+        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                             strength=strength, seed=config.seed) for n in names]
 
-    groups = {"heldout": bind(config.heldout), "sealed": bind(config.sealed)}
-    metrics, masks = evaluate_groups(model, x, y, groups, split="test",
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
+                                       Group.SEALED: bind(config.sealed)}
+    metrics, masks = evaluate_groups(model, x, y, groups, split=Split.TEST,
                                      batch_size=config.eval_batch_size, seed=config.seed)
+    by_group: dict[str, dict[str, torch.Tensor]] = {
+        group: {name.split("/", 1)[1]: mask for name, mask in masks.items()
+                if name.startswith(f"{group}/")} for group in groups}
     if shared.transfer.get("test"):
-        metrics.update(group_metrics("test/transfer", transfer_masks(
-            model, x, y, shared.transfer["test"], setup.threat,
-            batch_size=config.eval_batch_size)))
+        by_group[Group.TRANSFER] = transfer_masks(model, x, y, shared.transfer["test"],
+                                                  setup.threat,
+                                                  batch_size=config.eval_batch_size)
     if model.unig is not None:
-        metrics.update(group_metrics("test/adaptive",
-                                     _adaptive(model, config, shared, x, y, masks, strength)))
+        by_group[Group.ADAPTIVE] = _adaptive(model, config, shared, x, y, masks, strength)
+    for group in (Group.TRANSFER, Group.ADAPTIVE):
+        if group in by_group:
+            metrics.update(group_metrics(Split.TEST, group, by_group[group]))
+    binary = {group_metric(Split.TEST, Group.CLEAN, Stat.ACC): masks[Group.CLEAN]}
     if autoattack:
-        found = autoattack_accuracy(model, x, y, setup.threat,
-                                    num_classes=setup.info.num_classes, seed=config.seed,
-                                    batch_size=config.eval_batch_size)
+        found = autoattack_robust(model, x, y, setup.threat,
+                                  num_classes=setup.info.num_classes, seed=config.seed,
+                                  batch_size=config.eval_batch_size)
         if found is not None:
-            accuracy, notes, version = found
-            metrics["test/autoattack/acc"] = accuracy
-            metrics["test/autoattack/warnings"] = float(len(notes))
+            robust, notes, version = found
+            key = group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)
+            binary[key] = robust
+            interval = wilson(robust.cpu().numpy())
+            metrics.update({key: interval.value, low_key(key): interval.low,
+                            high_key(key): interval.high})
+            metrics[group_metric(Split.TEST, Group.AUTOATTACK, "warnings")] = float(len(notes))
             for note in notes:
                 log(f"AutoAttack ({version}) warning: {note.splitlines()[0]}")
+    points = {key: mask.float().cpu().numpy() for key, mask in binary.items()}
+    for name, group_masks in by_group.items():
+        if group_masks:
+            points.update({group_metric(Split.TEST, name, stat): values
+                           for stat, values in group_points(group_masks).items()})
     metrics["time/sealed_s"] = time.perf_counter() - start
-    return metrics
+    return Evaluation(metrics, points)

@@ -1,9 +1,7 @@
 """One trial: train a defended student with MID + PCL, attach UniG, score held-out robustness.
 
-    python -m trainables.trial --space mid --seed 0 --out result.json --save-model model.pt
-
-`run_trial` is usable without Ray: the search wraps it, passing a `report` callback that
-forwards each evaluation (and a checkpoint) to Ray Tune.
+`run_trial` is usable without Ray (`python -m search.trial` runs one from a space); the search
+wraps it, passing a `report` callback that forwards each evaluation (and a checkpoint) to Tune.
 """
 
 from __future__ import annotations
@@ -14,16 +12,24 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from trainables.attacks import BoundAttack, bind_attack
+from trainables.attacks import build_attack
+from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
-from trainables.evaluate import evaluate_groups, group_metrics, transfer_masks
+from trainables.evaluate import (
+    evaluate_groups,
+    group_metrics,
+    group_points,
+    transfer_masks,
+)
 from trainables.losses import (
     channel_kl,
     feature_consistency,
@@ -31,18 +37,36 @@ from trainables.losses import (
     prediction_kl,
     prototype_conformity,
 )
-from trainables.masking import run_masking_checks
+from trainables.masking import raised_flags, run_masking_checks
 from trainables.meta import meta_objective
 from trainables.models import ClassifierHead, DefendedModel, build_arch
 from trainables.prepare import Shared, prepare_shared
 from trainables.runtime import resolve_device, seed_everything, set_threads
 from trainables.unig import UniG
+from trainables.vocab import (
+    CLEAN_ACC,
+    EPOCH_SEED_STRIDE,
+    MASKING,
+    CraftAgainst,
+    Group,
+    MetaOrder,
+    PclLayers,
+    PoolCombine,
+    Split,
+    StudentInit,
+    TrainOn,
+    UniGSize,
+    group_metric,
+)
 
 __all__ = ["Report", "TrialResult", "build_unig", "run_trial"]
 
-# report(metrics, state, model): called after every evaluation; `state()` returns a resumable
-# snapshot, `model` is the defended model (UniG included) the metrics were measured on
-Report = Callable[[dict[str, float], Callable[[], dict[str, Any]], DefendedModel], None]
+# report(metrics, points, state, model): called after every evaluation; `points` holds each
+# point's value of the summary metrics (what a paired comparison needs), `state()` returns a
+# resumable snapshot, `model` is the defended model (UniG included) the metrics were measured on
+Points = dict[str, np.ndarray]
+Report = Callable[[dict[str, float], Points, Callable[[], dict[str, Any]], DefendedModel],
+                  None]
 Log = Callable[[str], None]
 
 
@@ -53,6 +77,12 @@ class TrialResult:
     config: TrialConfig
     shared: Shared
     history: list[dict[str, float]] = field(default_factory=list)
+    points: Points = field(default_factory=dict)  # of the last evaluation (and sealed one)
+
+
+# what an epoch's log line shows: (label, group, statistic)
+_SHOWN = (("pool mean", Group.POOL, "mean_acc"), ("heldout mean", Group.HELDOUT, "mean_acc"),
+          ("union", Group.HELDOUT, "union_acc"), ("transfer mean", Group.TRANSFER, "mean_acc"))
 
 
 class _Student(nn.Module):
@@ -69,7 +99,7 @@ class _Student(nn.Module):
 
 
 def build_unig(config: TrialConfig) -> UniG | None:
-    if config.unig == "off":
+    if config.unig == UniGSize.OFF:
         return None
     return UniG(config.unig, delta=config.unig_delta, steps=config.unig_steps,
                 lr=config.unig_lr, init_std=config.unig_init_std)
@@ -79,7 +109,7 @@ def build_unig(config: TrialConfig) -> UniG | None:
 def _class_means(student: _Student, x: torch.Tensor, y: torch.Tensor, classes: int,
                  layer: str) -> torch.Tensor:
     z, h, _ = student(x)
-    feats = (h if layer == "penultimate" else z).flatten(1)
+    feats = (h if layer == PclLayers.PENULTIMATE else z).flatten(1)
     return torch.stack([feats[y == k].mean(0) for k in range(classes)])
 
 
@@ -94,7 +124,7 @@ class _Recipe:
         self.t_decoder = copy.deepcopy(teacher.decoder).to(device).eval()
         self.t_head = copy.deepcopy(teacher.head).to(device).eval()
         seed_everything(config.seed)
-        if config.student_init == "teacher":
+        if config.student_init == StudentInit.TEACHER:
             encoder = copy.deepcopy(teacher.encoder)
         else:
             encoder = build_arch(setup.arch, setup.info.image_shape, self.num_classes).encoder
@@ -103,8 +133,8 @@ class _Recipe:
         head.requires_grad_(config.train_head)
         self.student = _Student(encoder, head).to(device).train()
         self.model = DefendedModel(encoder, head)  # shares weights; what pool attacks target
-        layers = {"penultimate": ["penultimate"], "encoder": ["encoder"],
-                  "both": ["encoder", "penultimate"]}[config.pcl_layers]
+        layers = {PclLayers.PENULTIMATE: ["penultimate"], PclLayers.ENCODER: ["encoder"],
+                  PclLayers.BOTH: ["encoder", "penultimate"]}[config.pcl_layers]
         train_x = shared.data.train_x.to(device)
         train_y = shared.data.train_y.to(device)
         # Prototypes start at the teacher's class means: the head already reads them well.
@@ -118,19 +148,28 @@ class _Recipe:
                                           lr=config.lr)
 
     def task_loss_fn(self, tasks: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                     parts: dict[str, float]) -> Callable[[dict[str, torch.Tensor], int],
-                                                          torch.Tensor]:
-        """The multi-consistency + PCL loss of the student (with given weights) on one task."""
+                     parts: dict[str, torch.Tensor]) -> Callable[[dict[str, torch.Tensor], int],
+                                                                 torch.Tensor]:
+        """The loss of the student (with given weights) on one task: CE, TRADES' consistency
+        with its own clean prediction, MID's multi-consistency distillation and PCL. Task 0 is
+        the clean images when include_clean (no TRADES term there: it is 0)."""
         cfg = self.config
+        clean_task = 0 if cfg.include_clean else None
         with torch.no_grad():
             z_teacher = self.t_encoder(x)
             logits_teacher = self.t_head(z_teacher)
+        own_clean: dict[int, torch.Tensor] = {}  # the student's clean logits, per weight set
 
         def task_loss(params: dict[str, torch.Tensor], task: int) -> torch.Tensor:
             z, h, logits = functional_call(self.student, params, (tasks[task],))
             terms: dict[str, torch.Tensor] = {}
-            if cfg.w_ce:
-                terms["ce"] = cfg.w_ce * F.cross_entropy(logits, y)
+            ce_weight = cfg.w_ce_clean if task == clean_task else cfg.w_ce
+            if ce_weight:
+                terms["ce"] = ce_weight * F.cross_entropy(logits, y)
+            if cfg.w_trades and task != clean_task:
+                if id(params) not in own_clean:  # TRADES differentiates through both sides
+                    own_clean[id(params)] = functional_call(self.student, params, (x,))[2]
+                terms["trades"] = cfg.w_trades * prediction_kl(own_clean[id(params)], logits)
             if cfg.w_pred_kl:
                 terms["pred_kl"] = cfg.w_pred_kl * prediction_kl(logits_teacher, logits)
             if cfg.w_feat:
@@ -146,8 +185,10 @@ class _Recipe:
                 for layer, protos in self.prototypes.items():
                     pcl, _ = prototype_conformity(feats[layer], y, protos, cfg.pcl_margin)
                     terms[f"pcl_{layer}"] = cfg.pcl_weight * pcl
-            for name, value in terms.items():
-                parts[name] += float(value.detach())
+            for name, value in terms.items():  # summed on the device: no sync per batch
+                parts[name] = parts[name] + value.detach().double()
+            if not terms:  # this task trains nothing (e.g. a clean task without CE)
+                return logits.new_zeros(())
             return torch.stack(list(terms.values())).sum()
 
         return task_loss
@@ -167,35 +208,58 @@ class _Recipe:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def _pool_attacks(config: TrialConfig, shared: Shared, model: nn.Module) -> list[BoundAttack]:
+@torch.no_grad()
+def _worst(model: nn.Module, candidates: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the candidate of highest CE loss (MSD's "max" strategy over the pool)."""
+    losses = torch.stack([F.cross_entropy(model(c), y, reduction="none") for c in candidates])
+    stacked = torch.stack(candidates)
+    return stacked[losses.argmax(0), torch.arange(len(y), device=y.device)]
+
+
+def _snapshot(epoch: int, recipe: _Recipe, rng: random.Random) -> dict[str, Any]:
+    """A resumable state: weights, optimiser and every RNG (so a resumed trial equals an
+    unbroken one)."""
+    return {"epoch": epoch, "recipe": recipe.state(), "torch_rng": torch.get_rng_state().clone(),
+            "task_rng": rng.getstate()}
+
+
+def _pool_attacks(config: TrialConfig, shared: Shared, model: nn.Module) -> list[Attack]:
     setup = shared.setup
-    return [bind_attack(name, model, setup.threat, num_classes=setup.info.num_classes,
-                        train_steps=config.train_attack_steps, seed=config.seed)
+    return [build_attack(name, model, setup.threat, num_classes=setup.info.num_classes,
+                         train_steps=config.train_attack_steps, seed=config.seed,
+                         scale=config.train_eps_scale)
             for name in config.pool]
 
 
 def _eval_groups(config: TrialConfig, shared: Shared, model: nn.Module
-                 ) -> dict[str, list[BoundAttack]]:
+                 ) -> dict[str, list[Attack]]:
     setup = shared.setup
 
-    def bind(names: tuple[str, ...]) -> list[BoundAttack]:
-        return [bind_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
+    def bind(names: tuple[str, ...]) -> list[Attack]:
+        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                             seed=config.seed) for n in names]
 
-    return {"pool": bind(config.pool), "heldout": bind(config.heldout)}
+    return {Group.POOL: bind(config.pool), Group.HELDOUT: bind(config.heldout)}
 
 
 def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel,
-              val_x: torch.Tensor, val_y: torch.Tensor, *, final: bool) -> dict[str, float]:
-    """White-box pool and held-out groups, the transfer group and, at the end, masking checks."""
+              val_x: torch.Tensor, val_y: torch.Tensor, *, final: bool
+              ) -> tuple[dict[str, float], Points]:
+    """White-box pool and held-out groups, the transfer group and, at the end, masking checks;
+    and the per-point values of clean accuracy and the held-out statistics."""
     setup = shared.setup
     groups = _eval_groups(config, shared, defended)
-    metrics, _ = evaluate_groups(defended, val_x, val_y, groups, split="val",
-                                 batch_size=config.eval_batch_size, seed=config.seed)
+    metrics, masks = evaluate_groups(defended, val_x, val_y, groups, split=Split.VAL,
+                                     batch_size=config.eval_batch_size, seed=config.seed)
+    heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
+               if name.startswith(f"{Group.HELDOUT}/")}
+    points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
+              for stat, values in group_points(heldout).items()}
+    points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
     if shared.transfer.get("val"):  # crafted on the undefended target: reported apart
         masks = transfer_masks(defended, val_x, val_y, shared.transfer["val"], setup.threat,
                                batch_size=config.eval_batch_size)
-        metrics.update(group_metrics("val/transfer", masks))
+        metrics.update(group_metrics(Split.VAL, Group.TRANSFER, masks))
     if config.masking_samples and setup.threat.norm in ("Linf", "L2"):
         # the cheap checks at every evaluation (the search sees masking from its first rung),
         # the whole checklist at the last one
@@ -204,20 +268,21 @@ def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel,
         report = run_masking_checks(defended, val_x[:count], val_y[:count], setup.threat,
                                     num_classes=setup.info.num_classes, surrogate=surrogate,
                                     batch_size=config.eval_batch_size, seed=config.seed,
-                                    quick=not final)
-        metrics.update(report.metrics("masking"))
-    return metrics
+                                    quick=not final, attacks=(*config.pool, *config.heldout))
+        metrics.update(report.metrics(MASKING))
+    return metrics, points
 
 
 def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Report | None = None,
               resume: dict[str, Any] | None = None, log: Log = print,
-              sealed: bool = False) -> TrialResult:
+              sealed: bool = False, validate: bool = True) -> TrialResult:
     """Trains one defended model and returns its final metrics and the model.
 
     Metrics come every `eval_every` epochs (and after the last one) on the validation subset:
     `val/clean/acc`, `val/pool/<attack>/acc`, `val/heldout/<attack>/acc`, and the
     `mean_acc` / `worst_acc` / `union_acc` of each group; `sealed=True` adds the sealed attacks
-    on the test split (`test/...`), which a search only does for its final report.
+    on the test split (`test/...`), which a search only does for its final report;
+    `validate=False` trains without any validation (the final stage retraining a recipe).
     """
     start = time.perf_counter()
     set_threads(config.threads)
@@ -227,18 +292,18 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     recipe = _Recipe(config, shared, device)
     first_epoch = 0
     train_x, train_y = shared.data.train_x.to(device), shared.data.train_y.to(device)
+    adversarial_training = config.train_on == TrainOn.ADVERSARIAL
     on_target = ({name: shared.examples_on_target(name, config, log).to(device)
                   for name in config.pool}
-                 if config.craft_against == "target" and config.train_on == "adversarial"
+                 if config.craft_against == CraftAgainst.TARGET and adversarial_training
                  else None)
-    adversarial_training = config.train_on == "adversarial"
     attacks = (_pool_attacks(config, shared, recipe.model)
                if on_target is None and adversarial_training else [])
     defended = DefendedModel(recipe.student.encoder, recipe.student.head, build_unig(config))
-    val_x, val_y = (t.to(device) for t in shared.split("val", eval_samples=config.eval_samples,
-                                                        seed=config.seed))
+    val_x, val_y = (t.to(device) for t in shared.points(Split.VAL, config))
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
+    points: Points = {}
     rng = random.Random(config.seed)
     if resume is not None:  # restore every RNG too, so a resumed trial equals an unbroken one
         recipe.load_state(resume["recipe"])
@@ -251,9 +316,10 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     for epoch in range(first_epoch, config.epochs):
         # ---- train one epoch: craft the pool on each batch, then the (meta) update
         epoch_start = time.perf_counter()
-        parts: dict[str, float] = defaultdict(float)
-        order = torch.randperm(len(train_y),
-                               generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        parts: dict[str, torch.Tensor] = defaultdict(
+            lambda: torch.zeros((), dtype=torch.float64, device=device))
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(
+            config.seed * EPOCH_SEED_STRIDE + epoch))
         batches = order.split(config.batch_size)
         for index in batches:
             index = index.to(device)
@@ -265,13 +331,15 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
             else:
                 recipe.student.eval()
                 adversarial = [attack.craft(x, y) for attack in attacks]
+                if config.pool_combine == PoolCombine.WORST and len(adversarial) > 1:
+                    adversarial = [_worst(recipe.model, adversarial, y)]
                 recipe.student.train()
             tasks = ([x] if config.include_clean else []) + adversarial
             task_loss = recipe.task_loss_fn(tasks, x, y, parts)
             params = recipe.params()
-            if config.meta == "off":
+            meta_parts: dict[str, torch.Tensor] = {}
+            if config.meta == MetaOrder.OFF:
                 loss = torch.stack([task_loss(params, t) for t in range(len(tasks))]).mean()
-                meta_parts = {}
             else:
                 meta_test = rng.sample(attack_tasks, config.meta_test_attacks)
                 meta_train = [t for t in range(len(tasks)) if t not in meta_test]
@@ -281,50 +349,43 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
             recipe.optimizer.zero_grad()
             loss.backward()
             recipe.optimizer.step()
-            parts["loss"] += float(loss.detach())
+            parts["loss"] = parts["loss"] + loss.detach().double()
             for name, value in meta_parts.items():
-                parts[name] += value
-        train_metrics = {f"train/{k}": v / len(batches) for k, v in parts.items()}
+                parts[name] = parts[name] + value
+        # one host-device transfer per epoch for all the loss parts
+        train_metrics = {f"{Split.TRAIN}/{k}": v / len(batches)
+                         for k, v in zip(parts, torch.stack(list(parts.values())).tolist(),
+                                         strict=True)}
         train_metrics["train/epoch_seconds"] = time.perf_counter() - epoch_start
         line = (f"epoch {epoch + 1}/{config.epochs}  loss {train_metrics['train/loss']:.3f}  "
                 f"{train_metrics['train/epoch_seconds']:.1f}s")
 
         # ---- evaluate (and report) every eval_every epochs and after the last
         last = epoch == config.epochs - 1
-        if (epoch + 1) % config.eval_every == 0 or last:
-            metrics = _evaluate(config, shared, defended, val_x, val_y, final=last)
+        if validate and ((epoch + 1) % config.eval_every == 0 or last):
+            metrics, points = _evaluate(config, shared, defended, val_x, val_y, final=last)
             recipe.student.train()
             metrics.update(train_metrics)
             metrics["epoch"] = epoch + 1
             metrics["time/elapsed_s"] = time.perf_counter() - start
-            line += (f"  val clean {metrics['val/clean/acc']:.3f}"
-                     f"  pool mean {metrics.get('val/pool/mean_acc', float('nan')):.3f}"
-                     f"  heldout mean {metrics.get('val/heldout/mean_acc', float('nan')):.3f}"
-                     f" union {metrics.get('val/heldout/union_acc', float('nan')):.3f}"
-                     f"  transfer mean {metrics.get('val/transfer/mean_acc', float('nan')):.3f}")
-            if "masking/any" in metrics:
-                raised = [k.split("/")[1] for k, v in metrics.items()
-                          if k.count("/") == 1 and k.startswith("masking/") and v
-                          and k != "masking/any"]
+            line += f"  val clean {metrics[CLEAN_ACC]:.3f}" + "".join(
+                f"  {label} {metrics.get(group_metric(Split.VAL, group, stat), float('nan')):.3f}"
+                for label, group, stat in _SHOWN)
+            raised = raised_flags(metrics, informational=True)
+            if raised is not None:
                 line += f"  masking flags: {', '.join(raised) or 'none'}"
             history.append(dict(metrics))
             if report is not None:
-                report(dict(metrics), lambda e=epoch: {
-                    "epoch": e, "recipe": recipe.state(),
-                    "torch_rng": torch.get_rng_state().clone(), "task_rng": rng.getstate()},
-                       defended)
+                report(dict(metrics), points, partial(_snapshot, epoch, recipe, rng), defended)
         log(line)
 
     defended.eval()
     if sealed:
         from trainables.sealed import sealed_evaluation  # the final report: test split only
 
-        metrics.update(sealed_evaluation(defended, shared, config, log=log))
+        evaluation = sealed_evaluation(defended, shared, config, log=log)
+        metrics.update(evaluation.metrics)
+        points.update(evaluation.points)
     metrics["time/total_s"] = time.perf_counter() - start
-    return TrialResult(metrics, defended, config, shared, history)
+    return TrialResult(metrics, defended, config, shared, history, points)
 
-
-if __name__ == "__main__":
-    from trainables.cli import main
-
-    raise SystemExit(main())

@@ -20,10 +20,9 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.models import ClassifierHead
+from trainables.vocab import UniGSize
 
-__all__ = ["UNIG_CHOICES", "UniG", "gradient_spread"]
-
-UNIG_CHOICES = ("off", "shared", "per_sample", "per_channel")
+__all__ = ["UniG", "gradient_spread"]
 
 
 class UniG(nn.Module):
@@ -31,7 +30,7 @@ class UniG(nn.Module):
 
     def __init__(
         self,
-        granularity: str = "per_sample",
+        granularity: str = UniGSize.PER_SAMPLE,
         *,
         delta: float = 0.5,
         steps: int = 1,
@@ -41,26 +40,26 @@ class UniG(nn.Module):
         weight_decay: float = 5e-4,
     ) -> None:
         super().__init__()
-        if granularity not in UNIG_CHOICES[1:]:
-            raise ConfigError(
-                f"UniG granularity {granularity!r} is unknown; choose one of {UNIG_CHOICES[1:]}"
-            )
+        sizes = [s.value for s in UniGSize if s != UniGSize.OFF]
+        if granularity not in sizes:
+            raise ConfigError(f"UniG granularity {granularity!r} is unknown; choose one of "
+                              f"{sizes}")
         if not 0 < delta <= 1:
             raise ConfigError(f"unig_delta={delta} must lie in (0, 1]")
         if steps < 1:
             raise ConfigError(f"unig_steps={steps} must be at least 1")
-        self.granularity = granularity
+        self.granularity = UniGSize(granularity)
         self.delta, self.steps, self.lr, self.init_std = delta, steps, lr, init_std
         self.momentum, self.weight_decay = momentum, weight_decay
 
     def settings(self) -> dict[str, object]:
-        return {"granularity": self.granularity, "delta": self.delta, "steps": self.steps,
+        return {"granularity": self.granularity.value, "delta": self.delta, "steps": self.steps,
                 "lr": self.lr, "init_std": self.init_std}
 
     def split(self, z: torch.Tensor, head: ClassifierHead
               ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The feature stage P multiplies, and the rest of the network after it."""
-        if self.granularity == "per_channel":
+        if self.granularity == UniGSize.PER_CHANNEL:
             return z, head
         return head.penultimate(z), head.logits
 
@@ -70,9 +69,9 @@ class UniG(nn.Module):
         return rest(multiplier * features)
 
     def _init_multiplier(self, features: torch.Tensor) -> torch.Tensor:
-        if self.granularity == "shared":
+        if self.granularity == UniGSize.SHARED:
             shape = (1, *features.shape[1:])
-        elif self.granularity == "per_sample":
+        elif self.granularity == UniGSize.PER_SAMPLE:
             shape = tuple(features.shape)
         else:
             shape = (features.shape[0], features.shape[1], *([1] * (features.dim() - 2)))
@@ -92,7 +91,8 @@ class UniG(nn.Module):
             with torch.no_grad():
                 pseudo_labels = rest(base).argmax(dim=1)
             velocity = torch.zeros_like(multiplier)
-            low = high = None
+            low: torch.Tensor | None = None
+            high = torch.zeros(())
             for _ in range(self.steps):
                 grads = feature_gradients(base, multiplier, rest, pseudo_labels)
                 if low is None:  # normalise with the first step's range, as the paper does

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -69,9 +70,15 @@ print(json.dumps(out))
 """)  # type: ignore[return-value]
 
 
+# One token for every Ray process of this test: on a fresh machine there is no ~/.ray/auth_token
+# for `ray start` to read, and the test must not write one there.
+_TOKEN = secrets.token_hex(32)
+
+
 def _env() -> dict[str, str]:
-    # The same token-auth mode for every Ray process (head, worker, driver, queries).
-    return {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
+    # The same token-auth mode and token for every Ray process (head, worker, driver, queries).
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN,
+            "PYTHONPATH": str(REPO)}
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

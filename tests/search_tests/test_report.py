@@ -7,8 +7,9 @@ import json
 import pytest
 
 import spaces
-from search.trainable import OBJECTIVE, objective_value
+from search.trainable import objective_value
 from tests.search_tests.conftest import FinishedSearch, run_module
+from trainables.vocab import OBJECTIVE
 
 
 def test_masking_flags_zero_the_objective() -> None:

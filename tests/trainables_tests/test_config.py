@@ -11,7 +11,7 @@ import pytest
 
 from trainables.config import FIELDS, RECIPE_FIELDS, TrialConfig
 from trainables.errors import ConfigError
-from trainables.prepare import resolve_setup
+from trainables.setup import resolve_setup
 
 
 def _config(**changes: Any) -> TrialConfig:

@@ -15,12 +15,12 @@ import torch
 
 from trainables.data import (
     DataSplits,
-    dataset_info,
-    list_datasets,
+    list_loaders,
     load_dataset,
     split_indices,
 )
 from trainables.errors import ConfigError, DataError
+from trainables.setup import dataset_info, list_datasets
 
 ALL_SETS = {"digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "svhn"}
 FILE_SETS = ["mnist", "fashion_mnist", "cifar10", "svhn"]
@@ -84,16 +84,18 @@ def _check_official_split(
 
 
 @pytest.mark.parametrize(
-    ("name", "pool", "shape"), [("digits", 1797, (1, 8, 8)), ("mnist5k", 5000, (1, 28, 28))]
+    ("name", "pool", "shape", "val", "test"),
+    [("digits", 1797, (1, 8, 8), 449, 449), ("mnist5k", 5000, (1, 28, 28), 1000, 1500)]
 )
-def test_bundled_sets_load(name: str, pool: int, shape: tuple[int, int, int]) -> None:
+def test_bundled_sets_load(name: str, pool: int, shape: tuple[int, int, int], val: int,
+                           test: int) -> None:
     splits = load_dataset(name, seed=0)
     info = splits.info
     assert info == dataset_info(name) and info.image_shape == shape and info.num_classes == 10
     assert not info.needs_data_dir and info.default_arch == "small_cnn"
     sizes = [len(splits.train_x), len(splits.val_x), len(splits.test_x)]
     assert sum(sizes) == pool
-    assert sizes[1] == sizes[2] == round(0.15 * pool)
+    assert sizes[1:] == [val, test]  # as much for validation and test as the set allows
     for x, y in [
         (splits.train_x, splits.train_y),
         (splits.val_x, splits.val_y),
@@ -274,3 +276,11 @@ def test_every_registered_set_has_info_without_files() -> None:
         info.threat_model.validate(info.image_shape)  # budgets fit the image size
     assert dataset_info("cifar10").threat_model.eps == pytest.approx(8 / 255)
     assert dataset_info("digits").threat_model.budget("L0") == 4
+
+
+def test_every_data_set_has_a_loader_and_every_architecture_a_builder() -> None:
+    from trainables.models import list_archs
+    from trainables.setup import ARCHITECTURES
+
+    assert list_loaders() == list_datasets()
+    assert list(ARCHITECTURES) == list_archs()

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.attacks import AttackSpec, BoundAttack
+from trainables.attacks import AttackSpec
+from trainables.attacks.base import Attack, CallableAttack
 from trainables.evaluate import evaluate_groups, group_metrics, robust_mask
+from trainables.vocab import Norm
 
 
 class _MeanThreshold(nn.Module):
@@ -18,10 +20,11 @@ class _MeanThreshold(nn.Module):
         return torch.stack([-score, score], dim=1) * 100
 
 
-def _attack(name: str, norm: str, budget: float, shift: float) -> BoundAttack:
-    spec = AttackSpec(name, norm, "min-norm", build=lambda ctx: None)  # type: ignore[arg-type]
-    return BoundAttack(spec, lambda x, y: x + torch.where(y == 0, shift, -shift).view(-1, 1, 1, 1),
-                       budget)
+def _attack(name: str, norm: str, budget: float, shift: float) -> Attack:
+    spec = AttackSpec(name, Norm(norm), "min-norm", "test:shift")
+    return CallableAttack(
+        spec, _MeanThreshold(), budget,
+        lambda x, y: x + torch.where(y == 0, shift, -shift).view(-1, 1, 1, 1))
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,23 +47,37 @@ def test_success_outside_the_budget_does_not_count() -> None:
 
 
 def test_group_metrics_mean_worst_and_union() -> None:
-    masks = {"A": torch.tensor([True, True, False, False]),
-             "B": torch.tensor([True, False, True, False])}
-    metrics = group_metrics("val/heldout", masks)
-    assert metrics["val/heldout/A/acc"] == 0.5
+    masks = {"PGD": torch.tensor([True, True, False, False]),
+             "PGDL2": torch.tensor([True, False, True, False])}
+    metrics = group_metrics("val", "heldout", masks)
+    assert metrics["val/heldout/PGD/acc"] == 0.5
     assert metrics["val/heldout/mean_acc"] == 0.5
     assert metrics["val/heldout/worst_acc"] == 0.5
     assert metrics["val/heldout/union_acc"] == 0.25  # only the first sample survives both
 
 
+def test_family_scores_are_the_union_per_threat_model_at_medium() -> None:
+    masks = {"PGD": torch.tensor([True, True, True, False]),
+             "FGSM": torch.tensor([True, True, False, True]),  # Linf too: AND-ed with PGD
+             "Elastic@medium": torch.tensor([True, False, False, False]),
+             "Elastic@high": torch.tensor([False, False, False, False])}  # not in the score
+    metrics = group_metrics("val", "heldout", masks)
+    assert metrics["val/heldout/Linf/acc"] == 0.5
+    assert metrics["val/heldout/Elastic/acc"] == 0.25
+    assert metrics["val/heldout/Elastic.medium/acc"] == 0.25  # MLflow keys allow no `@`
+    assert metrics["val/heldout/Elastic.high/acc"] == 0.0
+    assert metrics["val/heldout/family_mean_acc"] == pytest.approx((0.5 + 0.25) / 2)
+    assert metrics["val/heldout/mean_acc"] == pytest.approx((0.75 + 0.75 + 0.25 + 0) / 4)
+
+
 def test_evaluate_groups_names_split_group_and_attack() -> None:
     x, y = _data()
-    groups = {"pool": [_attack("Near", "Linf", 0.15, 0.15)],
-              "heldout": [_attack("Far", "L2", 0.1, 0.3)]}
+    groups = {"pool": [_attack("FGSM", "Linf", 0.15, 0.15)],
+              "heldout": [_attack("PGDL2", "L2", 0.1, 0.3)]}
     metrics, masks = evaluate_groups(_MeanThreshold(), x, y, groups, split="val", batch_size=4)
     assert metrics["val/clean/acc"] == 0.75
-    assert metrics["val/pool/Near/acc"] == 0.5
-    assert metrics["val/heldout/Far/acc"] == pytest.approx(0.75)
-    assert set(masks) == {"pool/Near", "heldout/Far"}
+    assert metrics["val/pool/FGSM/acc"] == 0.5
+    assert metrics["val/heldout/PGDL2/acc"] == pytest.approx(0.75)
+    assert set(masks) == {"clean", "pool/FGSM", "heldout/PGDL2"}
     assert {"val/heldout/mean_acc", "val/heldout/worst_acc", "val/heldout/union_acc"} <= set(
         metrics)

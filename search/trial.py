@@ -1,23 +1,28 @@
-"""`python -m trainables.trial`: one trial from a space's defaults (or given values), no Ray."""
+"""`python -m search.trial`: one trial from a space's defaults (or given values), no Ray.
+
+    python -m search.trial --space mid --seed 0 --out result.json --save-model model.pt
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainables.errors import ConfigError, DefenseSearchError
+import spaces
+from search.cli import Parser, run_cli
+from trainables.errors import ConfigError
+from trainables.vocab import Split
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trainables.trial",
+    p = Parser(
+        prog="python -m search.trial",
         description="Train and score one defended model with a space's default recipe (the "
                     "papers' defaults) or the values given with --params.")
     p.add_argument("--space", default="mid", help="space name (smoke, mid, paper) or YAML path")
@@ -38,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_values(text: str, space: Any) -> dict[str, Any]:
+def parse_values(text: str, space: spaces.Space) -> dict[str, Any]:
     """--params JSON -> searched values; `pool` may be given as a list of attack names."""
     try:
         values = json.loads(text)
@@ -54,24 +59,20 @@ def parse_values(text: str, space: Any) -> dict[str, Any]:
                               f"{space.name!r}: {', '.join(space.pool.candidates)}")
         values.update(space.pool.flags(pool))
     allowed = set(space.params) | set(space.pool.flags(space.pool.candidates))
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"--params has unknown key(s) {unknown}; space {space.name!r} "
+    extra = sorted(set(values) - allowed)
+    if extra:
+        raise ConfigError(f"--params has unknown key(s) {extra}; space {space.name!r} "
                           f"searches: {', '.join(sorted(allowed))} (and pool)")
     return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except DefenseSearchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args), interrupted="interrupted: nothing was written")
 
 
 def _run(args: argparse.Namespace) -> int:
-    import spaces
+    from trainables.config import TrialConfig
     from trainables.export import save_defended_model
     from trainables.trial import run_trial
 
@@ -80,8 +81,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"data_dir={args.data_dir}")
     space = spaces.load(args.space, overrides)
     values = {**space.default_values(), **parse_values(args.params, space)}
-    config = space.trial_config(values, seed=args.seed, device=args.device,
-                                threads=args.threads, cache_dir=args.cache_dir)
+    record = space.record(values, seed=args.seed, device=args.device, threads=args.threads,
+                          cache_dir=args.cache_dir)
+    config = TrialConfig.from_dict(record["config"])
     space.setup()
     print(f"space {space.name}: {config.dataset}, pool {'+'.join(config.pool)}, "
           f"held-out {'+'.join(config.heldout)}, {config.epochs} epochs", flush=True)
@@ -89,11 +91,10 @@ def _run(args: argparse.Namespace) -> int:
     result = run_trial(config, sealed=args.sealed, log=lambda line: print(line, flush=True))
     wall = time.perf_counter() - start
     for key in sorted(result.metrics):
-        if key.startswith(("val/", "test/")):
+        if key.startswith((f"{Split.VAL}/", f"{Split.TEST}/")):
             print(f"  {key:<34} {result.metrics[key]:.4f}")
     print(f"wall time {wall:.1f}s")
-    summary = {"space": space.name, "values": space.logged_params(values),
-               "config": config.to_dict(), "metrics": result.metrics,
+    summary = {"space": space.name, **record, "metrics": result.metrics,
                "history": result.history, "wall_time_s": wall}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +105,11 @@ def _run(args: argparse.Namespace) -> int:
         save_defended_model(args.save_model, result.model, arch=setup.arch,
                             image_shape=setup.info.image_shape,
                             num_classes=setup.info.num_classes,
-                            info={"config": config.to_dict(), "threat_model":
-                                  setup.threat.to_dict(), "metrics": result.metrics,
-                                  "space": space.name})
+                            info={**record, "threat_model": setup.threat.to_dict(),
+                                  "metrics": result.metrics, "space": space.name})
         print(f"defended model written to {args.save_model}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""The final comparison of a search: its best recipes against the space's baselines.
+
+Each candidate (the best `top_k` completed searched trials, and every baseline of the space) is
+trained with `seeds` seeds and evaluated on the test split: held-out and sealed attacks at
+`strength`, the transfer group, AutoAttack (trainables/sealed.py). Seed 0's model is the
+search's own when its trial completed; the others are trained again, all as parallel Ray tasks
+with a trial's resources. Every number is a mean over seeds with a 95% t interval, and the best
+recipe is compared with each baseline by the paired difference of their per-point values
+(averaged over seeds) on the same test points, with a paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search.leaderboard import Entry
+from search.records import model_file, points_of, record_of
+from spaces import Space
+from trainables.config import TrialConfig
+from trainables.export import load_defended_model
+from trainables.prepare import Shared
+from trainables.sealed import Evaluation, sealed_evaluation
+from trainables.stats import Interval, paired_difference, seed_interval
+from trainables.vocab import (
+    ARTIFACT,
+    TAG,
+    Group,
+    Split,
+    Stat,
+    TrialStatus,
+    group_metric,
+    high_key,
+    low_key,
+)
+
+__all__ = ["COLUMNS", "Candidate", "FinalReport", "candidates_of", "final_stage",
+           "versus_baselines"]
+
+# The final table's columns: (title, metric)
+COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
+           ("held-out mean", group_metric(Split.TEST, Group.HELDOUT, Stat.MEAN)),
+           ("held-out union", group_metric(Split.TEST, Group.HELDOUT, Stat.UNION)),
+           ("sealed mean", group_metric(Split.TEST, Group.SEALED, Stat.MEAN)),
+           ("sealed union", group_metric(Split.TEST, Group.SEALED, Stat.UNION)),
+           ("AutoAttack", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
+SEALED_MEAN = COLUMNS[3][1]
+
+
+@dataclass
+class Candidate:
+    label: str  # "t15" or "pgd-at"
+    record: dict[str, Any]
+    run_id: str | None  # its MLflow run in the search
+    baseline: bool
+    model: bytes | None = None  # seed 0's model, when the search trained it to the end
+    evaluations: dict[int, Evaluation] = field(default_factory=dict)  # seed -> evaluation
+
+    def interval(self, metric: str) -> Interval | None:
+        values = [e.metrics[metric] for e in self.evaluations.values() if metric in e.metrics]
+        return seed_interval(values) if values else None
+
+    def points(self, metric: str) -> np.ndarray | None:
+        """Per-point values averaged over seeds."""
+        found = [e.points[metric] for e in self.evaluations.values() if metric in e.points]
+        return np.mean(found, axis=0) if found else None
+
+
+@dataclass
+class FinalReport:
+    candidates: list[Candidate]
+    seeds: list[int]
+    differences: dict[str, dict[str, Interval]]  # baseline -> metric -> best minus baseline
+
+    @property
+    def best(self) -> Candidate | None:
+        return next((c for c in self.candidates if not c.baseline), None)
+
+    def verdict(self, baseline: str) -> str:
+        """Whether the best recipe beats `baseline` on the sealed mean, significantly."""
+        diff = self.differences.get(baseline, {}).get(SEALED_MEAN)
+        if diff is None:
+            return "-"
+        if diff.low > 0:
+            return f"better than {baseline}"
+        if diff.high < 0:
+            return f"worse than {baseline}"
+        return f"not significantly better than {baseline}"
+
+    def markdown(self) -> str:
+        best = self.best
+        lines = [f"Test split, mean over {len(self.seeds)} seeds {self.seeds} [95% t interval]",
+                 "", "| recipe | " + " | ".join(t for t, _ in COLUMNS) + " |",
+                 "|---|" + "---|" * len(COLUMNS)]
+        for c in self.candidates:
+            cells = [_fmt(c.interval(m)) for _, m in COLUMNS]
+            kind = "baseline" if c.baseline else "searched"
+            lines.append(f"| {c.label} ({kind}) | " + " | ".join(cells) + " |")
+        if best is not None and self.differences:
+            lines += ["", f"Paired difference, {best.label} minus each baseline, on the same "
+                      "test points (per-point values averaged over seeds) [95% paired "
+                      "bootstrap interval]", "",
+                      "| baseline | " + " | ".join(f"Δ {t}" for t, _ in COLUMNS)
+                      + " | verdict (sealed mean) |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+            for name, diffs in self.differences.items():
+                cells = [_fmt(diffs.get(m), signed=True) for _, m in COLUMNS]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {self.verdict(name)} |")
+        return "\n".join(lines)
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.candidates:
+            row: dict[str, Any] = {"recipe": c.label, "baseline": c.baseline,
+                                   "run_id": c.run_id, "seeds": sorted(c.evaluations)}
+            for _, metric in COLUMNS:
+                interval = c.interval(metric)
+                if interval is not None:
+                    row.update({metric: interval.value, low_key(metric): interval.low,
+                                high_key(metric): interval.high})
+            out.append(row)
+        return out
+
+    def csv(self) -> str:
+        rows = self.rows()
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+
+def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
+    if interval is None:
+        return "-"
+    sign = "+" if signed else ""
+    return (f"{interval.value:{sign}.3f} [{interval.low:{sign}.3f}, "
+            f"{interval.high:{sign}.3f}]")
+
+
+# ---------------------------------------------------------------- the Ray task
+
+
+def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, strength: float,
+              threads: int) -> Evaluation:
+    """A Ray task: train the recipe with this config's seed (unless its model is given),
+    then its final evaluation."""
+    from search.trainable import assigned_device
+    from trainables.trial import run_trial
+
+    torch.set_num_threads(threads)
+    device = assigned_device()
+    trial = TrialConfig.from_dict({**config, "device": device, "threads": threads,
+                                   "masking_samples": 0})
+    if payload is None:
+        model = run_trial(trial, shared=shared, log=lambda _: None, validate=False).model
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
+            handle.write(payload)
+            handle.flush()
+            model = load_defended_model(handle.name, device=device)
+    return sealed_evaluation(model, shared, trial, strength=strength, log=lambda _: None)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k: int
+                  ) -> list[Candidate]:
+    """The best `top_k` completed searched trials, then the space's baselines."""
+    out: list[Candidate] = []
+    baseline_runs: dict[str, Entry] = {}
+    for entry in entries:
+        record = record_of(results, entry.trial_id)
+        if record is None:
+            continue
+        if record.get("baseline"):
+            baseline_runs.setdefault(record["baseline"], entry)
+        elif entry.status == TrialStatus.COMPLETED and len(out) < top_k:
+            out.append(Candidate(entry.name.split()[0], record, entry.run_id, False,
+                                 model_file(results, entry.trial_id)))
+    for name in space.baselines:
+        run = baseline_runs.get(name)
+        if run is None:  # not part of the search: trained here only
+            out.append(Candidate(name, space.record(space.baseline_values(name)), None, True))
+            continue
+        record = record_of(results, run.trial_id)
+        assert record is not None
+        done = run.status == TrialStatus.COMPLETED
+        out.append(Candidate(name, record, run.run_id, True,
+                             model_file(results, run.trial_id) if done else None))
+    return out
+
+
+def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
+                parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
+                strength: float, out: Path | None = None) -> FinalReport:
+    """Evaluates every candidate over `seeds` (parallel Ray tasks), logs and returns the
+    report (also written to `out` and the MLflow parent run)."""
+    import ray
+    from mlflow.entities import Metric
+
+    task = ray.remote(max_retries=1)(_evaluate)
+    options = {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0),
+               "resources": {k: v for k, v in resources.items() if k not in ("cpu", "gpu")}}
+    threads = max(1, int(resources.get("cpu", 1)))
+    shared_ref = ray.put(shared)
+    pending = {}
+    for candidate in candidates:
+        for index, seed in enumerate(seeds):
+            payload = candidate.model if index == 0 else None
+            config = {**candidate.record["config"], "seed": seed}
+            pending[task.options(**options).remote(shared_ref, config, payload, strength,
+                                                   threads)] = (candidate, seed)
+    print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
+          f"({sum(c.model is not None for c in candidates)} models reused from the search)",
+          flush=True)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        candidate, seed = pending.pop(done[0])
+        candidate.evaluations[seed] = ray.get(done[0])
+        metrics = candidate.evaluations[seed].metrics
+        print(f"final: {candidate.label} seed {seed}: " + ", ".join(
+            f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics), flush=True)
+    report = FinalReport(candidates, list(seeds), _differences(candidates))
+    for candidate in candidates:
+        if candidate.run_id is None:
+            continue
+        logged = {}
+        for _, metric in COLUMNS:
+            interval = candidate.interval(metric)
+            if interval is not None:
+                logged.update({f"final/{metric}": interval.value,
+                               f"final/{low_key(metric)}": interval.low,
+                               f"final/{high_key(metric)}": interval.high})
+        client.log_batch(candidate.run_id, metrics=[Metric(k, v, 0, 0)
+                                                    for k, v in sorted(logged.items())])
+        client.set_tag(candidate.run_id, TAG.SEALED, "true")
+    best = report.best
+    parent_metrics = {}
+    if best is not None:
+        for row in report.rows():
+            if row["recipe"] == best.label:
+                parent_metrics.update({f"final/best/{k}": v for k, v in row.items()
+                                       if k.startswith(f"{Split.TEST}/")})
+        for name, diffs in report.differences.items():
+            for metric, diff in diffs.items():
+                parent_metrics.update({f"final/delta/{name}/{metric}": diff.value,
+                                       f"final/delta/{name}/{low_key(metric)}": diff.low,
+                                       f"final/delta/{name}/{high_key(metric)}": diff.high})
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
+                                         for k, v in sorted(parent_metrics.items())])
+    table = report.markdown()
+    client.log_text(parent_id, table, ARTIFACT.FINAL_TABLE)
+    client.log_text(parent_id, report.csv(), ARTIFACT.SEALED)
+    client.log_text(parent_id, json.dumps(report.rows(), indent=2), ARTIFACT.FINAL_JSON)
+    if out is not None:
+        (out / ARTIFACT.FINAL_TABLE).write_text(table + "\n")
+        (out / ARTIFACT.SEALED).write_text(report.csv())
+    print("\n" + table, flush=True)
+    return report
+
+
+def versus_baselines(entries: Sequence[Entry], results: Any, objective: str
+                     ) -> tuple[str | None, dict[str, Interval]]:
+    """On validation: the best completed baseline trial, and each completed searched trial's
+    paired difference of `objective` with it (the same validation points)."""
+    done = [e for e in entries if e.status == TrialStatus.COMPLETED
+            and e.value(objective) is not None]
+    baselines = sorted((e for e in done if e.baseline), key=lambda e: -(e.value(objective) or 0))
+    if not baselines:
+        return None, {}
+    reference = points_of(results, baselines[0].trial_id, objective)
+    if reference is None:
+        return None, {}
+    out = {}
+    for entry in done:
+        points = points_of(results, entry.trial_id, objective)
+        if not entry.baseline and points is not None and points.shape == reference.shape:
+            out[entry.run_id] = paired_difference(points, reference)
+    return baselines[0].baseline, out
+
+
+def _differences(candidates: Sequence[Candidate]) -> dict[str, dict[str, Interval]]:
+    best = next((c for c in candidates if not c.baseline), None)
+    if best is None:
+        return {}
+    out: dict[str, dict[str, Interval]] = {}
+    for baseline in (c for c in candidates if c.baseline):
+        out[baseline.label] = {}
+        for _, metric in COLUMNS:
+            a, b = best.points(metric), baseline.points(metric)
+            if a is not None and b is not None:
+                out[baseline.label][metric] = paired_difference(a, b)
+    return out
+

@@ -1,0 +1,67 @@
+"""SearchPlan: everything a search needs, resolved and validated before Ray starts (no Ray
+imported here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spaces import Space
+from trainables.vocab import (
+    CLEAN_ACC,
+    FINAL_SEEDS,
+    OBJECTIVE,
+    SEALED_STRENGTH,
+    Mode,
+    Scheduler,
+    SearchAlg,
+)
+
+__all__ = ["SearchPlan"]
+
+
+@dataclass
+class SearchPlan:
+    """Everything the search needs, resolved and validated from the CLI before Ray starts."""
+
+    space: Space
+    name: str
+    num_samples: int
+    max_concurrent: int
+    search_alg: SearchAlg
+    scheduler: Scheduler
+    multi_objective: bool
+    seed: int
+    storage_path: str
+    output_dir: str
+    optuna_storage: str
+    mlflow_uri: str
+    experiment: str
+    address: str | None
+    cpus_per_trial: float | None
+    gpus_per_trial: float | None
+    max_failures: int = 2
+    trial_resources: dict[str, float] = field(default_factory=dict)
+    sealed_top_k: int = 1
+    sealed_strength: float = SEALED_STRENGTH
+    final_seeds: int = FINAL_SEEDS
+
+    @property
+    def objective(self) -> str:
+        """What Tune optimises: the space's objective, penalised for masking flags."""
+        return OBJECTIVE
+
+    @property
+    def raw_objective(self) -> str:
+        return self.space.search.objective
+
+    @property
+    def mode(self) -> Mode:
+        return self.space.search.mode
+
+    def metrics(self) -> list[str] | str:
+        return [self.objective, CLEAN_ACC] if self.multi_objective else self.objective
+
+    def modes(self) -> list[str] | str:
+        # plain strings: Ray checks that metric and mode have the same type
+        return ([self.mode.value, Mode.MAX.value] if self.multi_objective
+                else self.mode.value)

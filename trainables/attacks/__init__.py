@@ -1,0 +1,76 @@
+"""The attacks: one table of what exists (specs.py) and one front door to build them.
+
+    from trainables.attacks import build_attack, list_attacks
+    attack = build_attack("PGD", model, threat, num_classes=10)
+    x_adv = attack(x, y)                       # every attack is called the same way
+    attack = build_attack("Elastic@medium", model, threat, num_classes=10)
+
+Lp attacks come from torchattacks (lp.py), non-Lp families are ours on kornia
+(unforeseen.py). The table and the checks import no torch; building an attack does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trainables.attacks.specs import (
+    FAMILY_MAX_BUDGET,
+    AttackContext,
+    AttackSpec,
+    attack_budget,
+    attack_spec,
+    check_attack_fits,
+    list_attacks,
+    list_families,
+    list_lp_attacks,
+    resolve_args,
+    split_name,
+)
+from trainables.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trainables.attacks.base import Attack
+
+__all__ = ["AttackContext", "AttackSpec", "attack_budget", "attack_spec", "build_attack",
+           "check_attack_fits", "list_attacks", "list_families", "list_lp_attacks", "split_name"]
+
+# The attacks that repair what another attack could not turn into a training example
+_FALLBACKS = {"L2": "PGDL2"}
+_DEFAULT_FALLBACK = "PGD"
+
+
+def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classes: int,
+                 strength: float = 1.0, train_steps: int | None = None, seed: int = 0,
+                 budget: float | None = None, scale: float = 1.0, **overrides: Any) -> Attack:
+    """Builds `name` against `model` at the threat model's budget for it (or `budget`).
+
+    `strength` scales iterations, queries and restarts; `train_steps` sets the step count of
+    a training-time attack, and gives an Lp attack a PGD fallback in its own norm, used to
+    repair the points a returns-clean or unbounded attack could not turn into an example;
+    `scale` multiplies the budget (a family's ceiling still holds); `overrides` replace
+    arguments of the attack's row.
+    """
+    spec = attack_spec(name)
+    budget = (attack_budget(name, threat) if budget is None else budget) * scale
+    budget = min(budget, FAMILY_MAX_BUDGET.get(spec.family, budget))
+    ctx = AttackContext(budget, num_classes, strength, train_steps, seed)
+    args = {**resolve_args(spec.args, ctx), **overrides}
+    if spec.unforeseen is not None:
+        from trainables.attacks.unforeseen import TransformAttack, family
+
+        return TransformAttack(spec, model, family(spec.unforeseen, ctx.budget), seed=seed,
+                               name=name, **args)
+    if spec.impl == "noise:uniform":
+        from trainables.attacks.base import UniformNoise
+
+        return UniformNoise(spec, model, ctx.budget)
+    from trainables.attacks.lp import torchattack
+
+    attack = torchattack(spec, model, ctx, args)
+    fallback_name = _FALLBACKS.get(str(spec.norm), _DEFAULT_FALLBACK)
+    if train_steps is not None and name not in (_DEFAULT_FALLBACK, *_FALLBACKS.values()):
+        attack.fallback = build_attack(fallback_name, model, threat, num_classes=num_classes,
+                                       train_steps=train_steps, seed=seed, scale=scale)
+    return attack
