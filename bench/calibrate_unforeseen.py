@@ -43,7 +43,8 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 def calibrate(dataset: str, points: int, out: Path) -> str:
     base = TrialConfig(dataset=dataset, epochs=12, eval_every=12, batch_size=32,
-                       masking_samples=0, eval_samples=points, heldout=("PGDL2",))
+                       teacher_epochs=10, masking_samples=0, eval_samples=points,
+                       heldout=("PGDL2",))
     shared = prepare_shared(base, log=print)
     standard = shared.target
     assert standard is not None

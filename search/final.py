@@ -26,6 +26,7 @@ import torch
 from search.leaderboard import Entry
 from search.records import model_file, points_of, record_of
 from spaces import Space
+from trainables.baselines import baseline_config
 from trainables.config import TrialConfig
 from trainables.export import load_defended_model
 from trainables.prepare import Shared
@@ -67,7 +68,7 @@ class Candidate:
 
     def interval(self, metric: str) -> Interval | None:
         values = [e.metrics[metric] for e in self.evaluations.values() if metric in e.metrics]
-        return seed_interval(values) if values else None
+        return seed_interval(values, bounds=(0.0, 1.0)) if values else None
 
     def points(self, metric: str) -> np.ndarray | None:
         """Per-point values averaged over seeds."""
@@ -174,24 +175,30 @@ def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, str
 # ---------------------------------------------------------------- the stage
 
 
-def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k: int
-                  ) -> list[Candidate]:
-    """The best `top_k` completed searched trials, then the space's baselines."""
+def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k: int,
+                  baselines: Sequence[str] | None = None) -> list[Candidate]:
+    """The best `top_k` completed searched trials (those that raised no masking flag first: a
+    flagged trial's robustness is not real), then the baselines (default: the space's)."""
     out: list[Candidate] = []
     baseline_runs: dict[str, Entry] = {}
+    searched = []
     for entry in entries:
         record = record_of(results, entry.trial_id)
         if record is None:
             continue
         if record.get("baseline"):
             baseline_runs.setdefault(record["baseline"], entry)
-        elif entry.status == TrialStatus.COMPLETED and len(out) < top_k:
-            out.append(Candidate(entry.name.split()[0], record, entry.run_id, False,
-                                 model_file(results, entry.trial_id)))
-    for name in space.baselines:
+        elif entry.status == TrialStatus.COMPLETED:
+            searched.append((bool(entry.flags), entry, record))
+    for _, entry, record in sorted(searched, key=lambda s: s[0])[:top_k]:
+        out.append(Candidate(entry.name.split()[0], record, entry.run_id, False,
+                             model_file(results, entry.trial_id)))
+    for name in space.baselines if baselines is None else baselines:
         run = baseline_runs.get(name)
-        if run is None:  # not part of the search: trained here only
-            out.append(Candidate(name, space.record(space.baseline_values(name)), None, True))
+        if run is None:  # not part of the search: trained here only, with the space's setting
+            config = baseline_config(space.trial_config(), name)
+            out.append(Candidate(name, {"config": config.to_dict(), "params": {},
+                                        "baseline": name}, None, True))
             continue
         record = record_of(results, run.trial_id)
         assert record is not None

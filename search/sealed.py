@@ -42,7 +42,7 @@ class Reopened:
 
 
 @contextmanager
-def _reopen(info: dict[str, Any], folder: Path, overrides: Sequence[str]) -> Iterator[Reopened]:
+def _reopen(info: dict[str, Any], folder: Path) -> Iterator[Reopened]:
     """The search's space, shared state and Tune results, with Ray running (Ray is imported
     here, after the caller chose its network setting)."""
     import ray
@@ -51,7 +51,7 @@ def _reopen(info: dict[str, Any], folder: Path, overrides: Sequence[str]) -> Ite
     import spaces
 
     quiet_ray()
-    space = spaces.load(str(folder / ARTIFACT.SPACE), overrides)
+    space = spaces.load(str(folder / ARTIFACT.SPACE))
     ray.init(address=info["address"] or "local", include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
     try:
@@ -88,12 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--strength={args.strength} must be > 0")
         found = locate(storage_path=args.storage_path, name=args.name)
         assert found.info is not None and found.folder is not None
-        overrides = ([] if args.baselines is None
-                     else [f"baselines=[{args.baselines}]"])
+        names = None if args.baselines is None else args.baselines.split(",")
+        unknown = [n for n in names or () if n not in BASELINES]
+        if unknown:
+            raise ConfigError(f"--baselines {unknown} do not exist; choose from "
+                              f"{', '.join(BASELINES)}")
         use_loopback_for(found.info["address"])
-        with _reopen(found.info, found.folder, overrides) as opened:
+        with _reopen(found.info, found.folder) as opened:
             candidates = candidates_of(opened.space, found.entries, opened.results,
-                                       top_k=args.top_k)
+                                       top_k=args.top_k, baselines=names)
             report = final_stage(
                 space=opened.space, shared=opened.shared, candidates=candidates,
                 client=found.client, parent_id=found.parent_id, resources=opened.resources,

@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.plan import SearchPlan
 from search.trainable import train_recipe
+from spaces import RECORD_KEY
 from trainables.prepare import Shared
 from trainables.vocab import Scheduler, SearchAlg
 
@@ -60,7 +61,10 @@ def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     searcher = PruneAwareOptunaSearch(
         # define-by-run: the space suggests each trial's values and builds its record
         space.sample, metric=plan.metrics(), mode=plan.modes(),
-        points_to_evaluate=[space.point(space.default_values())], sampler=_sampler(plan),
+        # the papers' defaults, then the baselines: a search starts from the best simple answer
+        points_to_evaluate=[space.point(space.default_values()),
+                            *(space.point(space.baseline_values(b)) for b in space.baselines)],
+        sampler=_sampler(plan),
         study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage),
         max_t=space.max_evaluations)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
@@ -73,11 +77,25 @@ def make_scheduler(plan: SearchPlan) -> TrialScheduler:
     # Single objective: ASHA takes metric/mode from TuneConfig (Ray refuses them twice);
     # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
     own = plan.multi_objective
-    return ASHAScheduler(time_attr="training_iteration", max_t=plan.space.max_evaluations,
-                         grace_period=settings.grace_period,
-                         reduction_factor=settings.reduction_factor,
-                         metric=plan.objective if own else None,
-                         mode=plan.mode.value if own else None)
+    return BaselinesToTheEnd(time_attr="training_iteration", max_t=plan.space.max_evaluations,
+                             grace_period=settings.grace_period,
+                             reduction_factor=settings.reduction_factor,
+                             metric=plan.objective if own else None,
+                             mode=plan.mode.value if own else None)
+
+
+class BaselinesToTheEnd(ASHAScheduler):
+    """ASHA that never stops a baseline early (its results still set the rungs' cutoffs): the
+    recipes every other one is compared with must run to the end."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action: str = super().on_trial_result(tune_controller, trial, result)
+        baseline = trial.config.get(RECORD_KEY, {}).get("baseline")
+        if action == TrialScheduler.STOP and baseline and \
+                result.get("training_iteration", 0) < self._max_t:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
 
 
 def _trainable(plan: SearchPlan, shared: Shared, resources: dict[str, float]) -> Any:

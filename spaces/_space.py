@@ -469,7 +469,9 @@ def _check_disjoint(pool: Sequence[str], heldout: Sequence[str], sealed: Sequenc
             raise SpaceError(f"attacks {sorted(set(a) & set(b))} are in both {first} and "
                              f"{second}; the pool, held-out and sealed sets must be disjoint")
         if split_by == "family":
-            families_a = {attack_spec(n).family: n for n in a}
+            families_a: dict[str, str] = {}
+            for name in a:
+                families_a.setdefault(attack_spec(name).family, name)
             shared = sorted({attack_spec(n).family for n in b} & set(families_a))
             if shared:
                 examples = ", ".join(f"{f} ({families_a[f]} in {first}, "

@@ -165,6 +165,9 @@ class TrialConfig:
     threads: int = _value(0, "torch CPU threads; 0 = torch's default", low=0, high=1024)
     cache_dir: str | None = _value(None, "where teachers and targets are cached",
                                    kind="str", optional=True)
+    # ---- speed switches (what they change is stated; tests bound it)
+    fuse_tasks: bool = _value(True, "the tasks of a step share one forward pass (per-sample "
+                              "results are the same; batch sums differ by float round-off)")
 
     # ---- recipe: optimisation
     # MID uses lr 1e-4 over 120 MNIST epochs; ours are ~100x fewer steps

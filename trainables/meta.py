@@ -18,15 +18,25 @@ import torch
 
 from trainables.vocab import MetaOrder
 
-__all__ = ["TaskLoss", "meta_objective"]
+__all__ = ["TaskLoss", "TasksLoss", "each", "meta_objective"]
 
 # task_loss(params, task_index) -> scalar loss of the student with `params` on that task
 TaskLoss = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
+# tasks_loss(params, task_indices) -> the loss on each of those tasks, as a vector (so that one
+# forward pass can serve several tasks)
+TasksLoss = Callable[[dict[str, torch.Tensor], Sequence[int]], torch.Tensor]
+
+
+def each(task_loss: TaskLoss) -> TasksLoss:
+    """A per-task loss as a TasksLoss, one call per task."""
+    def tasks_loss(params: dict[str, torch.Tensor], tasks: Sequence[int]) -> torch.Tensor:
+        return torch.stack([task_loss(params, t) for t in tasks])
+    return tasks_loss
 
 
 def meta_objective(
     params: dict[str, torch.Tensor],
-    task_loss: TaskLoss,
+    tasks_loss: TasksLoss,
     meta_train: Sequence[int],
     meta_test: Sequence[int],
     *,
@@ -38,7 +48,7 @@ def meta_objective(
     if order not in (MetaOrder.FIRST, MetaOrder.SECOND):
         raise ValueError(f"meta order {order!r} is unknown; choose 'first' or 'second'")
     names = list(params)
-    loss_train = torch.stack([task_loss(params, t) for t in meta_train]).mean()
+    loss_train = tasks_loss(params, meta_train).mean()
     if not meta_test or beta == 0:
         return loss_train, {"meta_train": loss_train.detach().double(),
                             "meta_test": torch.zeros((), dtype=torch.float64,
@@ -53,7 +63,7 @@ def meta_objective(
         else:
             fast[name] = params[name] - alpha * (grad if order == MetaOrder.SECOND
                                                  else grad.detach())
-    loss_test = torch.stack([task_loss(fast, t) for t in meta_test]).mean()
+    loss_test = tasks_loss(fast, meta_test).mean()
     total = loss_train + beta * loss_test
     parts = {"meta_train": loss_train.detach().double(), "meta_test": loss_test.detach().double()}
     return total, parts

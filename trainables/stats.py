@@ -107,12 +107,14 @@ def mcnemar_p(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) ->
     return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def seed_interval(values: Sequence[float], *, confidence: float = CONFIDENCE) -> Interval:
-    """The mean of per-seed values with a Student-t interval (the point itself for one seed)."""
+def seed_interval(values: Sequence[float], *, confidence: float = CONFIDENCE,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """The mean of per-seed values with a Student-t interval (the point itself for one seed),
+    cut to `bounds` (an accuracy's is [0, 1])."""
     data = _outcomes(values)
     mean = float(data.mean())
     if data.size < 2:
         return Interval(mean, mean, mean)
     half = float(stats.t.ppf((1 + confidence) / 2, data.size - 1)) * float(
         data.std(ddof=1)) / math.sqrt(data.size)
-    return Interval(mean, mean - half, mean + half)
+    return Interval(mean, max(bounds[0], mean - half), min(bounds[1], mean + half))

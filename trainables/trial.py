@@ -10,7 +10,7 @@ import copy
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -38,7 +38,7 @@ from trainables.losses import (
     prototype_conformity,
 )
 from trainables.masking import raised_flags, run_masking_checks
-from trainables.meta import meta_objective
+from trainables.meta import TasksLoss, meta_objective
 from trainables.models import ClassifierHead, DefendedModel, build_arch
 from trainables.prepare import Shared, prepare_shared
 from trainables.runtime import resolve_device, seed_everything, set_threads
@@ -147,12 +147,12 @@ class _Recipe:
         self.optimizer = torch.optim.Adam(trainable + list(self.prototypes.parameters()),
                                           lr=config.lr)
 
-    def task_loss_fn(self, tasks: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                     parts: dict[str, torch.Tensor]) -> Callable[[dict[str, torch.Tensor], int],
-                                                                 torch.Tensor]:
-        """The loss of the student (with given weights) on one task: CE, TRADES' consistency
-        with its own clean prediction, MID's multi-consistency distillation and PCL. Task 0 is
-        the clean images when include_clean (no TRADES term there: it is 0)."""
+    def tasks_loss_fn(self, tasks: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      parts: dict[str, torch.Tensor]) -> TasksLoss:
+        """The loss of the student (with given weights) on each of some tasks: CE, TRADES'
+        consistency with its own clean prediction, MID's multi-consistency distillation and
+        PCL. Task 0 is the clean images when include_clean (no TRADES term there: it is 0).
+        With fuse_tasks the tasks share one forward pass (one batch of all their images)."""
         cfg = self.config
         clean_task = 0 if cfg.include_clean else None
         with torch.no_grad():
@@ -160,38 +160,58 @@ class _Recipe:
             logits_teacher = self.t_head(z_teacher)
         own_clean: dict[int, torch.Tensor] = {}  # the student's clean logits, per weight set
 
-        def task_loss(params: dict[str, torch.Tensor], task: int) -> torch.Tensor:
-            z, h, logits = functional_call(self.student, params, (tasks[task],))
-            terms: dict[str, torch.Tensor] = {}
-            ce_weight = cfg.w_ce_clean if task == clean_task else cfg.w_ce
-            if ce_weight:
-                terms["ce"] = ce_weight * F.cross_entropy(logits, y)
-            if cfg.w_trades and task != clean_task:
-                if id(params) not in own_clean:  # TRADES differentiates through both sides
-                    own_clean[id(params)] = functional_call(self.student, params, (x,))[2]
-                terms["trades"] = cfg.w_trades * prediction_kl(own_clean[id(params)], logits)
-            if cfg.w_pred_kl:
-                terms["pred_kl"] = cfg.w_pred_kl * prediction_kl(logits_teacher, logits)
-            if cfg.w_feat:
-                terms["feat"] = cfg.w_feat * feature_consistency(z_teacher, z, cfg.feat_loss)
-            if cfg.w_cyc or cfg.w_pix:
-                regenerated = self.t_decoder(z)
-                if cfg.w_cyc:
-                    terms["cyc"] = cfg.w_cyc * channel_kl(z_teacher, self.t_encoder(regenerated))
-                if cfg.w_pix:
-                    terms["pix"] = cfg.w_pix * pixel_consistency(regenerated, x)
-            if cfg.pcl_weight:
-                feats = {"encoder": z, "penultimate": h}
-                for layer, protos in self.prototypes.items():
-                    pcl, _ = prototype_conformity(feats[layer], y, protos, cfg.pcl_margin)
-                    terms[f"pcl_{layer}"] = cfg.pcl_weight * pcl
-            for name, value in terms.items():  # summed on the device: no sync per batch
-                parts[name] = parts[name] + value.detach().double()
-            if not terms:  # this task trains nothing (e.g. a clean task without CE)
-                return logits.new_zeros(())
-            return torch.stack(list(terms.values())).sum()
+        def forward(params: dict[str, torch.Tensor], indices: Sequence[int]
+                    ) -> list[tuple[torch.Tensor, ...]]:
+            """(z, h, logits, regenerated or None) of each task."""
+            if cfg.fuse_tasks:
+                chunks = [functional_call(self.student, params,
+                                          (torch.cat([tasks[t] for t in indices]),))]
+            else:
+                chunks = [functional_call(self.student, params, (tasks[t],)) for t in indices]
+            if cfg.w_cyc or cfg.w_pix:  # the pixel level: the teacher decoder's regeneration
+                chunks = [(*c, self.t_decoder(c[0])) for c in chunks]
+            if cfg.fuse_tasks:
+                return list(zip(*(part.split(len(x)) for part in chunks[0]), strict=True))
+            return chunks
 
-        return task_loss
+        def tasks_loss(params: dict[str, torch.Tensor], indices: Sequence[int]
+                       ) -> torch.Tensor:
+            losses = []
+            outputs = forward(params, indices)
+            if clean_task is not None and clean_task in indices:  # TRADES' clean side: the
+                # clean task's own pass
+                own_clean[id(params)] = outputs[list(indices).index(clean_task)][2]
+            for task, (z, h, logits, *pixel) in zip(indices, outputs, strict=True):
+                terms: dict[str, torch.Tensor] = {}
+                ce_weight = cfg.w_ce_clean if task == clean_task else cfg.w_ce
+                if ce_weight:
+                    terms["ce"] = ce_weight * F.cross_entropy(logits, y)
+                if cfg.w_trades and task != clean_task:
+                    if id(params) not in own_clean:  # TRADES differentiates through both
+                        own_clean[id(params)] = functional_call(self.student, params, (x,))[2]
+                    terms["trades"] = cfg.w_trades * prediction_kl(own_clean[id(params)],
+                                                                   logits)
+                if cfg.w_pred_kl:
+                    terms["pred_kl"] = cfg.w_pred_kl * prediction_kl(logits_teacher, logits)
+                if cfg.w_feat:
+                    terms["feat"] = cfg.w_feat * feature_consistency(z_teacher, z, cfg.feat_loss)
+                if cfg.w_cyc:
+                    terms["cyc"] = cfg.w_cyc * channel_kl(z_teacher, self.t_encoder(pixel[0]))
+                if cfg.w_pix:
+                    terms["pix"] = cfg.w_pix * pixel_consistency(pixel[0], x)
+                if cfg.pcl_weight:
+                    feats = {"encoder": z, "penultimate": h}
+                    for layer, protos in self.prototypes.items():
+                        pcl, _ = prototype_conformity(feats[layer], y, protos, cfg.pcl_margin)
+                        terms[f"pcl_{layer}"] = cfg.pcl_weight * pcl
+                for name, value in terms.items():  # summed on the device: no sync per batch
+                    parts[name] = parts[name] + value.detach().double()
+                # a task without a term (e.g. a clean task without CE) trains nothing
+                losses.append(torch.stack(list(terms.values())).sum() if terms
+                              else logits.new_zeros(()))
+            return torch.stack(losses)
+
+        return tasks_loss
 
     def params(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.student.named_parameters() if p.requires_grad}
@@ -335,15 +355,15 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
                     adversarial = [_worst(recipe.model, adversarial, y)]
                 recipe.student.train()
             tasks = ([x] if config.include_clean else []) + adversarial
-            task_loss = recipe.task_loss_fn(tasks, x, y, parts)
+            tasks_loss = recipe.tasks_loss_fn(tasks, x, y, parts)
             params = recipe.params()
             meta_parts: dict[str, torch.Tensor] = {}
             if config.meta == MetaOrder.OFF:
-                loss = torch.stack([task_loss(params, t) for t in range(len(tasks))]).mean()
+                loss = tasks_loss(params, range(len(tasks))).mean()
             else:
                 meta_test = rng.sample(attack_tasks, config.meta_test_attacks)
                 meta_train = [t for t in range(len(tasks)) if t not in meta_test]
-                loss, meta_parts = meta_objective(params, task_loss, meta_train, meta_test,
+                loss, meta_parts = meta_objective(params, tasks_loss, meta_train, meta_test,
                                                   alpha=config.meta_alpha,
                                                   beta=config.meta_beta, order=config.meta)
             recipe.optimizer.zero_grad()

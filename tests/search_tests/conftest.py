@@ -42,7 +42,7 @@ def smoke_search(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> FinishedSearch:
     cwd = tmp_path_factory.mktemp("smoke-search")
     proc = run_module("search.run", "--space", "smoke", "--num-samples", "8",
-                      "--sealed-top-k", "1", "--mlflow-uri", mlflow_server,
+                      "--sealed-top-k", "1", "--final-seeds", "2", "--mlflow-uri", mlflow_server,
                       "--experiment", "smoke-test", "--storage-path", str(cwd / "ray"),
                       "--name", "smoke-test", cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

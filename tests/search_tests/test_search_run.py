@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+import spaces
 from tests.search_tests.conftest import FinishedSearch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,23 +33,35 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["space"] == "smoke"
-    assert parent.data.tags["heldout_attacks"] == "APGD-DLR+PGDL2"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                and "baseline" not in r.data.tags]  # (the sealed-CLI test may add baselines)
+    assert parent.data.tags["heldout_attacks"] == "PGDL2+Elastic@medium"
+    experiment = client.get_experiment(smoke_search.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 8
     keys = {frozenset(r.data.params) for r in children}
-    assert len(keys) == 1  # the same param keys on every child run
-    assert {"w_feat", "pcl_margin", "unig", "unig_delta", "pool", "pool.PGD"} <= next(iter(keys))
+    assert len(keys) == 1  # the same param keys on every child run, baselines included
+    assert {"w_feat", "w_trades", "pcl_margin", "unig", "unig_delta", "pool",
+            "pool.PGD"} <= next(iter(keys))
     statuses = [r.data.tags["trial_status"] for r in children]
     assert set(statuses) <= {"completed", "early-stopped"}
     assert "early-stopped" in statuses and "completed" in statuses
+    baselines = {r.data.tags["baseline"]: r for r in children if "baseline" in r.data.tags}
+    assert set(baselines) == {"pgd-at", "trades"}
+    for run in baselines.values():  # never stopped early: the reference runs to the end
+        assert run.data.tags["trial_status"] == "completed"
+        assert run.info.run_name.split(maxsplit=1)[1] == f"baseline={run.data.tags['baseline']}"
+    assert baselines["pgd-at"].data.params["w_trades"] == "0.0"
+    assert baselines["trades"].data.params["w_trades"] == "6.0"
     for run in children:
         metrics = run.data.metrics
-        for name in ("val/heldout/mean_acc", "val/heldout/union_acc", "val/heldout/APGD-DLR/acc",
-                     "val/heldout/PGDL2/acc", "val/clean/acc", "val/transfer/mean_acc",
-                     "val/objective"):
+        for name in ("val/heldout/mean_acc", "val/heldout/union_acc", "val/heldout/PGDL2/acc",
+                     "val/heldout/Elastic.medium/acc", "val/heldout/family_mean_acc",
+                     "val/heldout/family_mean_acc_lo", "val/heldout/family_mean_acc_hi",
+                     "val/clean/acc", "val/transfer/mean_acc", "val/objective"):
             assert 0.0 <= metrics[name] <= 1.0
-        assert not any(k.startswith(("config/", "pid", "timestamp")) for k in metrics)
+        assert (metrics["val/heldout/union_acc_lo"] <= metrics["val/heldout/union_acc"]
+                <= metrics["val/heldout/union_acc_hi"])
+        assert not any(k.startswith(("config/", "pid", "timestamp", "points")) for k in metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "robustness.csv"} <= artifacts
     completed = [r for r in children if r.data.tags["trial_status"] == "completed"]
@@ -57,21 +70,40 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
         assert not any(k.startswith("masking/") and k != "masking/any" for k in metrics)
         checks = json.loads(Path(client.download_artifacts(
             run.info.run_id, "masking.json", str(smoke_search.cwd))).read_text())
-        assert len(checks["flags"]) == 14 and "pgd10_acc" in checks["evidence"]
+        assert len(checks["flags"]) == 15 and "pgd10_acc" in checks["evidence"]
+        assert "Elastic_medium_random_acc" in checks["evidence"]
         raised = run.data.tags["masking_flags"]
         assert (raised == "none") == (metrics["masking/any"] == 0)
-        expected = 0.0 if metrics["masking/any"] else metrics["val/heldout/mean_acc"]
+        expected = 0.0 if metrics["masking/any"] else metrics["val/heldout/family_mean_acc"]
         assert metrics["val/objective"] == pytest.approx(expected)
+        if "baseline" not in run.data.tags:  # each searched one against the best baseline
+            assert run.data.tags["vs_best_baseline"].split(":")[0].endswith(
+                ("pgd-at", "trades"))
+            assert (run.data.metrics["val/vs_best_baseline_lo"]
+                    <= run.data.metrics["val/vs_best_baseline"]
+                    <= run.data.metrics["val/vs_best_baseline_hi"])
     history = client.get_metric_history(completed[0].info.run_id, "val/heldout/mean_acc")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one value per epoch, with step
-    sealed = [r for r in children if r.data.tags.get("sealed") == "true"]
-    assert len(sealed) == 1 and sealed[0].data.tags["trial_status"] == "completed"
-    for name in ("test/clean/acc", "test/heldout/mean_acc", "test/sealed/Square/acc",
-                 "test/transfer/mean_acc", "test/autoattack/acc"):
-        assert 0.0 <= sealed[0].data.metrics[name] <= 1.0
+    # the final comparison: the best searched recipe and both baselines, 2 seeds each
+    final = [r for r in children if r.data.tags.get("sealed") == "true"]
+    assert len(final) == 3 and {r.data.tags.get("baseline") for r in final} == {
+        None, "pgd-at", "trades"}
+    for run in final:
+        for name in ("test/clean/acc", "test/heldout/mean_acc", "test/sealed/mean_acc",
+                     "test/autoattack/acc"):
+            value = run.data.metrics[f"final/{name}"]
+            assert (run.data.metrics[f"final/{name}_lo"] <= value
+                    <= run.data.metrics[f"final/{name}_hi"])
+    assert "final/delta/pgd-at/test/sealed/mean_acc_lo" in parent.data.metrics
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"leaderboard.csv", "best_config.yaml", "best", "sealed.csv",
-            "space.yaml"} <= parent_artifacts
+    assert {"leaderboard.csv", "best_config.yaml", "best", "sealed.csv", "final.md",
+            "final.json", "space.yaml", "report"} <= parent_artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/pareto.png", "report/heatmap.png", "report/parallel.png"} <= plots
+    table = Path(client.download_artifacts(parent.info.run_id, "final.md",
+                                           str(smoke_search.cwd))).read_text()
+    assert "| pgd-at (baseline) |" in table and "Paired difference" in table
+    assert table.splitlines()[-1] in smoke_search.proc.stdout  # the demo ends with it
 
     # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
     storage = f"sqlite:///{smoke_search.output / 'optuna.db'}"
@@ -79,6 +111,12 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early-stopped")
     assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("completed")
+    # the first trials are the papers' defaults, then the baselines' recipes
+    space = spaces.load("smoke")
+    first = sorted(study.trials, key=lambda t: t.number)[:3]
+    assert first[0].params == space.point(space.default_values())
+    assert first[1].params == space.point(space.baseline_values("pgd-at"))
+    assert first[2].params == space.point(space.baseline_values("trades"))
 
     # The exported best recipe runs again as a space file
     best = smoke_search.output / "best_config.yaml"
@@ -90,6 +128,13 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     (["--space", "nope"], "unknown space 'nope'"),
     (["--space", "BAD_YAML"], "is not valid YAML at line"),
     (["--space", "smoke", "--set", "attacks.heldout=[PGD]"], "both pool candidates and heldout"),
+    (["--space", "smoke", "--set", "attacks.heldout=[APGD-DLR]"],
+     "family Linf (FGSM in pool candidates, APGD-DLR in heldout)"),
+    (["--space", "smoke", "--set", "attacks.heldout=[Elastic@extreme]"],
+     "level 'extreme' does not exist"),
+    (["--space", "smoke", "--set", "attacks.heldout=[Elastic]"], "needs a distortion level"),
+    (["--space", "smoke", "--set", "attacks.heldout=[Whirlpool@medium]"],
+     "unknown attack 'Whirlpool'"),
     (["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "--mlflow-uri http://127.0.0.1:9"),
     (["--space", "smoke", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9"),
     (["--space", "smoke", "--address", "not-an-address"], "must be HOST:PORT"),
@@ -116,7 +161,8 @@ def test_dry_run_prints_the_plan_without_ray(tmp_path: Path) -> None:
     proc = run_search("--space", "mid", "--dry-run", "--set", "budget.epochs=6", cwd=tmp_path,
                       timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "6 epochs" in proc.stdout and "APGD-DLR+Square+CW+PGDL2" in proc.stdout
+    assert "6 epochs" in proc.stdout
+    assert "Elastic@medium+JPEG@medium+Snow@medium" in proc.stdout
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from trainables.meta import meta_objective
+from trainables.meta import each, meta_objective
 
 
 def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -34,8 +34,8 @@ def test_meta_test_term_changes_the_gradient_reaching_theta() -> None:
     model, tasks = _setup()
     task_loss = _loss_fn(model, tasks)
     params = dict(model.named_parameters())
-    without, _ = meta_objective(params, task_loss, [0, 1], [2], alpha=0.1, beta=0.0)
-    with_test, parts = meta_objective(params, task_loss, [0, 1], [2], alpha=0.1, beta=1.0)
+    without, _ = meta_objective(params, each(task_loss), [0, 1], [2], alpha=0.1, beta=0.0)
+    with_test, parts = meta_objective(params, each(task_loss), [0, 1], [2], alpha=0.1, beta=1.0)
     g0, g1 = _grads(model, without), _grads(model, with_test)
     difference = sum(float((a - b).norm()) for a, b in zip(g0, g1, strict=True))
     assert difference > 1e-3
@@ -47,7 +47,7 @@ def test_first_order_gradient_is_grad_mtr_plus_beta_grad_mte_at_fast_weights() -
     task_loss = _loss_fn(model, tasks)
     params = dict(model.named_parameters())
     alpha, beta = 0.05, 0.7
-    total, _ = meta_objective(params, task_loss, [0, 1], [2], alpha=alpha, beta=beta)
+    total, _ = meta_objective(params, each(task_loss), [0, 1], [2], alpha=alpha, beta=beta)
     ours = _grads(model, total)
     # by hand: theta' = theta - alpha * grad L_mtr (constant), then chain rule with identity
     mtr = (task_loss(params, 0) + task_loss(params, 1)) / 2
@@ -76,7 +76,8 @@ def test_official_load_state_dict_version_loses_the_meta_test_term() -> None:
     official = _grads(model, mtr + 1.0 * mte)
     for a, b in zip(official, plain, strict=True):
         torch.testing.assert_close(a, b)  # the meta-test term contributed nothing
-    ours = _grads(model, meta_objective(params, task_loss, [0, 1], [2], alpha=0.1, beta=1.0)[0])
+    ours = _grads(model, meta_objective(params, each(task_loss), [0, 1], [2], alpha=0.1,
+                                        beta=1.0)[0])
     assert any(float((a - b).norm()) > 1e-3 for a, b in zip(ours, plain, strict=True))
 
 
@@ -85,7 +86,7 @@ def test_second_order_matches_differentiating_through_the_inner_step() -> None:
     task_loss = _loss_fn(model, tasks)
     params = dict(model.named_parameters())
     alpha, beta = 0.3, 1.0
-    total, _ = meta_objective(params, task_loss, [0], [1], alpha=alpha, beta=beta,
+    total, _ = meta_objective(params, each(task_loss), [0], [1], alpha=alpha, beta=beta,
                               order="second")
     ours = _grads(model, total)
 
@@ -97,12 +98,13 @@ def test_second_order_matches_differentiating_through_the_inner_step() -> None:
     reference = torch.func.grad(objective)(detached)
     for mine, name in zip(ours, params, strict=True):
         torch.testing.assert_close(mine, reference[name], rtol=1e-4, atol=1e-6)
-    first = _grads(model, meta_objective(params, task_loss, [0], [1], alpha=alpha, beta=beta)[0])
+    first = _grads(model, meta_objective(params, each(task_loss), [0], [1], alpha=alpha,
+                                         beta=beta)[0])
     assert any(float((a - b).norm()) > 1e-5 for a, b in zip(ours, first, strict=True))
 
 
 def test_unknown_order_is_refused() -> None:
     model, tasks = _setup()
     with pytest.raises(ValueError, match="order"):
-        meta_objective(dict(model.named_parameters()), _loss_fn(model, tasks), [0], [1],
+        meta_objective(dict(model.named_parameters()), each(_loss_fn(model, tasks)), [0], [1],
                        alpha=0.1, beta=1.0, order="third")

@@ -17,7 +17,7 @@ from trainables.setup import dataset_info
 from trainables.threat import ThreatModel
 
 # Families that mean little on 8x8 digits (README, "Unforeseen attacks"): tested on mnist5k
-ON_MNIST = {"Blur", "Gabor"}
+ON_MNIST = {"Blur"}
 POINTS = 200
 
 
