@@ -40,8 +40,9 @@ TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attac
 BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
 SPLIT_BY = ("family", "name")  # attacks.split_by: what the three attack sets may not share
 FIELD_DEFAULTS = TrialConfig().to_dict()
-BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "test_samples",
-               "eval_batch_size", "teacher_epochs", "masking_samples"}
+BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "rung_samples",
+               "rung_strength", "rung_heldout_only", "test_samples", "autoattack_samples", "eval_batch_size", "teacher_epochs",
+               "masking_samples"}
 INACTIVE = "inactive"  # the logged value of a conditional parameter that did not apply
 RECORD_KEY = "trial"  # where a Tune trial's config holds the record Space.sample built
 

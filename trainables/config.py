@@ -151,8 +151,17 @@ class TrialConfig:
                              low=1, high=100000)
     eval_samples: int = _value(256, "validation points for robust accuracy; 0 = all",
                                low=0, high=10_000_000)
+    rung_samples: int = _value(0, "validation points of the evaluations before the last (ASHA's "
+                               "early rungs); 0 = eval_samples", low=0, high=10_000_000)
+    rung_strength: float = _value(1.0, "attack iterations and queries of those evaluations, as a "
+                                  "multiple of the attacks' own", low=0.05, high=10.0)
+    rung_heldout_only: bool = _value(False, "those evaluations score the held-out group (the "
+                                     "objective) only; pool and transfer groups at the last")
     test_samples: int = _value(0, "test points of the final evaluation; 0 = all",
                                low=0, high=10_000_000)
+    autoattack_samples: int = _value(0, "of those, the first ones AutoAttack runs on (its cost "
+                                     "dominates a final evaluation); 0 = all",
+                                     low=0, high=10_000_000)
     eval_batch_size: int = _value(256, "evaluation batch size", low=2, high=100000)
     masking_samples: int = _value(
         128, "validation points for the final gradient-masking checks; 0 = off",

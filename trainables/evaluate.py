@@ -8,6 +8,7 @@ The per-sample union over a group of attacks is the AND of their robust masks.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +29,7 @@ from trainables.vocab import (
     attack_metric,
     group_metric,
     high_key,
+    key_name,
     low_key,
 )
 
@@ -136,8 +138,9 @@ def evaluate_groups(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Clean accuracy and every group's robust accuracies on one split.
 
     Returns the metrics (`{split}/clean/acc`, `{split}/{group}/{attack}/acc`, and per group
-    `mean_acc`, `worst_acc`, `union_acc`) and the robust masks keyed `{group}/{attack}`, with
-    the clean-correct mask they were judged against under `clean`.
+    `mean_acc`, `worst_acc`, `union_acc`; each attack's seconds under `time/`) and the robust
+    masks keyed `{group}/{attack}`, with the clean-correct mask they were judged against
+    under `clean`.
     """
     model.eval()
     correct = clean_correct(model, x, y, batch_size)
@@ -146,8 +149,13 @@ def evaluate_groups(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     metrics = {key: clean.value, low_key(key): clean.low, high_key(key): clean.high}
     all_masks: dict[str, torch.Tensor] = {Group.CLEAN: correct}
     for group, attacks in groups.items():
-        masks = {a.name: robust_mask(model, a, x, y, correct, batch_size=batch_size, seed=seed)
-                 for a in attacks}
+        masks = {}
+        for attack in attacks:
+            start = time.perf_counter()
+            masks[attack.name] = robust_mask(model, attack, x, y, correct,
+                                             batch_size=batch_size, seed=seed)
+            seconds = time.perf_counter() - start
+            metrics[f"time/{split}/{group}/{key_name(attack.name)}_s"] = seconds
         metrics.update(group_metrics(split, group, masks))
         all_masks.update({f"{group}/{name}": m for name, m in masks.items()})
     return metrics, all_masks

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from trainables.errors import ConfigError
 
-__all__ = ["resolve_device", "seed_everything", "set_threads"]
+__all__ = ["Stopwatch", "resolve_device", "seed_everything", "set_threads"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -41,3 +45,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+class Stopwatch:
+    """Seconds spent per phase of a run, summed (host time: on a GPU, work still queued when
+    a phase ends counts in a later one, since nothing here synchronises)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{name}_s": seconds for name, seconds in self.totals.items()}

@@ -144,7 +144,8 @@ def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig,
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     binary = {group_metric(Split.TEST, Group.CLEAN, Stat.ACC): masks[Group.CLEAN]}
     if autoattack:
-        found = autoattack_robust(model, x, y, setup.threat,
+        count = config.autoattack_samples or len(y)
+        found = autoattack_robust(model, x[:count], y[:count], setup.threat,
                                   num_classes=setup.info.num_classes, seed=config.seed,
                                   batch_size=config.eval_batch_size)
         if found is not None:

@@ -41,7 +41,7 @@ from trainables.masking import raised_flags, run_masking_checks
 from trainables.meta import TasksLoss, meta_objective
 from trainables.models import ClassifierHead, DefendedModel, build_arch
 from trainables.prepare import Shared, prepare_shared
-from trainables.runtime import resolve_device, seed_everything, set_threads
+from trainables.runtime import Stopwatch, resolve_device, seed_everything, set_threads
 from trainables.unig import UniG
 from trainables.vocab import (
     CLEAN_ACC,
@@ -251,44 +251,69 @@ def _pool_attacks(config: TrialConfig, shared: Shared, model: nn.Module) -> list
             for name in config.pool]
 
 
-def _eval_groups(config: TrialConfig, shared: Shared, model: nn.Module
-                 ) -> dict[str, list[Attack]]:
-    setup = shared.setup
+@dataclass(frozen=True)
+class _Fidelity:
+    """What an evaluation scores: on which points, at what attack strength, which groups."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    strength: float
+    heldout_only: bool
+
+
+def _fidelities(config: TrialConfig, shared: Shared, device: torch.device
+                ) -> tuple[_Fidelity, _Fidelity]:
+    """The evaluations before the last (ASHA's early rungs), and the last one (the full one).
+    The rungs' points are the first of the same seeded order, so a subset of the last's."""
+    x, y = (t.to(device) for t in shared.points(Split.VAL, config))
+    last = _Fidelity(x, y, 1.0, False)
+    if config.rung_samples:
+        x, y = (t.to(device) for t in shared.split(Split.VAL, samples=config.rung_samples,
+                                                   seed=config.data_seed))
+    return _Fidelity(x, y, config.rung_strength, config.rung_heldout_only), last
+
+
+def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel, fidelity: _Fidelity,
+              *, final: bool, watch: Stopwatch) -> tuple[dict[str, float], Points]:
+    """White-box pool and held-out groups, the transfer group and masking checks (the cheap
+    ones at every evaluation, all at the last); and the per-point values of clean accuracy
+    and the held-out statistics."""
+    setup, val_x, val_y = shared.setup, fidelity.x, fidelity.y
 
     def bind(names: tuple[str, ...]) -> list[Attack]:
-        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                            seed=config.seed) for n in names]
+        return [build_attack(n, defended, setup.threat, num_classes=setup.info.num_classes,
+                             seed=config.seed, strength=fidelity.strength) for n in names]
 
-    return {Group.POOL: bind(config.pool), Group.HELDOUT: bind(config.heldout)}
-
-
-def _evaluate(config: TrialConfig, shared: Shared, defended: DefendedModel,
-              val_x: torch.Tensor, val_y: torch.Tensor, *, final: bool
-              ) -> tuple[dict[str, float], Points]:
-    """White-box pool and held-out groups, the transfer group and, at the end, masking checks;
-    and the per-point values of clean accuracy and the held-out statistics."""
-    setup = shared.setup
-    groups = _eval_groups(config, shared, defended)
-    metrics, masks = evaluate_groups(defended, val_x, val_y, groups, split=Split.VAL,
-                                     batch_size=config.eval_batch_size, seed=config.seed)
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
+    if not fidelity.heldout_only:
+        groups = {Group.POOL: bind(config.pool), **groups}
+    with watch.phase("eval_attacks"):
+        metrics, masks = evaluate_groups(defended, val_x, val_y, groups, split=Split.VAL,
+                                         batch_size=config.eval_batch_size, seed=config.seed)
+    metrics.update({"fidelity/points": float(len(val_y)),
+                    "fidelity/strength": fidelity.strength})
     heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
                if name.startswith(f"{Group.HELDOUT}/")}
     points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
               for stat, values in group_points(heldout).items()}
     points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
-    if shared.transfer.get("val"):  # crafted on the undefended target: reported apart
-        masks = transfer_masks(defended, val_x, val_y, shared.transfer["val"], setup.threat,
+    transfer = shared.transfer.get(Split.VAL)
+    if transfer and not fidelity.heldout_only:  # crafted on the undefended target: apart
+        sets = {n: t[:len(val_y)] for n, t in transfer.items()}  # the same first points
+        masks = transfer_masks(defended, val_x, val_y, sets, setup.threat,
                                batch_size=config.eval_batch_size)
         metrics.update(group_metrics(Split.VAL, Group.TRANSFER, masks))
     if config.masking_samples and setup.threat.norm in ("Linf", "L2"):
         # the cheap checks at every evaluation (the search sees masking from its first rung),
         # the whole checklist at the last one
-        count = config.masking_samples
+        count = min(config.masking_samples, len(val_y))
         surrogate = shared.target.to(val_x.device) if shared.target is not None else None
-        report = run_masking_checks(defended, val_x[:count], val_y[:count], setup.threat,
-                                    num_classes=setup.info.num_classes, surrogate=surrogate,
-                                    batch_size=config.eval_batch_size, seed=config.seed,
-                                    quick=not final, attacks=(*config.pool, *config.heldout))
+        with watch.phase("masking"):
+            report = run_masking_checks(defended, val_x[:count], val_y[:count], setup.threat,
+                                        num_classes=setup.info.num_classes,
+                                        surrogate=surrogate, batch_size=config.eval_batch_size,
+                                        seed=config.seed, quick=not final,
+                                        attacks=(*config.pool, *config.heldout))
         metrics.update(report.metrics(MASKING))
     return metrics, points
 
@@ -320,7 +345,8 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     attacks = (_pool_attacks(config, shared, recipe.model)
                if on_target is None and adversarial_training else [])
     defended = DefendedModel(recipe.student.encoder, recipe.student.head, build_unig(config))
-    val_x, val_y = (t.to(device) for t in shared.points(Split.VAL, config))
+    rung, full = _fidelities(config, shared, device)
+    watch = Stopwatch()
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     points: Points = {}
@@ -350,25 +376,27 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
                 adversarial = [on_target[name][index] for name in config.pool]
             else:
                 recipe.student.eval()
-                adversarial = [attack.craft(x, y) for attack in attacks]
-                if config.pool_combine == PoolCombine.WORST and len(adversarial) > 1:
-                    adversarial = [_worst(recipe.model, adversarial, y)]
+                with watch.phase("craft"):
+                    adversarial = [attack.craft(x, y) for attack in attacks]
+                    if config.pool_combine == PoolCombine.WORST and len(adversarial) > 1:
+                        adversarial = [_worst(recipe.model, adversarial, y)]
                 recipe.student.train()
             tasks = ([x] if config.include_clean else []) + adversarial
-            tasks_loss = recipe.tasks_loss_fn(tasks, x, y, parts)
-            params = recipe.params()
-            meta_parts: dict[str, torch.Tensor] = {}
-            if config.meta == MetaOrder.OFF:
-                loss = tasks_loss(params, range(len(tasks))).mean()
-            else:
-                meta_test = rng.sample(attack_tasks, config.meta_test_attacks)
-                meta_train = [t for t in range(len(tasks)) if t not in meta_test]
-                loss, meta_parts = meta_objective(params, tasks_loss, meta_train, meta_test,
-                                                  alpha=config.meta_alpha,
-                                                  beta=config.meta_beta, order=config.meta)
-            recipe.optimizer.zero_grad()
-            loss.backward()
-            recipe.optimizer.step()
+            with watch.phase("step"):  # the losses, the (meta) gradient and the update
+                tasks_loss = recipe.tasks_loss_fn(tasks, x, y, parts)
+                params = recipe.params()
+                meta_parts: dict[str, torch.Tensor] = {}
+                if config.meta == MetaOrder.OFF:
+                    loss = tasks_loss(params, range(len(tasks))).mean()
+                else:
+                    meta_test = rng.sample(attack_tasks, config.meta_test_attacks)
+                    meta_train = [t for t in range(len(tasks)) if t not in meta_test]
+                    loss, meta_parts = meta_objective(params, tasks_loss, meta_train,
+                                                      meta_test, alpha=config.meta_alpha,
+                                                      beta=config.meta_beta, order=config.meta)
+                recipe.optimizer.zero_grad()
+                loss.backward()
+                recipe.optimizer.step()
             parts["loss"] = parts["loss"] + loss.detach().double()
             for name, value in meta_parts.items():
                 parts[name] = parts[name] + value
@@ -383,11 +411,13 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         # ---- evaluate (and report) every eval_every epochs and after the last
         last = epoch == config.epochs - 1
         if validate and ((epoch + 1) % config.eval_every == 0 or last):
-            metrics, points = _evaluate(config, shared, defended, val_x, val_y, final=last)
+            metrics, points = _evaluate(config, shared, defended, full if last else rung,
+                                        final=last, watch=watch)
             recipe.student.train()
             metrics.update(train_metrics)
             metrics["epoch"] = epoch + 1
             metrics["time/elapsed_s"] = time.perf_counter() - start
+            metrics.update(watch.metrics())
             line += f"  val clean {metrics[CLEAN_ACC]:.3f}" + "".join(
                 f"  {label} {metrics.get(group_metric(Split.VAL, group, stat), float('nan')):.3f}"
                 for label, group, stat in _SHOWN)
@@ -403,9 +433,11 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
     if sealed:
         from trainables.sealed import sealed_evaluation  # the final report: test split only
 
-        evaluation = sealed_evaluation(defended, shared, config, log=log)
+        with watch.phase("sealed"):
+            evaluation = sealed_evaluation(defended, shared, config, log=log)
         metrics.update(evaluation.metrics)
         points.update(evaluation.points)
+    metrics.update(watch.metrics())
     metrics["time/total_s"] = time.perf_counter() - start
     return TrialResult(metrics, defended, config, shared, history, points)
 
