@@ -9,7 +9,16 @@ from ray.tune import Callback
 
 from search.records import trial_status
 from spaces import RECORD_KEY
-from trainables.vocab import CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat, TrialStatus, group_metric
+from trainables.vocab import (
+    CLEAN_ACC,
+    FAILURE_REASON,
+    HELDOUT_MEAN,
+    Group,
+    Split,
+    Stat,
+    TrialStatus,
+    group_metric,
+)
 
 __all__ = ["ProgressPrinter", "trial_label"]
 
@@ -68,8 +77,10 @@ class ProgressPrinter(Callback):
         done = int((trial.last_result or {}).get("training_iteration", 0))
         status = trial_status(trial.last_result, self.max_t)
         self.done[status] += 1
-        note = ("" if status == TrialStatus.COMPLETED
-                else f" by ASHA after {done}/{self.max_t} evaluations")
+        note = {TrialStatus.COMPLETED: "",
+                TrialStatus.FAILED: f" ({(trial.last_result or {}).get(FAILURE_REASON)}; not "
+                                    "retried)"}.get(status, f" by ASHA after {done}/"
+                                                            f"{self.max_t} evaluations")
         self._print(f"{trial_label(trial)}: {status}{note}  {self._summary()}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

@@ -20,9 +20,18 @@ from typing import Any
 import numpy as np
 
 from search.leaderboard import Entry, collect, rank
+from search.stores import check_tracking_uri
 from spaces import RECORD_KEY
 from trainables.errors import ConfigError
-from trainables.vocab import ARTIFACT, OBJECTIVE, POINTS, TAG, Mode, TrialStatus
+from trainables.vocab import (
+    ARTIFACT,
+    FAILURE_REASON,
+    OBJECTIVE,
+    POINTS,
+    TAG,
+    Mode,
+    TrialStatus,
+)
 
 __all__ = [
     "Located",
@@ -77,7 +86,10 @@ def quiet_ray() -> None:
 
 
 def trial_status(result: Mapping[str, Any] | None, max_t: int) -> TrialStatus:
-    """How a trial that ended without error ended: all its evaluations, or stopped by ASHA."""
+    """How a trial that ended without error ended: failed (a reason it reported), all its
+    evaluations, or stopped by ASHA."""
+    if FAILURE_REASON in (result or {}):
+        return TrialStatus.FAILED
     done = int((result or {}).get("training_iteration", 0))
     return TrialStatus.COMPLETED if done >= max_t else TrialStatus.EARLY_STOPPED
 
@@ -131,6 +143,7 @@ def locate(*, storage_path: str, name: str | None, mlflow_uri: str | None = None
 
     if experiment:
         uri = mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        check_tracking_uri(uri, must_exist=True)  # no empty store made by looking
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -147,6 +160,7 @@ def locate(*, storage_path: str, name: str | None, mlflow_uri: str | None = None
     else:
         folder = find_search(storage_path, name)
         info = read_info(folder)
+        check_tracking_uri(mlflow_uri or info["mlflow_uri"], must_exist=True)
         client = MlflowClient(mlflow_uri or info["mlflow_uri"])
         located = Located(info["name"], client, info["experiment_id"], info["parent_run_id"],
                           [], folder, info)

@@ -18,6 +18,7 @@ from search.cli import Parser, run_cli
 from search.cluster import REMOTE_SCHEMES
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
+from search.stores import check_tracking_uri, writable_folder
 from trainables.errors import ConfigError
 from trainables.vocab import ARTIFACT, FINAL_SEEDS, SEALED_STRENGTH, Scheduler, SearchAlg
 
@@ -106,7 +107,6 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Checks every argument and the space; nothing here starts Ray or trains anything."""
     import spaces
     from search.cluster import is_local_tracking
-    from search.tracking import check_tracking_uri
 
     overrides = list(args.overrides) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
     if args.seed is not None:
@@ -131,13 +131,9 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial}: above 1 it must be whole")
     address = check_address(args.address)
     storage = args.storage_path
-    if not storage.startswith(REMOTE_SCHEMES):
+    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
         storage = str(Path(storage).expanduser().resolve())
-        try:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"--storage-path {args.storage_path}: cannot create it ({err})"
-                              ) from None
+        writable_folder(storage, "--storage-path")
     name = resolve_name(args.name, space.name, storage, resume=args.resume)
     output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
               else DEFAULT_OUTPUT.resolve() / name)

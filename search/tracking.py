@@ -12,8 +12,6 @@ import io
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from ray.tune import Callback
 
 from search.progress import trial_label
 from search.records import trial_status
+from search.stores import artifact_location
 from spaces import RECORD_KEY
 from trainables.attacks import attack_spec, list_families
 from trainables.config import RUNTIME_KEYS
@@ -32,6 +31,8 @@ from trainables.masking import raised_flags
 from trainables.threat import NORMS
 from trainables.vocab import (
     ARTIFACT,
+    FAILURE_LINES,
+    FAILURE_REASON,
     MASKING,
     MASKING_ANY,
     METRIC_PREFIXES,
@@ -41,35 +42,10 @@ from trainables.vocab import (
     TrialStatus,
 )
 
-__all__ = ["MlflowTrialLogger", "check_tracking_uri", "masking_record", "open_experiment",
+__all__ = ["MlflowTrialLogger", "masking_record", "open_experiment",
            "params_of", "robustness_table", "trial_metrics"]
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
-
-
-def check_tracking_uri(uri: str, *, timeout_s: float = 5.0) -> None:
-    """Raises ConfigError unless `uri` is a reachable tracking server or a writable store."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
-                if reply.status != 200:
-                    raise ConfigError(f"--mlflow-uri {uri}: /health answered {reply.status}")
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ConfigError(f"--mlflow-uri {uri} is unreachable ({reason}); start the server "
-                              "(mlflow server --host ... --port ...) or use a sqlite:/// URI"
-                              ) from None
-        return
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
-    elif uri.startswith("file:") or "://" not in uri:
-        folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser().resolve()
-        folder = folder if folder.exists() else folder.parent
-    else:
-        return  # databricks://, postgresql://...: MLflow itself reports problems
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"--mlflow-uri {uri}: folder {folder} does not exist or is not "
-                          "writable")
 
 
 # MLflow 3's UI opens an experiment of this kind on its runs (not on the GenAI overview page)
@@ -79,7 +55,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 def open_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        return client.create_experiment(
+            name, artifact_location=artifact_location(client.tracking_uri, name),
+            tags=EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it in the UI or pick "
                           "another --experiment")
@@ -129,6 +107,15 @@ def robustness_table(metrics: Mapping[str, float]) -> str:
             row = [name, spec.family, spec.kind]
         writer.writerow([parts[0], parts[1], *row, f"{metrics[key]:.4f}"])
     return out.getvalue()
+
+
+def failure_line(text: str) -> str:
+    """The line that says why: a reported reason's first line, or the last `Error: ...` line
+    of a traceback (MLflow tags hold 5000 characters; this holds 500)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception"))
+              or line.startswith(("ray.exceptions", "trainables.errors"))]
+    return (errors[-1] if errors else lines[0] if lines else "unknown")[:500]
 
 
 def params_of(record: Mapping[str, Any]) -> dict[str, str]:
@@ -223,15 +210,28 @@ class MlflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        self._finish(trial, trial_status(result, self.max_t), "FINISHED", result)
+        status = trial_status(result, self.max_t)
+        failure = None
+        if status == TrialStatus.FAILED:  # a reason the trial reported: it was not retried
+            failure = f"{result[FAILURE_REASON]}\n\nlast lines:\n{result.get(FAILURE_LINES, '')}"
+        self._finish(trial, status, "FAILED" if failure else "FINISHED", result, failure)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
-        self._finish(trial, TrialStatus.FAILED, "FAILED", trial.last_result or {})
+        error_file = getattr(trial, "error_file", None)
+        text = (Path(error_file).read_text(errors="replace")
+                if error_file and Path(error_file).is_file() else "no error file")
+        self._finish(trial, TrialStatus.FAILED, "FAILED", trial.last_result or {}, text)
 
-    def _finish(self, trial: Any, status: str, state: str, result: Mapping[str, Any]) -> None:
+    def _finish(self, trial: Any, status: str, state: str, result: Mapping[str, Any],
+                failure: str | None = None) -> None:
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, TAG.STATUS, status)
+        if failure is not None:
+            self.client.set_tag(run_id, TAG.FAILURE, failure_line(failure))
+            self.client.log_text(run_id, failure, ARTIFACT.FAILURE)
+        if result.get("trial/restarted"):
+            self.client.set_tag(run_id, TAG.RESTARTED, "checkpoint unreadable: started over")
         self.client.set_tag(run_id, TAG.EVALUATIONS, str(result.get("training_iteration", 0)))
         metrics = trial_metrics(result)
         self.client.log_dict(run_id, trial.config[RECORD_KEY], ARTIFACT.CONFIG)

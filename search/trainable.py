@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,24 @@ from ray import tune
 
 from spaces import RECORD_KEY, Space
 from trainables.config import TrialConfig
+from trainables.errors import ConfigError, TrialFailedError
 from trainables.export import save_defended_model
 from trainables.models import DefendedModel
 from trainables.prepare import Shared
 from trainables.trial import Points, run_trial
-from trainables.vocab import ARTIFACT, MASKING_ANY, OBJECTIVE, POINTS, Mode
+from trainables.vocab import (
+    ARTIFACT,
+    FAILURE_LINES,
+    FAILURE_REASON,
+    MASKING_ANY,
+    OBJECTIVE,
+    POINTS,
+    Mode,
+)
 
 __all__ = ["assigned_device", "objective_value", "train_recipe"]
+
+LAST_LINES = 20  # of a trial's log, kept for its failure report
 
 
 def assigned_device() -> str:
@@ -52,18 +64,30 @@ def objective_value(metrics: Mapping[str, float], space: Space) -> float:
 
 def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
                  gpu_memory_fraction: float = 1.0) -> None:
-    """Trains one recipe: `config[RECORD_KEY]` is the record the searcher built for it."""
+    """Trains one recipe: `config[RECORD_KEY]` is the record the searcher built for it.
+
+    A failure a retry would meet again (the recipe diverged, or is invalid) ends the trial
+    with its reason reported (FAILURE_REASON) instead of an error Tune would retry; any other
+    error carries the trial's last lines into Ray's error file."""
+    lines: deque[str] = deque(maxlen=LAST_LINES)
+    try:
+        _train(config[RECORD_KEY], space, shared, cpus, gpu_memory_fraction, lines)
+    except (TrialFailedError, ConfigError) as err:
+        tune.report({OBJECTIVE: 0.0 if space.search.mode == Mode.MAX else float("inf"),
+                     FAILURE_REASON: f"{type(err).__name__}: {err}",
+                     FAILURE_LINES: "\n".join(lines)})
+    except Exception as err:
+        err.add_note("last lines of the trial:\n" + "\n".join(lines))
+        raise
+
+
+def _train(record: dict[str, Any], space: Space, shared: Shared, cpus: float,
+           gpu_memory_fraction: float, lines: deque[str]) -> None:
     device, threads = _device_and_threads(cpus, gpu_memory_fraction)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    record = config[RECORD_KEY]
     trial_config = TrialConfig.from_dict({**record["config"], "device": device,
                                           "threads": threads})
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / ARTIFACT.STATE, map_location="cpu",
-                                weights_only=False)
+    resume, restarted = _resume_state(lines)
 
     def report(metrics: dict[str, float], points: Points, state: Callable[[], dict[str, Any]],
                model: DefendedModel) -> None:
@@ -78,7 +102,7 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
                     info={**record, "metrics": metrics, "threat_model": setup.threat.to_dict(),
                           "space": space.name})
             placement = {"trial/node_id": ray.get_runtime_context().get_node_id(),
-                         "trial/device": device}
+                         "trial/device": device, "trial/restarted": float(restarted)}
             metrics[OBJECTIVE] = objective_value(metrics, space)
             # the last evaluation's per-point values: paired comparisons with the baselines
             per_point = ({f"{POINTS}/{key}": values.tolist() for key, values in points.items()}
@@ -86,8 +110,19 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
             tune.report({**metrics, **placement, **per_point},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    run_trial(trial_config, shared=shared, report=report, resume=resume, log=_quiet)
+    run_trial(trial_config, shared=shared, report=report, resume=resume, log=lines.append)
 
 
-def _quiet(_: str) -> None:
-    return None
+def _resume_state(lines: deque[str]) -> tuple[dict[str, Any] | None, bool]:
+    """The state of the trial's last checkpoint, if any; an unreadable one (a node died while
+    writing it, a disk error) is dropped and the trial starts over, which it says."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, False
+    try:
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / ARTIFACT.STATE, map_location="cpu",
+                              weights_only=False), False
+    except Exception as err:
+        lines.append(f"checkpoint unreadable ({type(err).__name__}: {err}); starting over")
+        return None, True

@@ -53,17 +53,23 @@ def parse_values(text: str, space: spaces.Space) -> dict[str, Any]:
         raise ConfigError(f"--params must be a JSON object, got {text!r}")
     pool = values.pop("pool", None)
     if pool is not None:
+        if not isinstance(pool, list) or not all(isinstance(a, str) for a in pool):
+            raise ConfigError(f"--params pool must be a list of attack names, got {pool!r}")
         unknown = set(pool) - set(space.pool.candidates)
         if unknown:
             raise ConfigError(f"--params pool has {sorted(unknown)}, not candidates of space "
                               f"{space.name!r}: {', '.join(space.pool.candidates)}")
+        if not space.pool.min_size <= len(pool) <= space.pool.max_size:
+            raise ConfigError(f"--params pool has {len(pool)} attacks; space {space.name!r} "
+                              f"allows {space.pool.min_size} to {space.pool.max_size}")
         values.update(space.pool.flags(pool))
     allowed = set(space.params) | set(space.pool.flags(space.pool.candidates))
     extra = sorted(set(values) - allowed)
     if extra:
         raise ConfigError(f"--params has unknown key(s) {extra}; space {space.name!r} "
                           f"searches: {', '.join(sorted(allowed))} (and pool)")
-    return values
+    # each value as the space allows it (its range or choices), not only as the config does
+    return {k: space.params[k].value(v) if k in space.params else v for k, v in values.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

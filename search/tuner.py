@@ -21,7 +21,7 @@ from search.plan import SearchPlan
 from search.trainable import train_recipe
 from spaces import RECORD_KEY
 from trainables.prepare import Shared
-from trainables.vocab import Scheduler, SearchAlg
+from trainables.vocab import FAILURE_REASON, Scheduler, SearchAlg
 
 __all__ = ["PruneAwareOptunaSearch", "build_tuner", "restore_tuner"]
 
@@ -36,6 +36,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         iterations = (result or {}).get("training_iteration", self._max_t)
+        if result and FAILURE_REASON in result and trial_id not in self._completed_trials:
+            assert self._ot_study is not None  # a failure the trial reported: FAIL, no value
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         if (result and not error and iterations < self._max_t
                 and trial_id not in self._completed_trials):
             ot_trial = self._ot_trials[trial_id]

@@ -41,8 +41,8 @@ BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
 SPLIT_BY = ("family", "name")  # attacks.split_by: what the three attack sets may not share
 FIELD_DEFAULTS = TrialConfig().to_dict()
 BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "rung_samples",
-               "rung_strength", "rung_heldout_only", "test_samples", "autoattack_samples", "eval_batch_size", "teacher_epochs",
-               "masking_samples"}
+               "rung_strength", "rung_heldout_only", "test_samples", "autoattack_samples",
+               "eval_batch_size", "teacher_epochs", "masking_samples"}
 INACTIVE = "inactive"  # the logged value of a conditional parameter that did not apply
 RECORD_KEY = "trial"  # where a Tune trial's config holds the record Space.sample built
 
@@ -129,6 +129,16 @@ class ParamSpec:
         if not low <= default <= high:
             raise SpaceError(f"{where}.default={default} lies outside [{low}, {high}]")
         return cls(name, kind, default, low, high, log, when=when)
+
+    def value(self, value: Any) -> Any:
+        """`value` in canonical form if the space allows it, else SpaceError naming the
+        space's range or choices."""
+        value = RECIPE_FIELDS[self.name].check(self.name, value)
+        if not self.allows(value):
+            allowed = (f"choices {list(self.choices)}" if self.choices is not None
+                       else f"range [{self.low:g}, {self.high:g}]")
+            raise SpaceError(f"{self.name}={value!r} is outside the space's {allowed}")
+        return value
 
     def allows(self, value: Any) -> bool:
         if self.choices is not None:

@@ -10,13 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError, DataError, DefenseSearchError
+from trainables.errors import (
+    ConfigError,
+    DataError,
+    DefenseSearchError,
+    ModelFileError,
+    TrialFailedError,
+)
 
 __all__ = [
     "ConfigError",
     "DataError",
     "DefenseSearchError",
+    "ModelFileError",
     "TrialConfig",
+    "TrialFailedError",
     "TrialResult",
     "load_defended_model",
     "run_trial",

@@ -243,6 +243,7 @@ class TrialConfig:
                                                or not self.include_clean):
             raise ConfigError("train_on=clean trains on clean images only: it needs meta: off "
                               "and include_clean: true")
+        self._check_it_trains()
         if self.pool_combine == PoolCombine.WORST and self.meta != MetaOrder.OFF:
             raise ConfigError("pool_combine=worst trains on one (the worst) pool example per "
                               "sample, which leaves no attack to hold out: it needs meta: off")
@@ -252,6 +253,20 @@ class TrialConfig:
                 f"{self.meta_test_attacks + 1} attacks (got {len(self.pool)}: "
                 f"{', '.join(self.pool)}); enlarge the pool or set meta: off"
             )
+
+    def _check_it_trains(self) -> None:
+        """Some task has a loss term with a positive weight (else there is no gradient)."""
+        both = ("w_pred_kl", "w_feat", "w_cyc", "w_pix", "pcl_weight")
+        applies: tuple[str, ...] = ((*both, "w_ce", "w_trades")
+                                    if self.train_on == TrainOn.ADVERSARIAL else ())
+        if self.include_clean or self.train_on == TrainOn.CLEAN:
+            applies = (*applies, *both, "w_ce_clean")
+        applies = tuple(dict.fromkeys(applies))
+        if not any(getattr(self, name) > 0 for name in applies):
+            raise ConfigError(
+                f"the recipe trains nothing: with train_on={self.train_on.value} and "
+                f"include_clean={self.include_clean}, every loss weight that applies "
+                f"({', '.join(applies)}) is 0; give one of them a positive weight")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialConfig:

@@ -13,3 +13,12 @@ class ConfigError(DefenseSearchError, ValueError):
 
 class DataError(DefenseSearchError):
     """A data set cannot be loaded (missing files, malformed contents)."""
+
+
+class ModelFileError(DefenseSearchError):
+    """A saved defended model cannot be loaded (missing, unreadable, or not one of ours)."""
+
+
+class TrialFailedError(DefenseSearchError):
+    """A trial cannot go on, for a reason that would come back on a retry (it diverged, its
+    recipe trains nothing): a search records it as failed and does not retry it."""

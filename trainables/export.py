@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainables.errors import ConfigError
+from trainables.errors import ModelFileError
 from trainables.models import DefendedModel, build_arch
 from trainables.unig import UniG
 
@@ -41,17 +41,35 @@ def load_defended_model(path: str | Path, *, device: str | torch.device = "cpu"
 
     The saved metadata (trial config, threat model, metrics) is on `model.info`.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    file = Path(path)
+    if not file.is_file():
+        raise ModelFileError(f"model file {str(file)!r} "
+                             f"{'is a directory' if file.is_dir() else 'does not exist'}")
+    try:  # weights only: a pickled object (code) is refused, not run
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, random bytes, a pickled module...
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path} cannot be read as a saved model ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a defended model saved by this project "
-                          f"(expected format {FORMAT})")
-    parts = build_arch(payload["arch"], tuple(payload["image_shape"]), payload["num_classes"])
-    parts.encoder.load_state_dict(payload["encoder"])
-    parts.head.load_state_dict(payload["head"])
-    unig = None
-    if payload["unig"] is not None:
-        settings = dict(payload["unig"])
-        unig = UniG(settings.pop("granularity"), **settings)
+        raise ModelFileError(f"{path} is not a defended model saved by this project "
+                             f"(expected format {FORMAT})")
+    missing = sorted({"arch", "image_shape", "num_classes", "encoder", "head", "unig",
+                      "info"} - set(payload))
+    if missing:
+        raise ModelFileError(f"{path} lacks {missing}: it is not a whole defended model")
+    try:
+        parts = build_arch(payload["arch"], tuple(payload["image_shape"]),
+                           payload["num_classes"])
+        parts.encoder.load_state_dict(payload["encoder"])
+        parts.head.load_state_dict(payload["head"])
+        unig = None
+        if payload["unig"] is not None:
+            settings = dict(payload["unig"])
+            unig = UniG(settings.pop("granularity"), **settings)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise ModelFileError(f"{path}: its weights do not fit its architecture "
+                             f"{payload['arch']} ({reason})") from None
     model = DefendedModel(parts.encoder, parts.head, unig).to(device).eval()
     model.requires_grad_(False)
     model.info = payload["info"]

@@ -7,6 +7,7 @@ wraps it, passing a `report` callback that forwards each evaluation (and a check
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from torch.func import functional_call
 from trainables.attacks import build_attack
 from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
+from trainables.errors import TrialFailedError
 from trainables.evaluate import (
     evaluate_groups,
     group_metrics,
@@ -44,7 +46,9 @@ from trainables.prepare import Shared, prepare_shared
 from trainables.runtime import Stopwatch, resolve_device, seed_everything, set_threads
 from trainables.unig import UniG
 from trainables.vocab import (
+    CHANCE_MARGIN,
     CLEAN_ACC,
+    DIVERGED_LOSS_FACTOR,
     EPOCH_SEED_STRIDE,
     MASKING,
     CraftAgainst,
@@ -236,6 +240,22 @@ def _worst(model: nn.Module, candidates: list[torch.Tensor], y: torch.Tensor) ->
     return stacked[losses.argmax(0), torch.arange(len(y), device=y.device)]
 
 
+def _check_training(loss: float, first: float, epoch: int) -> None:
+    """Stops a trial whose training loss is not finite or exploded (TrialFailedError)."""
+    if not math.isfinite(loss):
+        raise TrialFailedError(f"diverged: the training loss is {loss} after epoch {epoch + 1}")
+    if first > 0 and loss > DIVERGED_LOSS_FACTOR * first:
+        raise TrialFailedError(f"diverged: the training loss grew from {first:.3g} to "
+                               f"{loss:.3g} by epoch {epoch + 1}")
+
+
+def _check_clean(accuracy: float, classes: int, epoch: int) -> None:
+    """Stops a trial whose clean accuracy fell to chance (TrialFailedError)."""
+    if accuracy <= 1 / classes + CHANCE_MARGIN:
+        raise TrialFailedError(f"diverged: clean validation accuracy {accuracy:.3f} is at "
+                               f"chance (1/{classes}) after epoch {epoch + 1}")
+
+
 def _snapshot(epoch: int, recipe: _Recipe, rng: random.Random) -> dict[str, Any]:
     """A resumable state: weights, optimiser and every RNG (so a resumed trial equals an
     unbroken one)."""
@@ -358,6 +378,7 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         rng.setstate(resume["task_rng"])
     attack_tasks = list(range(int(config.include_clean), int(config.include_clean)
                               + len(config.pool)))
+    first_loss = 0.0
 
     for epoch in range(first_epoch, config.epochs):
         # ---- train one epoch: craft the pool on each batch, then the (meta) update
@@ -405,6 +426,8 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
                          for k, v in zip(parts, torch.stack(list(parts.values())).tolist(),
                                          strict=True)}
         train_metrics["train/epoch_seconds"] = time.perf_counter() - epoch_start
+        first_loss = first_loss or train_metrics["train/loss"]
+        _check_training(train_metrics["train/loss"], first_loss, epoch)
         line = (f"epoch {epoch + 1}/{config.epochs}  loss {train_metrics['train/loss']:.3f}  "
                 f"{train_metrics['train/epoch_seconds']:.1f}s")
 
@@ -414,6 +437,7 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
             metrics, points = _evaluate(config, shared, defended, full if last else rung,
                                         final=last, watch=watch)
             recipe.student.train()
+            _check_clean(metrics[CLEAN_ACC], shared.setup.info.num_classes, epoch)
             metrics.update(train_metrics)
             metrics["epoch"] = epoch + 1
             metrics["time/elapsed_s"] = time.perf_counter() - start

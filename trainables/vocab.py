@@ -154,6 +154,8 @@ class Group(StrEnum):
     SEALED = "sealed"
     BASELINE = "baseline"  # the reference recipe a trial is (trainables/baselines.py)
     VS_BASELINE = "vs_best_baseline"  # a trial's objective against the best baseline's
+    FAILURE = "failure"  # why a trial failed: exception type and message
+    RESTARTED = "restarted"  # a trial whose checkpoint could not be read started over
     TRANSFER = "transfer"  # held-out attacks crafted on the undefended target
     ADAPTIVE = "adaptive"  # attacks adapted to UniG (BPDA, module-free)
     AUTOATTACK = "autoattack"
@@ -203,6 +205,9 @@ HELDOUT_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.MEAN)
 # What Tune optimises: the space's objective, zeroed for a trial that raised a masking flag.
 OBJECTIVE = "val/objective"
 POINTS = "points"  # a result's per-point values of its summary metrics: points/<metric>
+# a trial that failed for a reason a retry would meet again reports it (and is not retried)
+FAILURE_REASON = "failure/reason"
+FAILURE_LINES = "failure/last_lines"
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
 # Metric namespaces a trial reports (what MLflow keeps; Tune's own keys are left out)
@@ -224,12 +229,15 @@ class TAG:
     SEALED = "sealed"
     BASELINE = "baseline"  # the reference recipe a trial is (trainables/baselines.py)
     VS_BASELINE = "vs_best_baseline"  # a trial's objective against the best baseline's
+    FAILURE = "failure"  # why a trial failed: exception type and message
+    RESTARTED = "restarted"  # a trial whose checkpoint could not be read started over
 
 
 class ARTIFACT:
     CONFIG = "config.json"  # a trial's resolved record: config + searched values
     ROBUSTNESS = "robustness.csv"
     MASKING = "masking.json"
+    FAILURE = "failure.txt"  # a failed trial's error and its last lines
     MODEL = "model.pt"  # a trial's final defended model, in its last checkpoint
     STATE = "state.pt"  # a trial's resumable state, in every checkpoint
     LEADERBOARD = "leaderboard.csv"
@@ -252,6 +260,11 @@ TEACHER_LR = 1e-3  # Adam, for the teacher and the undefended target (clean trai
 CRAFT_BATCH = 512  # batch size when crafting train-set examples on the target once
 TRANSFER_BATCH = 256  # batch size when crafting the transfer sets on the target
 EPOCH_SEED_STRIDE = 1000  # epoch e of seed s shuffles with seed s * 1000 + e
+
+# A trial diverged: its training loss not finite or this many times its first epoch's, or
+# its clean accuracy fell to chance (within this margin)
+DIVERGED_LOSS_FACTOR = 1e4
+CHANCE_MARGIN = 0.02
 
 # Gradient-masking thresholds (robustness-notes 1.3; two masked toy models flagged, two
 # honest ones not)

@@ -10,7 +10,7 @@ import torch
 
 import spaces
 from trainables import load_defended_model, run_trial
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, ModelFileError
 from trainables.export import save_defended_model
 from trainables.prepare import Shared, prepare_shared
 from trainables.runtime import resolve_device
@@ -100,7 +100,7 @@ def test_saved_model_rebuilds_itself(tmp_path: Path, smoke_space: spaces.Space,
 def test_load_refuses_other_files(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     torch.save({"encoder": {}}, path)
-    with pytest.raises(ConfigError, match="not a defended model"):
+    with pytest.raises(ModelFileError, match="not a defended model"):
         load_defended_model(path)
 
 
