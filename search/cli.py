@@ -1,7 +1,8 @@
 """What every command line of the project shares: one-line errors and their exit codes.
 
 A user's mistake (DefenseSearchError, or a bad flag) is one `error:` line and exit code 2,
-never a traceback; Ctrl-C is exit code 130 with a line saying how to go on.
+never a traceback (an error with its own `exit_code`, such as a tracking server that stayed
+away, exits with that); Ctrl-C is exit code 130 with a line saying how to go on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run_cli(body: Callable[[], int], *, interrupted: str = "interrupted") -> int
         return body()
     except DefenseSearchError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return int(getattr(err, "exit_code", EXIT_USAGE))
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +10,19 @@ from typing import Any
 
 import yaml
 
-from search.cluster import REMOTE_SCHEMES, check_cluster
+from search.cluster import REMOTE_SCHEMES, alive_nodes, check_cluster
 from search.final import FinalReport, candidates_of, final_stage, versus_baselines
+from search.journal import Journal, TrackingOutageError, quick_failures
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.plan import SearchPlan
 from search.progress import ProgressPrinter
 from search.records import model_file, quiet_ray, record_of, write_info
 from search.report import write_plots
+from search.resources import check_request, node_types_of, ray_request
+from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.tuner import build_tuner, restore_tuner
-from trainables.prepare import prepare_shared
+from trainables.prepare import Shared, prepare_shared
 from trainables.vocab import (
     ARTIFACT,
     CLEAN_ACC,
@@ -93,64 +96,111 @@ def _resources(plan: SearchPlan) -> dict[str, float]:
 
 def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None = None) -> int:
     quiet_ray()
-    import ray
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    space = plan.space
-    Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
-    config = space.trial_config(cache_dir=cache_dir)
-    # "local" starts a new instance even where `ray start` left a cluster file behind
-    ray.init(address=plan.address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
+    quick_failures()
+    client = MlflowClient(plan.mlflow_uri)
     parent_id = None
-    try:
-        node_count = check_cluster(plan.mlflow_uri, plan.storage_path,
-                                   remote_storage=plan.storage_path.startswith(REMOTE_SCHEMES))
-        resources = _resources(plan)
-        print(f"ray: {node_count} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-              f"{ray.cluster_resources().get('GPU', 0):g} GPUs; per trial {resources}",
-              flush=True)
-        print(f"search {plan.name}: preparing data and teacher (cached per data set and seed)",
-              flush=True)
-        shared = prepare_shared(config, pool_candidates=space.pool.candidates,
-                                log=lambda line: print(f"  {line}", flush=True))
-        client = MlflowClient(plan.mlflow_uri)
-        experiment_id = open_experiment(client, plan.experiment)
-        parent_id = _parent_run(client, experiment_id, plan, resume=resume)
-        callbacks = [
-            MlflowTrialLogger(tracking_uri=plan.mlflow_uri, experiment_id=experiment_id,
-                              parent_run_id=parent_id, space_name=space.name,
-                              max_t=space.max_evaluations),
-            ProgressPrinter(num_samples=plan.num_samples, max_t=space.max_evaluations,
-                            objective=plan.objective, epochs=config.epochs)]
-        _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
-        client.log_artifact(parent_id, str(Path(plan.output_dir) / ARTIFACT.SPACE))
-        path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
-        tuner = (restore_tuner(plan, shared, resources, path) if resume
-                 else build_tuner(plan, shared, resources, callbacks))
-        results = tuner.fit()
-        _compare_with_baselines(client, experiment_id, parent_id, results, plan)
-        report = None
-        if plan.sealed_top_k:
-            print(f"\nfinal comparison: the best {plan.sealed_top_k} searched recipe(s) and the "
-                  f"baselines ({', '.join(space.baselines) or 'none'}) on the test split, "
-                  f"{plan.final_seeds} seeds each (held-out + sealed attacks, AutoAttack)",
-                  flush=True)
-            entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
-            report = final_stage(
-                space=space, shared=shared,
-                candidates=candidates_of(space, entries, results, top_k=plan.sealed_top_k),
-                client=client, parent_id=parent_id, resources=resources,
-                seeds=[plan.seed + i for i in range(plan.final_seeds)],
-                strength=plan.sealed_strength, out=Path(plan.output_dir))
-    except BaseException:
-        if parent_id is not None:
-            client.set_terminated(parent_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt
-                                  else "FAILED")
-        raise
-    finally:
-        ray.shutdown()
+    with ray_session(plan.address):
+        try:
+            resources = _start(plan)
+            config = plan.space.trial_config(cache_dir=cache_dir)
+            shared = prepare_shared(config, pool_candidates=plan.space.pool.candidates,
+                                    log=lambda line: print(f"  {line}", flush=True))
+            experiment_id = open_experiment(client, plan.experiment)
+            parent_id = _parent_run(client, experiment_id, plan, resume=resume)
+            _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
+            client.log_artifact(parent_id, str(Path(plan.output_dir) / ARTIFACT.SPACE))
+            results = _fit(plan, shared, resources, experiment_id, parent_id, resume=resume)
+            _compare_with_baselines(client, experiment_id, parent_id, results, plan)
+            report = _final(plan, shared, resources, client, experiment_id, parent_id, results)
+        except BaseException as err:
+            if parent_id is not None and not isinstance(err, TrackingOutageError):
+                with contextlib.suppress(MlflowException):  # the server may be what failed
+                    client.set_terminated(parent_id, "KILLED" if isinstance(
+                        err, KeyboardInterrupt) else "FAILED")
+            raise
     return _finish(plan, client, experiment_id, parent_id, results, report)
+
+
+def _start(plan: SearchPlan) -> dict[str, float]:
+    """Checks the cluster against the plan; the per-trial resources."""
+    import ray
+
+    node_count = check_cluster(plan.mlflow_uri, plan.storage_path,
+                               remote_storage=plan.storage_path.startswith(REMOTE_SCHEMES))
+    resources = _resources(plan)
+    note = check_request(ray_request(resources),
+                         [dict(n["Resources"]) for n in alive_nodes()],
+                         node_types=node_types_of(),
+                         where=f"the cluster at {plan.address}" if plan.address
+                         else "this machine")
+    if note:
+        print(f"ray: {note}", flush=True)
+    Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
+    total = ray.cluster_resources()
+    print(f"ray: {node_count} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} "
+          f"GPUs; per trial {resources}", flush=True)
+    print(f"search {plan.name}: preparing data and teacher (cached per data set and seed)",
+          flush=True)
+    return resources
+
+
+def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experiment_id: str,
+         parent_id: str, *, resume: bool) -> Any:
+    """Runs (or resumes) the trials; every write to MLflow goes through the journal."""
+    journal = Path(plan.output_dir) / ARTIFACT.MLFLOW_JOURNAL
+    logger = MlflowTrialLogger(tracking_uri=plan.mlflow_uri, experiment_id=experiment_id,
+                               parent_run_id=parent_id, space_name=plan.space.name,
+                               max_t=plan.space.max_evaluations, journal_path=str(journal))
+    if resume and logger.journal.pending:  # what an outage kept from the last run
+        count = len(logger.journal.pending)
+        if logger.journal.flush(force=True):
+            print(f"mlflow: {count} write(s) kept from the last run's outage logged", flush=True)
+    progress = ProgressPrinter(num_samples=plan.num_samples, max_t=plan.space.max_evaluations,
+                               objective=plan.objective, epochs=plan.space.trial_config().epochs)
+    path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
+    tuner = (restore_tuner(plan, shared, resources, path) if resume
+             else build_tuner(plan, shared, resources, [logger, progress]))
+    results = tuner.fit()
+    _drain_journal(plan, logger, journal)
+    return results
+
+
+def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client: Any,
+           experiment_id: str, parent_id: str, results: Any) -> FinalReport | None:
+    if not plan.sealed_top_k:
+        return None
+    space = plan.space
+    print(f"\nfinal comparison: the best {plan.sealed_top_k} searched recipe(s) and the "
+          f"baselines ({', '.join(space.baselines) or 'none'}) on the test split, "
+          f"{plan.final_seeds} seeds each (held-out + sealed attacks, AutoAttack)", flush=True)
+    entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
+    return final_stage(space=space, shared=shared,
+                       candidates=candidates_of(space, entries, results,
+                                                top_k=plan.sealed_top_k),
+                       client=client, parent_id=parent_id, resources=resources,
+                       seeds=[plan.seed + i for i in range(plan.final_seeds)],
+                       strength=plan.sealed_strength, out=Path(plan.output_dir))
+
+
+def _drain_journal(plan: SearchPlan, logger: MlflowTrialLogger, path: Path) -> None:
+    """Waits (bounded) for a lost tracking server to take what the trials logged meanwhile;
+    what it does not take stays in the journal for --resume."""
+    journal = Journal(plan.mlflow_uri, path, logger.apply,
+                      log=lambda line: print(line, flush=True))
+    if not journal.pending:
+        return
+    print(f"mlflow: {len(journal.pending)} write(s) wait for {plan.mlflow_uri}; waiting up to "
+          f"{plan.tracking_outage_s:g}s (--tracking-outage)", flush=True)
+    if not journal.drain(plan.tracking_outage_s):
+        raise TrackingOutageError(
+            f"MLflow at {plan.mlflow_uri} did not come back within {plan.tracking_outage_s:g}s:"
+            f" every trial finished and {len(journal.pending)} write(s) are kept in {path}; "
+            f"start the server and run `python -m search.run --space {plan.space.source} "
+            f"--name {plan.name} --resume` (with the same --mlflow-uri and --storage-path) to "
+            "log them and write the final report")
 
 
 def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
@@ -219,8 +269,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     if model is not None:
         client.log_artifact(parent_id, str(model), "best")
         client.log_artifact(best.run_id, str(model))
-    plots = write_plots(entries, out / "report", optuna_storage=plan.optuna_storage,
-                        study=plan.name, objective=plan.raw_objective, space=space)
+    plots = write_plots(entries, out / "report", objective=plan.raw_objective, space=space)
     for path in plots:
         client.log_artifact(parent_id, str(path), "report")
     client.set_terminated(parent_id, "FINISHED")

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
            ("sealed union", group_metric(Split.TEST, Group.SEALED, Stat.UNION)),
            ("AutoAttack", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
 SEALED_MEAN = COLUMNS[3][1]
+TRAIN_TIME, SEALED_TIME, AUTOATTACK_TIME = "time/train_s", "time/sealed_s", "time/autoattack_s"
 
 
 @dataclass
@@ -162,6 +164,7 @@ def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, str
     device = assigned_device()
     trial = TrialConfig.from_dict({**config, "device": device, "threads": threads,
                                    "masking_samples": 0})
+    start = time.perf_counter()
     if payload is None:
         model = run_trial(trial, shared=shared, log=lambda _: None, validate=False).model
     else:
@@ -169,7 +172,17 @@ def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, str
             handle.write(payload)
             handle.flush()
             model = load_defended_model(handle.name, device=device)
-    return sealed_evaluation(model, shared, trial, strength=strength, log=lambda _: None)
+    trained = time.perf_counter() - start
+    evaluation = sealed_evaluation(model, shared, trial, strength=strength, log=lambda _: None)
+    evaluation.metrics[TRAIN_TIME] = trained
+    return evaluation
+
+
+def _times(metrics: Mapping[str, float]) -> str:
+    trained = metrics.get(TRAIN_TIME, 0.0)
+    return (f"{'trained in ' + format(trained, '.0f') + 's' if trained >= 1 else 'model reused'}"
+            f", evaluated in {metrics.get(SEALED_TIME, 0.0):.0f}s, AutoAttack "
+            f"{metrics.get(AUTOATTACK_TIME, 0.0):.0f}s of it")
 
 
 # ---------------------------------------------------------------- the stage
@@ -237,7 +250,8 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
         candidate.evaluations[seed] = ray.get(done[0])
         metrics = candidate.evaluations[seed].metrics
         print(f"final: {candidate.label} seed {seed}: " + ", ".join(
-            f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics), flush=True)
+            f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics)
+            + f"  ({_times(metrics)})", flush=True)
     report = FinalReport(candidates, list(seeds), _differences(candidates))
     for candidate in candidates:
         if candidate.run_id is None:

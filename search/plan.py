@@ -11,6 +11,7 @@ from trainables.vocab import (
     FINAL_SEEDS,
     OBJECTIVE,
     SEALED_STRENGTH,
+    TRACKING_OUTAGE_S,
     Mode,
     Scheduler,
     SearchAlg,
@@ -44,6 +45,7 @@ class SearchPlan:
     sealed_top_k: int = 1
     sealed_strength: float = SEALED_STRENGTH
     final_seeds: int = FINAL_SEEDS
+    tracking_outage_s: float = TRACKING_OUTAGE_S
 
     @property
     def objective(self) -> str:

@@ -9,6 +9,7 @@ from ray.tune import Callback
 
 from search.records import trial_status
 from spaces import RECORD_KEY
+from trainables.masking import raised_flags
 from trainables.vocab import (
     CLEAN_ACC,
     FAILURE_REASON,
@@ -39,13 +40,17 @@ def trial_label(trial: Any) -> str:
 
 
 class ProgressPrinter(Callback):
+    """Counts come from the trials Tune passes to each hook, so a resumed search goes on
+    counting where it stopped."""
+
     def __init__(self, *, num_samples: int, max_t: int, objective: str, epochs: int) -> None:
         self.num_samples, self.max_t = num_samples, max_t
         self.objective, self.epochs = objective, epochs
         self.start = time.time()
-        self.done: dict[str, int] = {TrialStatus.COMPLETED: 0, TrialStatus.EARLY_STOPPED: 0,
-                                     TrialStatus.FAILED: 0}
-        self.best: tuple[float, str] | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # restored by --resume: a new clock
+        self.__dict__.update(state)
+        self.start = time.time()
 
     def _print(self, text: str) -> None:
         elapsed = int(time.time() - self.start)
@@ -57,15 +62,11 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         epoch = int(result.get("epoch", 0))
-        objective = result.get(self.objective)
         union = group_metric(Split.VAL, Group.HELDOUT, Stat.UNION)
         self._print(f"{trial_label(trial)}: epoch {epoch}/{self.epochs}  clean "
                     f"{result.get(CLEAN_ACC, float('nan')):.3f}  held-out mean "
                     f"{result.get(HELDOUT_MEAN, float('nan')):.3f}  union "
                     f"{result.get(union, float('nan')):.3f}")
-        full = int(result.get("training_iteration", 0)) >= self.max_t
-        if objective is not None and full and (self.best is None or objective > self.best[0]):
-            self.best = (float(objective), trial_label(trial).split()[0])
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
@@ -74,23 +75,38 @@ class ProgressPrinter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
-        done = int((trial.last_result or {}).get("training_iteration", 0))
-        status = trial_status(trial.last_result, self.max_t)
-        self.done[status] += 1
-        note = {TrialStatus.COMPLETED: "",
-                TrialStatus.FAILED: f" ({(trial.last_result or {}).get(FAILURE_REASON)}; not "
-                                    "retried)"}.get(status, f" by ASHA after {done}/"
-                                                            f"{self.max_t} evaluations")
-        self._print(f"{trial_label(trial)}: {status}{note}  {self._summary()}")
+        result = trial.last_result or {}
+        done = int(result.get("training_iteration", 0))
+        status = trial_status(result, self.max_t)
+        flags = raised_flags(result)
+        penalty = (f"; masking flags {', '.join(flags)}: objective zeroed"
+                   if flags and result.get(self.objective) == 0 else "")
+        note = {TrialStatus.COMPLETED: penalty[2:] and f" ({penalty[2:]})",
+                TrialStatus.FAILED: f" ({result.get(FAILURE_REASON)}; not retried)"}.get(
+            status, f" by ASHA after {done}/{self.max_t} evaluations{penalty}")
+        self._print(f"{trial_label(trial)}: {status}{note}  {self._summary(trials, trial)}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.done[TrialStatus.FAILED] += 1
         self._print(f"{trial_label(trial)}: FAILED (error log: "
-                    f"{getattr(trial, 'error_file', None) or 'see Ray logs'})  {self._summary()}")
+                    f"{getattr(trial, 'error_file', None) or 'see Ray logs'})  "
+                    f"{self._summary(trials, trial, error=True)}")
 
-    def _summary(self) -> str:
-        finished = sum(self.done.values())
-        best = f", best full-length {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
-        return (f"[{finished}/{self.num_samples} done: {self.done[TrialStatus.COMPLETED]} "
-                f"completed, {self.done[TrialStatus.EARLY_STOPPED]} early-stopped, "
-                f"{self.done[TrialStatus.FAILED]} failed{best}]")
+    def _summary(self, trials: list[Any], current: Any, *, error: bool = False) -> str:
+        done = {TrialStatus.COMPLETED: 0, TrialStatus.EARLY_STOPPED: 0, TrialStatus.FAILED: 0}
+        best: tuple[float, str] | None = None
+        for trial in trials:
+            finished = trial is current or trial.status in ("TERMINATED", "ERROR")
+            if not finished:
+                continue
+            result = trial.last_result or {}
+            status = (TrialStatus.FAILED if trial.status == "ERROR" or (trial is current and error)
+                      else trial_status(result, self.max_t))
+            done[status] += 1
+            objective = result.get(self.objective)
+            if status == TrialStatus.COMPLETED and objective is not None and (
+                    best is None or objective > best[0]):
+                best = (float(objective), trial_label(trial).split()[0])
+        text = f", best full-length {best[0]:.3f} ({best[1]})" if best else ""
+        return (f"[{sum(done.values())}/{self.num_samples} done: "
+                f"{done[TrialStatus.COMPLETED]} completed, {done[TrialStatus.EARLY_STOPPED]} "
+                f"early-stopped, {done[TrialStatus.FAILED]} failed{text}]")

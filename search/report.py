@@ -25,7 +25,16 @@ from search.leaderboard import COLUMNS, Entry, format_table, to_csv
 from search.records import Located, locate
 from spaces import INACTIVE, Space
 from trainables.errors import ConfigError
-from trainables.vocab import ARTIFACT, CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat, TrialStatus
+from trainables.vocab import (
+    ARTIFACT,
+    CLEAN_ACC,
+    HELDOUT_MEAN,
+    Group,
+    Mode,
+    Split,
+    Stat,
+    TrialStatus,
+)
 
 __all__ = ["heat_map", "importance_plot", "main", "pareto_plot"]
 
@@ -34,7 +43,12 @@ HELDOUT, CLEAN = HELDOUT_MEAN, CLEAN_ACC
 
 def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
     """Clean vs held-out accuracy, one dot per trial; flags crossed out; the Pareto front of
-    the trials that passed the masking checks (a flagged trial's robustness is not real)."""
+    the trials that passed the masking checks (a flagged trial's robustness is not real).
+
+    Only the front and the baselines are labelled, labels at one spot stacked, and the front
+    drawn over the dots: validation accuracies come in steps of 1/n, so many trials share a
+    clean accuracy and would otherwise print over each other and over the front.
+    """
     points = [(clean, heldout, e) for e in entries if (clean := e.value(CLEAN)) is not None
               and (heldout := e.value(HELDOUT)) is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -42,23 +56,30 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
               TrialStatus.EARLY_STOPPED: ("o", "lightsteelblue"),
               TrialStatus.BASELINE: ("s", "tab:green")}
     for clean, heldout, entry in points:
-        marker, colour = styles.get(entry.status, ("o", "grey"))
-        ax.scatter(clean, heldout, marker=marker, color=colour, s=40, zorder=2)
+        marker, colour = styles.get(TrialStatus.BASELINE if entry.baseline else entry.status,
+                                    ("o", "grey"))
+        ax.scatter(clean, heldout, marker=marker, color=colour, s=40, zorder=2, alpha=0.8)
         if entry.flags:
             ax.scatter(clean, heldout, marker="x", color="tab:red", s=90, zorder=3)
-        label = entry.name if entry.status == TrialStatus.BASELINE else entry.name.split()[0]
-        ax.annotate(label, (clean, heldout), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    front: list[tuple[float, float]] = []
+    front: list[tuple[float, float, Entry]] = []
     best = -1.0
-    honest = [p for p in points if not p[2].flags and p[2].status != TrialStatus.BASELINE]
-    for clean, heldout, _ in sorted(honest, key=lambda p: (-p[0], -p[1])):
+    honest = [p for p in points if not p[2].flags and not p[2].baseline]
+    for clean, heldout, entry in sorted(honest, key=lambda p: (-p[0], -p[1])):
         if heldout > best:
-            front.append((clean, heldout))
+            front.append((clean, heldout, entry))
             best = heldout
     if front:
-        ax.plot(*zip(*front, strict=True), color="tab:orange", lw=1.5, zorder=1,
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:orange", lw=1.8,
+                marker="o", markersize=7, markerfacecolor="none", zorder=4,
                 label="Pareto front (unflagged trials)")
+    labelled = front + [p for p in points if p[2].baseline]
+    stacked: dict[tuple[float, float], int] = {}
+    for clean, heldout, entry in labelled:
+        spot = (round(clean, 2), round(heldout, 2))
+        row = stacked[spot] = stacked.get(spot, -1) + 1
+        label = entry.baseline or entry.name.split()[0]
+        ax.annotate(label, (clean, heldout), fontsize=7, xytext=(5, 3 + 9 * row),
+                    textcoords="offset points", zorder=5)
     ax.scatter([], [], marker="x", color="tab:red", label="masking flag raised")
     ax.scatter([], [], marker="o", color="lightsteelblue", label="stopped early by ASHA")
     ax.scatter([], [], marker="s", color="tab:green", label="baseline")
@@ -104,33 +125,68 @@ def heat_map(entries: Sequence[Entry], path: Path) -> Path:
     return path
 
 
-def importance_plot(storage: str, study_name: str, path: Path) -> Path | None:
-    """fANOVA importance of the searched values for the objective (completed trials only)."""
+def importance_plot(entries: Sequence[Entry], space: Space, objective: str, path: Path
+                    ) -> Path | None:
+    """fANOVA importance of the searched values for the objective, over the full-length trials
+    as MLflow has them (so it needs no access to the search's Optuna database)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {
+        flag: optuna.distributions.CategoricalDistribution([False, True])
+        for flag in space.pool.flags(space.pool.candidates)} if space.pool.searched else {}
+    for name, spec in space.params.items():
+        if spec.choices is not None:
+            distributions[name] = optuna.distributions.CategoricalDistribution(spec.choices)
+        else:
+            assert spec.low is not None and spec.high is not None
+            distributions[name] = optuna.distributions.FloatDistribution(
+                spec.low, spec.high, log=spec.log)
+    study = optuna.create_study(
+        direction="maximize" if space.search.mode == Mode.MAX else "minimize")
+    done = [e for e in entries if e.value(objective) is not None
+            and e.status == TrialStatus.COMPLETED]
+    for entry in done:
+        values = _typed_values(entry, space)
+        study.add_trial(optuna.trial.create_trial(
+            params=values, distributions={k: distributions[k] for k in values},
+            value=entry.value(objective)))
     if len(done) < 3:
-        print(f"importance: {len(done)} completed trial(s); fANOVA needs at least 3",
+        print(f"importance: {len(done)} full-length trial(s); fANOVA needs at least 3",
               file=sys.stderr)
         return None
     try:
         importance = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-            target=lambda t: t.values[0])
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError) as err:
         print(f"importance: not computed ({err})", file=sys.stderr)
         return None
     names = list(importance)[::-1]
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.35 * len(names) + 1.5)))
     ax.barh(names, [importance[n] for n in names], color="tab:blue")
-    ax.set_xlabel(f"fANOVA importance for the objective ({len(done)} completed trials)")
+    ax.set_xlabel(f"fANOVA importance for {objective} ({len(done)} full-length trials)")
     ax.set_title("Which searched values mattered")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _typed_values(entry: Entry, space: Space) -> dict[str, Any]:
+    """A trial's searched values from its MLflow params (strings) as the space types them;
+    inactive ones left out."""
+    values: dict[str, Any] = {}
+    if space.pool.searched and "pool" in entry.params:
+        values.update(space.pool.flags(entry.params["pool"].split("+")))
+    for name, spec in space.params.items():
+        raw = entry.params.get(name, INACTIVE)
+        if raw == INACTIVE:
+            continue
+        if spec.choices is not None:
+            values[name] = next((c for c in spec.choices if str(c) == raw), raw)
+        else:
+            values[name] = float(raw)
+    return values
 
 
 def parallel_coordinates(entries: Sequence[Entry], space: Space, objective: str, path: Path
@@ -192,15 +248,14 @@ def parallel_coordinates(entries: Sequence[Entry], space: Space, objective: str,
     return path
 
 
-def write_plots(entries: Sequence[Entry], folder: Path, *, optuna_storage: str | None,
-                study: str, objective: str, space: Space) -> list[Path]:
+def write_plots(entries: Sequence[Entry], folder: Path, *, objective: str, space: Space
+                ) -> list[Path]:
     """Every plot of a search's report, written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [pareto_plot(entries, folder / "pareto.png"),
                heat_map(entries, folder / "heatmap.png")]
-    found = [parallel_coordinates(entries, space, objective, folder / "parallel.png")]
-    if optuna_storage:
-        found.append(importance_plot(optuna_storage, study, folder / "importance.png"))
+    found = [parallel_coordinates(entries, space, objective, folder / "parallel.png"),
+             importance_plot(entries, space, objective, folder / "importance.png")]
     return written + [p for p in found if p is not None]
 
 
@@ -252,8 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = found.folder / "report"
         else:
             out = Path("report") / found.name
-        written = write_plots(found.entries, out, study=found.name, space=space,
-                              optuna_storage=(found.info or {}).get("optuna_storage"),
+        written = write_plots(found.entries, out, space=space,
                               objective=space.search.objective)
         for path in written:
             found.client.log_artifact(found.parent_id, str(path), "report")

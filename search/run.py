@@ -20,7 +20,14 @@ from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
 from search.stores import check_tracking_uri, writable_folder
 from trainables.errors import ConfigError
-from trainables.vocab import ARTIFACT, FINAL_SEEDS, SEALED_STRENGTH, Scheduler, SearchAlg
+from trainables.vocab import (
+    ARTIFACT,
+    FINAL_SEEDS,
+    SEALED_STRENGTH,
+    TRACKING_OUTAGE_S,
+    Scheduler,
+    SearchAlg,
+)
 
 __all__ = ["build_parser", "main", "make_plan"]
 
@@ -50,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--experiment", default=None,
                    help="MLflow experiment name (default: defense-search-<space>)")
+    p.add_argument("--tracking-outage", type=float, default=TRACKING_OUTAGE_S,
+                   metavar="SECONDS",
+                   help="how long a finished search waits for a lost MLflow server before it "
+                        "stops with what it could not log kept for --resume (trials keep "
+                        "training during an outage either way)")
     p.add_argument("--storage-path", default="./ray_results",
                    help="Ray results and checkpoints: a local folder, or shared storage such as "
                         "s3://bucket/path on a multi-node cluster")
@@ -112,7 +124,13 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     if args.seed is not None:
         overrides.append(f"fixed.seed={args.seed}")
     space = spaces.load(args.space, overrides)
-    space.setup()  # data directory, attacks vs data set, budgets
+    setup = space.setup()  # data directory, attacks vs data set, budgets
+    if setup.info.needs_data_dir:  # the files read here, not first on the cluster's nodes
+        from trainables.data import load_dataset
+
+        config = space.trial_config()
+        load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed,
+                     download=config.download)
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
@@ -120,6 +138,8 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
                              ("--final-seeds", args.final_seeds, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag}={value} must be >= {low}")
+    if not args.tracking_outage >= 0:
+        raise ConfigError(f"--tracking-outage={args.tracking_outage} must be >= 0 seconds")
     if args.sealed_strength <= 0:
         raise ConfigError(f"--sealed-strength={args.sealed_strength} must be > 0")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
@@ -130,6 +150,13 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
             args.gpus_per_trial != int(args.gpus_per_trial):
         raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial}: above 1 it must be whole")
     address = check_address(args.address)
+    trial_resources = parse_resources(args.trial_resource)
+    if address is None:  # Ray will start here: what it will find is known before it starts
+        from search.resources import check_request, local_offer, ray_request
+
+        check_request(ray_request({"cpu": args.cpus_per_trial or 1.0,
+                                   "gpu": args.gpus_per_trial or 0.0, **trial_resources}),
+                      [local_offer()])
     storage = args.storage_path
     if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
         storage = str(Path(storage).expanduser().resolve())
@@ -153,9 +180,9 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         optuna_storage=f"sqlite:///{output / ARTIFACT.OPTUNA_DB}", mlflow_uri=mlflow_uri,
         experiment=args.experiment or f"defense-search-{space.name}", address=address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_failures=args.max_failures, trial_resources=parse_resources(args.trial_resource),
+        max_failures=args.max_failures, trial_resources=trial_resources,
         sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
-        final_seeds=args.final_seeds)
+        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage)
 
 
 def check_address(address: str | None) -> str | None:

@@ -11,7 +11,6 @@ numbers go to the trials' MLflow runs (`final/...`) and the table to the parent 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 from search.cli import Parser, run_cli
 from search.final import candidates_of, final_stage
 from search.records import locate, quiet_ray, use_loopback_for
+from search.session import ray_session
 from spaces import Space
 from trainables.baselines import BASELINES
 from trainables.errors import ConfigError
@@ -45,24 +45,19 @@ class Reopened:
 def _reopen(info: dict[str, Any], folder: Path) -> Iterator[Reopened]:
     """The search's space, shared state and Tune results, with Ray running (Ray is imported
     here, after the caller chose its network setting)."""
-    import ray
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     import spaces
 
     quiet_ray()
     space = spaces.load(str(folder / ARTIFACT.SPACE))
-    ray.init(address=info["address"] or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    try:
+    with ray_session(info["address"]):
         config = space.trial_config(cache_dir=info["cache_dir"])
         shared = prepare_shared(config, pool_candidates=space.pool.candidates,
                                 log=lambda _: None)
         path = f"{info['storage_path'].rstrip('/')}/{info['name']}"
         yield Reopened(space, shared, ResultGrid(ExperimentAnalysis(path)), info["resources"],
                        info["seed"])
-    finally:
-        ray.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from search.journal import Journal
 from search.progress import trial_label
 from search.records import trial_status
 from search.stores import artifact_location
@@ -133,18 +134,25 @@ def _batched(items: list[Any], size: int) -> Iterable[list[Any]]:
 
 
 class MlflowTrialLogger(Callback):
-    """Ray Tune callback: a nested MLflow child run per trial, logged in batches."""
+    """Ray Tune callback: a nested MLflow child run per trial, logged in batches.
+
+    Each hook turns what it logs into a plain-data event for the Journal, so a tracking-server
+    outage delays the writes instead of stalling or crashing the search.
+    """
 
     def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 space_name: str, max_t: int) -> None:
+                 space_name: str, max_t: int, journal_path: str) -> None:
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.space_name, self.max_t = parent_run_id, space_name, max_t
+        self.journal_path = journal_path
         self._client: MlflowClient | None = None
+        self._journal: Journal | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
-        self._placement: dict[str, dict[str, str]] = {}  # run id -> node, pid, device
+        self._placement: dict[str, dict[str, str]] = {}  # trial id -> node, pid, device
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_placement": {}}
+        return {**self.__dict__, "_client": None, "_journal": None, "_runs": {},
+                "_placement": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -152,10 +160,16 @@ class MlflowTrialLogger(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.tracking_uri, self.journal_path, self.apply,
+                                    log=lambda line: print(line, flush=True))
+        return self._journal
+
     # ---- runs
-    def run_id(self, trial: Any) -> str:
+    def run_id(self, trial_id: str, label: str, record: Mapping[str, Any]) -> str:
         """The trial's child run: created once, found again after a retry or a resume."""
-        trial_id = str(trial.trial_id)
         if trial_id in self._runs:
             return self._runs[trial_id]
         found = self.client.search_runs(
@@ -165,47 +179,43 @@ class MlflowTrialLogger(Callback):
         if found:
             self._runs[trial_id] = found[0].info.run_id
             return self._runs[trial_id]
-        record = trial.config[RECORD_KEY]
-        params = params_of(record)
         tags = {TAG.PARENT: self.parent_run_id, TAG.TRIAL_ID: trial_id,
                 TAG.SPACE: self.space_name, TAG.STATUS: TrialStatus.RUNNING,
                 **({TAG.BASELINE: record["baseline"]} if record.get("baseline") else {})}
-        run = self.client.create_run(self.experiment_id,
-                                     run_name=trial_label(trial), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
         self._runs[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[
-            Param(k, v) for k, v in sorted(params.items())])
+            Param(k, v) for k, v in sorted(params_of(record).items())])
         return run.info.run_id
 
-    # ---- Tune callback hooks
+    def _event(self, kind: str, trial: Any, **payload: Any) -> None:
+        self.journal.submit({"kind": kind, "trial": str(trial.trial_id),
+                             "label": trial_label(trial), "record": trial.config[RECORD_KEY],
+                             **payload})
+
+    # ---- Tune callback hooks: what to log, as events
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, TAG.STATUS, TrialStatus.RUNNING)
+        self._event("status", trial, status=TrialStatus.RUNNING)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        metrics = trial_metrics(result)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        stamp = int(time.time() * 1000)
-        entries = [Metric(k, v, stamp, step) for k, v in sorted(metrics.items())]
-        run_id = self.run_id(trial)
         placement = {"ray_node_id": str(result.get("trial/node_id", "")),
                      "ray_pid": str(result.get("pid", "")),
                      "device": str(result.get("trial/device", ""))}
-        if self._placement.get(run_id) != placement:  # first result, or moved after a retry
-            self._placement[run_id] = placement
-            tags = [RunTag(k, v) for k, v in placement.items() if v]
-        else:
-            tags = []
+        tags = {}
+        if self._placement.get(trial.trial_id) != placement:  # first result, or moved
+            self._placement[trial.trial_id] = placement
+            tags = {k: v for k, v in placement.items() if v}
         flags = raised_flags(result)
         if flags is not None:
-            tags.append(RunTag(TAG.MASKING_FLAGS, ",".join(flags) or "none"))
-        for index, batch in enumerate(_batched(entries, 1000)):  # MLflow's per-request limit
-            self.client.log_batch(run_id, metrics=batch, tags=tags if index == 0 else [])
+            tags[TAG.MASKING_FLAGS] = ",".join(flags) or "none"
+        self._event("result", trial, metrics=trial_metrics(result), tags=tags,
+                    step=int(result.get("epoch", result.get("training_iteration", 0))),
+                    stamp=int(time.time() * 1000))
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
-        self.client.set_tag(self.run_id(trial), TAG.STATUS, TrialStatus.RETRYING)
+        self._event("status", trial, status=TrialStatus.RETRYING)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -225,21 +235,45 @@ class MlflowTrialLogger(Callback):
 
     def _finish(self, trial: Any, status: str, state: str, result: Mapping[str, Any],
                 failure: str | None = None) -> None:
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, TAG.STATUS, status)
-        if failure is not None:
-            self.client.set_tag(run_id, TAG.FAILURE, failure_line(failure))
-            self.client.log_text(run_id, failure, ARTIFACT.FAILURE)
-        if result.get("trial/restarted"):
+        self._event("finish", trial, status=status, state=state, failure=failure,
+                    restarted=bool(result.get("trial/restarted")),
+                    evaluations=int(result.get("training_iteration", 0)),
+                    metrics=trial_metrics(result),
+                    masking=masking_record(result) if MASKING_ANY in result else None)
+
+    # ---- events -> MLflow
+    def apply(self, event: Mapping[str, Any]) -> None:
+        """Logs one event (also a replayed one: every write is idempotent)."""
+        run_id = self.run_id(event["trial"], event["label"], event["record"])
+        kind = event["kind"]
+        if kind == "status":
+            self.client.set_tag(run_id, TAG.STATUS, event["status"])
+        elif kind == "result":
+            entries = [Metric(k, v, event["stamp"], event["step"])
+                       for k, v in sorted(event["metrics"].items())]
+            tags = [RunTag(k, v) for k, v in event["tags"].items()]
+            for index, batch in enumerate(_batched(entries, 1000)):  # MLflow's request limit
+                self.client.log_batch(run_id, metrics=batch, tags=tags if index == 0 else [])
+        elif kind == "finish":
+            self._apply_finish(run_id, event)
+        else:
+            raise ValueError(f"unknown journal event kind {kind!r}")
+
+    def _apply_finish(self, run_id: str, event: Mapping[str, Any]) -> None:
+        self.client.set_tag(run_id, TAG.STATUS, event["status"])
+        if event["failure"] is not None:
+            self.client.set_tag(run_id, TAG.FAILURE, failure_line(event["failure"]))
+            self.client.log_text(run_id, event["failure"], ARTIFACT.FAILURE)
+        if event["restarted"]:
             self.client.set_tag(run_id, TAG.RESTARTED, "checkpoint unreadable: started over")
-        self.client.set_tag(run_id, TAG.EVALUATIONS, str(result.get("training_iteration", 0)))
-        metrics = trial_metrics(result)
-        self.client.log_dict(run_id, trial.config[RECORD_KEY], ARTIFACT.CONFIG)
-        if metrics:
-            self.client.log_text(run_id, robustness_table(metrics), ARTIFACT.ROBUSTNESS)
-        if MASKING_ANY in result:
-            self.client.log_dict(run_id, masking_record(result), ARTIFACT.MASKING)
-        self.client.set_terminated(run_id, state)
+        self.client.set_tag(run_id, TAG.EVALUATIONS, str(event["evaluations"]))
+        self.client.log_dict(run_id, event["record"], ARTIFACT.CONFIG)
+        if event["metrics"]:
+            self.client.log_text(run_id, robustness_table(event["metrics"]),
+                                 ARTIFACT.ROBUSTNESS)
+        if event["masking"] is not None:
+            self.client.log_dict(run_id, event["masking"], ARTIFACT.MASKING)
+        self.client.set_terminated(run_id, event["state"])
 
 
 def _param(value: Any) -> str:

@@ -50,6 +50,10 @@ def list_spaces() -> list[str]:
 def _path_of(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            found = ", ".join(sorted(p.name for p in path.glob("*.y*ml"))[:5]) or "none"
+            raise SpaceError(f"space {str(path)!r} is a folder, not a space file; pass one of "
+                             f"its .yaml files (there: {found})")
         if not path.is_file():
             raise SpaceError(f"space file {str(path)!r} does not exist")
         return path

@@ -463,6 +463,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
                   SearchSettings.parse(raw.get("search")), source, raw,
                   tuple(dict.fromkeys(baselines)))
     _check_whole(space)
+    _check_can_train(space)
     for baseline in space.baselines:
         _check_baseline(space, baseline)
     return space
@@ -543,6 +544,31 @@ def _check_conditions(params: Mapping[str, ParamSpec], pool: PoolSpec) -> None:
                 if bad:
                     raise SpaceError(f"params.{name}.when: {bad} are not choices of {parent}")
         seen.add(name)
+
+
+MAX_COMBINATIONS = 1024  # categorical combinations _check_can_train tries (else: defaults)
+
+
+def _check_can_train(space: Space) -> None:
+    """No choice of the categorical values forces every loss weight that applies to 0 (a
+    recipe without a gradient): tried with each searched weight at its highest."""
+    categorical = {n: s.choices for n, s in space.params.items() if s.choices is not None}
+    combinations = math.prod(len(c) for c in categorical.values())
+    if combinations > MAX_COMBINATIONS:
+        categorical = {}
+    highest = {n: s.high for n, s in space.params.items()
+               if n in FIELDS and FIELDS[n].loss and s.high is not None}
+    for choice in itertools.product(*categorical.values()):
+        values = {**space.default_values(), **highest, **dict(zip(categorical, choice,
+                                                                  strict=True))}
+        try:
+            space.trial_config(values)
+        except ConfigError as err:
+            if "trains nothing" not in str(err):
+                continue  # other rules of a sampled recipe are checked when it is sampled
+            chosen = ", ".join(f"{k}={v}" for k, v in zip(categorical, choice, strict=True))
+            raise SpaceError(f"with {chosen or 'its fixed values'}, no recipe of this space "
+                             f"trains: {str(err).split(': ', 1)[1]}") from None
 
 
 def _check_whole(space: Space) -> None:

@@ -59,16 +59,16 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> Non
             return
 
 
-def start_mlflow_server(root: Path, *, prefix: tuple[str, ...] = ()
+def start_mlflow_server(root: Path, *, prefix: tuple[str, ...] = (), port: int | None = None
                         ) -> tuple[subprocess.Popen[bytes], str]:
-    """Starts `mlflow server` on 127.0.0.1 (inside `prefix`, e.g. `ip netns exec NS`) and
-    waits until it answers /health there."""
+    """Starts `mlflow server` on 127.0.0.1 (inside `prefix`, e.g. `ip netns exec NS`; on
+    `port`, e.g. the one of a server that stopped) and waits until it answers /health there."""
     import sys
     import time
 
-    port = free_port()
+    port = port or free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = (root / "server.log").open("wb")
+    log = (root / "server.log").open("ab")
     proc = subprocess.Popen(
         [*prefix, str(mlflow_bin), "server", "--backend-store-uri",
          f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),

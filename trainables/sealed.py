@@ -144,6 +144,7 @@ def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig,
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     binary = {group_metric(Split.TEST, Group.CLEAN, Stat.ACC): masks[Group.CLEAN]}
     if autoattack:
+        started = time.perf_counter()
         count = config.autoattack_samples or len(y)
         found = autoattack_robust(model, x[:count], y[:count], setup.threat,
                                   num_classes=setup.info.num_classes, seed=config.seed,
@@ -158,6 +159,7 @@ def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig,
             metrics[group_metric(Split.TEST, Group.AUTOATTACK, "warnings")] = float(len(notes))
             for note in notes:
                 log(f"AutoAttack ({version}) warning: {note.splitlines()[0]}")
+        metrics["time/autoattack_s"] = time.perf_counter() - started
     points = {key: mask.float().cpu().numpy() for key, mask in binary.items()}
     for name, group_masks in by_group.items():
         if group_masks:

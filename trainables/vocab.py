@@ -249,6 +249,7 @@ class ARTIFACT:
     SPACE = "space.yaml"
     SEARCH_INFO = "search.json"
     OPTUNA_DB = "optuna.db"
+    MLFLOW_JOURNAL = "mlflow-pending.jsonl"  # MLflow writes queued while the server was away
 
 
 
@@ -256,6 +257,7 @@ class ARTIFACT:
 
 SEALED_STRENGTH = 2.0  # the final report runs attacks at twice their iterations and queries
 FINAL_SEEDS = 3  # the final comparison trains every recipe with this many seeds
+TRACKING_OUTAGE_S = 300.0  # how long a finished search waits for a lost tracking server
 TEACHER_LR = 1e-3  # Adam, for the teacher and the undefended target (clean training)
 CRAFT_BATCH = 512  # batch size when crafting train-set examples on the target once
 TRANSFER_BATCH = 256  # batch size when crafting the transfer sets on the target

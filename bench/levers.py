@@ -1,0 +1,188 @@
+"""What each recipe lever buys on the validation split (never the sealed attacks).
+
+    python bench/levers.py                          # mid, seeds 0 1, 2 workers
+    python bench/levers.py --only pgd-at multi-at --seeds 0 1 2
+    python bench/levers.py --space mnist5k --out bench/results/levers-mnist5k.md
+
+Each lever is a recipe written as one of the space's baselines (or its defaults) plus changed
+values, trained standalone (no Ray, 1 thread per worker) on every validation point, once per
+seed. The table gives, per lever: the space's objective and the held-out union and clean
+accuracy as mean over seeds [min, max], the masking flags raised, and the paired difference
+with the reference lever on the same validation points (per-point values averaged over seeds,
+95% paired bootstrap interval). Choosing levers by these numbers keeps the sealed set sealed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import spaces
+from trainables.stats import paired_difference
+from trainables.vocab import CLEAN_ACC, Group, Split, group_metric
+
+UNION = group_metric(Split.VAL, Group.HELDOUT, "union_acc")
+
+
+@dataclass(frozen=True)
+class Lever:
+    name: str
+    start: str  # a baseline's name, or "defaults" (the space's default recipe)
+    values: Mapping[str, Any] = field(default_factory=dict)  # `pool` as a list of attacks
+
+
+LP = ["FGSM", "PGD", "MIFGSM", "TPGD", "PGDL2"]
+LEVERS = (
+    Lever("standard", "standard"),
+    Lever("pgd-at", "pgd-at"),
+    Lever("trades", "trades"),
+    Lever("multi-at", "multi-at"),
+    Lever("pgd-at, eps x1.25", "pgd-at", {"train_eps_scale": 1.25}),
+    Lever("pgd-at, eps x1.5", "pgd-at", {"train_eps_scale": 1.5}),
+    Lever("PGD+PGDL2 worst", "multi-at", {"pool": ["PGD", "PGDL2"]}),
+    Lever("PGD+PGDL2 each", "multi-at", {"pool": ["PGD", "PGDL2"], "pool_combine": "each"}),
+    Lever("Lp pool worst", "multi-at", {"pool": LP}),
+    Lever("PGD+PGDL2+Spatial+Contrast worst", "multi-at",
+          {"pool": ["PGD", "PGDL2", "Spatial@medium", "Contrast@medium"]}),
+    Lever("multi-at each", "multi-at", {"pool_combine": "each"}),
+    Lever("multi-at, eps x1.25", "multi-at", {"train_eps_scale": 1.25}),
+    Lever("multi-at + TRADES 3", "multi-at", {"w_trades": 3.0}),
+    Lever("multi-at + clean CE 0.5", "multi-at", {"include_clean": True, "w_ce_clean": 0.5}),
+    Lever("multi-at + PCL", "multi-at", {"pcl_weight": 0.5, "pcl_margin": 1.0}),
+    Lever("multi-at + distillation", "multi-at", {"w_feat": 1.0}),
+    Lever("multi-at, student from teacher", "multi-at", {"student_init": "teacher"}),
+    Lever("pgd-at, student from teacher", "pgd-at", {"student_init": "teacher"}),
+    Lever("PGD+PGDL2 worst, student from teacher", "multi-at",
+          {"pool": ["PGD", "PGDL2"], "student_init": "teacher"}),
+    Lever("Lp pool worst, student from teacher", "multi-at",
+          {"pool": LP, "student_init": "teacher"}),
+    Lever("multi-at each, student from teacher", "multi-at",
+          {"pool_combine": "each", "student_init": "teacher"}),
+    Lever("multi-at, student from teacher, head frozen", "multi-at",
+          {"student_init": "teacher", "train_head": False}),
+    Lever("multi-at, student from teacher + TRADES 1.5", "multi-at",
+          {"student_init": "teacher", "w_trades": 1.5}),
+    Lever("multi-at, student from teacher + clean CE 0.5", "multi-at",
+          {"student_init": "teacher", "include_clean": True, "w_ce_clean": 0.5}),
+    Lever("multi-at, student from teacher + distillation", "multi-at",
+          {"student_init": "teacher", "w_feat": 0.5}),
+    Lever("MID defaults, UniG off", "defaults", {"unig": "off"}),
+    Lever("MID defaults + TRADES 3, UniG off", "defaults", {"unig": "off", "w_trades": 3.0}),
+)
+
+
+def _values(space: spaces.Space, lever: Lever) -> dict[str, Any]:
+    values = (space.default_values() if lever.start == "defaults"
+              else space.baseline_values(lever.start))
+    changes = dict(lever.values)
+    if "pool" in changes:
+        values.update(space.pool.flags(changes.pop("pool")))
+    unknown = set(changes) - set(space.params)
+    if unknown:
+        raise SystemExit(f"lever {lever.name!r}: {sorted(unknown)} are not searched by space "
+                         f"{space.name!r} (it searches {', '.join(space.params)})")
+    return {**values, **{k: space.params[k].value(v) for k, v in changes.items()}}
+
+
+def _run(space_name: str, overrides: list[str], lever: Lever, seed: int
+         ) -> tuple[str, int, dict[str, float], dict[str, np.ndarray], float]:
+    import torch
+
+    from trainables.trial import run_trial
+
+    torch.set_num_threads(1)
+    space = spaces.load(space_name, overrides)
+    config = space.trial_config(_values(space, lever), seed=seed, threads=1)
+    start = time.perf_counter()
+    result = run_trial(config, log=lambda _: None)
+    return lever.name, seed, result.metrics, result.points, time.perf_counter() - start
+
+
+def _cell(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]" if len(values) > 1 \
+        else f"{mean:.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="mid")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="space override, e.g. budget.epochs=6 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--only", nargs="+", default=None, help="lever names to run")
+    p.add_argument("--reference", default="pgd-at", help="the lever the differences are to")
+    p.add_argument("--out", default=None,
+                   help="also write the table (markdown) here, and every run's metrics "
+                        "(masking evidence included) beside it as .json")
+    args = p.parse_args()
+    space = spaces.load(args.space, args.overrides)
+    objective = space.search.objective
+    levers = [lv for lv in LEVERS if args.only is None or lv.name in args.only]
+    if args.reference not in [lv.name for lv in levers]:
+        levers.insert(0, next(lv for lv in LEVERS if lv.name == args.reference))
+    for lever in levers:
+        _values(space, lever)  # every lever is expressible in the space, before any training
+    from trainables.prepare import prepare_shared
+    # the teacher and target cached once here, not trained by every worker at once
+    prepare_shared(space.trial_config(threads=1), pool_candidates=space.pool.candidates,
+                   log=lambda _: None)
+
+    runs: dict[str, list[tuple[dict[str, float], dict[str, np.ndarray], float]]] = {}
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        futures = [pool.submit(_run, args.space, args.overrides, lv, s)
+                   for lv in levers for s in args.seeds]
+        for future in futures:
+            name, seed, metrics, points, wall = future.result()
+            runs.setdefault(name, []).append((metrics, points, wall))
+            print(f"[{time.perf_counter() - started:6.0f}s] {name} seed {seed}: "
+                  f"{objective} {metrics[objective]:.3f}, union {metrics[UNION]:.3f}, "
+                  f"clean {metrics[CLEAN_ACC]:.3f}, {wall:.0f}s", flush=True)
+
+    def averaged(name: str, metric: str) -> np.ndarray:
+        return np.mean([pts[f"{metric}"] for _, pts, _ in runs[name]], axis=0)
+
+    lines = [f"Space `{space.name}`{' ' + ' '.join(args.overrides) if args.overrides else ''}, "
+             f"validation split, seeds {args.seeds}: mean [min, max] over seeds; Δ: paired "
+             f"difference with `{args.reference}` on the same points [95% bootstrap interval]",
+             "", f"| lever | {objective} | Δ | held-out union | Δ | clean | masking flags | "
+             "s/trial |", "|---|---|---|---|---|---|---|---|"]
+    for lever in levers:
+        rows = runs[lever.name]
+        flags = sorted({k.split("/")[1] for m, _, _ in rows for k, v in m.items()
+                        if k.startswith("masking/") and k.count("/") == 1
+                        and k != "masking/any" and v})
+        deltas = [paired_difference(averaged(lever.name, m), averaged(args.reference, m))
+                  for m in (objective, UNION)]
+        lines.append(
+            f"| {lever.name} | {_cell([m[objective] for m, _, _ in rows])} | "
+            f"{deltas[0].value:+.3f} [{deltas[0].low:+.3f}, {deltas[0].high:+.3f}] | "
+            f"{_cell([m[UNION] for m, _, _ in rows])} | "
+            f"{deltas[1].value:+.3f} [{deltas[1].low:+.3f}, {deltas[1].high:+.3f}] | "
+            f"{_cell([m[CLEAN_ACC] for m, _, _ in rows])} | {', '.join(flags) or 'none'} | "
+            f"{statistics.fmean(w for _, _, w in rows):.0f} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(
+            {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
+             for name, rows in runs.items()}, indent=1))
+        print(f"written to {args.out} (+ .json)")
+
+
+if __name__ == "__main__":
+    main()

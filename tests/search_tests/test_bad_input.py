@@ -1,0 +1,284 @@
+"""Every kind of bad input we know of: one `error:` line naming the value, exit code 2, no
+traceback, Ray never started and nothing created (no results folder, no MLflow store, no
+Optuna study, no cache). In-process, so that the 80-odd kinds cost seconds, not minutes."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+from search import report, run, sealed, trial
+from tests.processes import start_mlflow_server, stop_process
+from trainables.errors import ModelFileError
+from trainables.export import load_defended_model, save_defended_model
+from trainables.models import DefendedModel, build_arch
+
+Main = Callable[[Sequence[str] | None], int]
+RUN, TRIAL, REPORT, SEALED = run.main, trial.main, report.main, sealed.main
+
+S = ["--space", "smoke"]
+CASES: list[tuple[str, Main, list[str], str]] = [
+    # ---- spaces: which file, and what it holds
+    ("unknown space", RUN, ["--space", "nope"], "unknown space 'nope'"),
+    ("space is a folder", RUN, ["--space", "{folder}"], "is a folder, not a space file"),
+    ("space file missing", RUN, ["--space", "{tmp}/none.yaml"], "does not exist"),
+    ("space not YAML", RUN, ["--space", "{bad_yaml}"], "is not valid YAML at line"),
+    ("space not a mapping", RUN, ["--space", "{list_yaml}"], "must hold a mapping"),
+    ("override without =", RUN, [*S, "--set", "budget.epochs"], "must look like KEY=VALUE"),
+    ("override of an unknown key", RUN, [*S, "--set", "budget.epoch=3"], "epoch"),
+    ("zero epochs", RUN, [*S, "--set", "budget.epochs=0"], "epochs"),
+    ("epochs not a number", RUN, [*S, "--set", "budget.epochs=abc"], "epochs"),
+    ("zero batch size", RUN, [*S, "--set", "budget.batch_size=0"], "batch_size"),
+    ("negative lr", RUN, [*S, "--set", "fixed.lr=-1"], "lr"),
+    ("unknown data set", RUN, [*S, "--set", "dataset=imagenet"], "unknown dataset 'imagenet'"),
+    ("file data set without files", RUN, [*S, "--set", "dataset=mnist"], "--data-dir"),
+    ("data folder missing", RUN, [*S, "--set", "dataset=mnist", "--data-dir", "{tmp}/nodata"],
+     "nodata"),
+    ("garbage data files", RUN, [*S, "--set", "dataset=mnist", "--data-dir", "{garbage}"],
+     "is not an IDX file"),
+    ("eps out of range", RUN, [*S, "--set", "threat_model.eps.Linf=2"], "out of range"),
+    ("negative eps", RUN, [*S, "--set", "threat_model.eps.Linf=-0.1"], "Linf"),
+    ("unknown norm", RUN, [*S, "--set", "threat_model.norm=L3"], "L3"),
+    ("held-out attack in the pool", RUN, [*S, "--set", "attacks.heldout=[PGD]"],
+     "both pool candidates and heldout"),
+    ("held-out family in the pool", RUN, [*S, "--set", "attacks.heldout=[APGD-DLR]"],
+     "family Linf (FGSM in pool candidates, APGD-DLR in heldout)"),
+    ("unknown level", RUN, [*S, "--set", "attacks.heldout=[Elastic@extreme]"],
+     "level 'extreme' does not exist"),
+    ("non-Lp attack without a level", RUN, [*S, "--set", "attacks.heldout=[Elastic]"],
+     "needs a distortion level"),
+    ("unknown held-out attack", RUN, [*S, "--set", "attacks.heldout=[Whirlpool@medium]"],
+     "unknown attack 'Whirlpool'"),
+    ("unknown sealed attack", RUN, [*S, "--set", "attacks.sealed=[Whirlpool]"],
+     "unknown attack 'Whirlpool'"),
+    ("unknown pool attack", RUN, [*S, "--set", "attacks.pool.candidates=[PGD,Whirlpool]",
+                                  "--set", "attacks.pool.max_size=2",
+                                  "--set", "attacks.pool.default=[PGD]"],
+     "unknown attack 'Whirlpool'"),
+    ("pool larger than its candidates", RUN, [*S, "--set", "attacks.pool.max_size=9"],
+     "max_size=9"),
+    ("empty pool", RUN, [*S, "--set", "attacks.pool.candidates=[]"], "candidates"),
+    ("pool min above max", RUN, [*S, "--set", "attacks.pool.min_size=4",
+                                 "--set", "attacks.pool.max_size=2"], "min_size"),
+    ("pool default not a candidate", RUN, [*S, "--set", "attacks.pool.default=[CW]"], "CW"),
+    ("unknown split rule", RUN, [*S, "--set", "attacks.split_by=colour"], "colour"),
+    ("unknown baseline", RUN, [*S, "--set", "baselines=[nope]"], "baselines ['nope'] do not exist"),
+    ("range low above high", RUN, [*S, "--set", "params.w_ce.low=3"], "w_ce"),
+    ("default out of its range", RUN, [*S, "--set", "params.w_ce.default=5"], "w_ce"),
+    ("unknown parameter type", RUN, [*S, "--set", "params.w_ce.type=complex"], "complex"),
+    ("unknown searched field", RUN, [*S, "--set", "params.w_typo={type: float, low: 0, "
+                                                  "high: 1}"], "w_typo"),
+    ("choice not allowed", RUN, [*S, "--set", "params.unig.choices=[per_sample,huge]"], "huge"),
+    ("a space that trains nothing", RUN, ["--space", "{dead_yaml}"], "the recipe trains nothing"),
+    ("a choice that trains nothing", RUN, ["--space", "{clean_only_yaml}"],
+     "with include_clean=False, no recipe of this space trains"),
+    ("unknown objective", RUN, [*S, "--set", "search.objective=val/nothing"], "val/nothing"),
+    ("unknown mode", RUN, [*S, "--set", "search.mode=up"], "up"),
+    ("reduction factor 1", RUN, [*S, "--set", "search.reduction_factor=1"], "reduction_factor"),
+    ("grace period 0", RUN, [*S, "--set", "search.grace_period=0"], "grace_period"),
+    # ---- search.run flags
+    ("unreachable tracking server", RUN, [*S, "--mlflow-uri", "http://127.0.0.1:9"],
+     "--mlflow-uri http://127.0.0.1:9"),
+    ("tracking store in a missing folder", RUN,
+     [*S, "--mlflow-uri", "sqlite:///{tmp}/no/such/mlflow.db"], "does not exist"),
+    ("unreachable Ray head", RUN, [*S, "--address", "127.0.0.1:9"], "--address 127.0.0.1:9"),
+    ("malformed address", RUN, [*S, "--address", "not-an-address"], "must be HOST:PORT"),
+    ("negative trial count", RUN, [*S, "--num-samples", "-3"], "--num-samples=-3 must be >= 1"),
+    ("zero trials", RUN, [*S, "--num-samples", "0"], "--num-samples=0 must be >= 1"),
+    ("trial count not a number", RUN, [*S, "--num-samples", "many"], "invalid int value"),
+    ("zero concurrency", RUN, [*S, "--max-concurrent", "0"], "--max-concurrent=0"),
+    ("negative retries", RUN, [*S, "--max-failures", "-1"], "--max-failures=-1"),
+    ("negative seed", RUN, [*S, "--seed", "-1"], "seed=-1 is out of range"),
+    ("negative top-k", RUN, [*S, "--sealed-top-k", "-1"], "--sealed-top-k=-1"),
+    ("zero final seeds", RUN, [*S, "--final-seeds", "0"], "--final-seeds=0"),
+    ("zero sealed strength", RUN, [*S, "--sealed-strength", "0"], "--sealed-strength=0"),
+    ("negative outage bound", RUN, [*S, "--tracking-outage", "-1"], "--tracking-outage=-1"),
+    ("unknown sampler", RUN, [*S, "--search-alg", "grid"], "invalid choice: 'grid'"),
+    ("unknown scheduler", RUN, [*S, "--scheduler", "hyperband"], "invalid choice"),
+    ("unknown flag", RUN, [*S, "--epochs", "3"], "unrecognized arguments: --epochs"),
+    ("storage path is a file", RUN, [*S, "--storage-path", "{file}"], "is a file"),
+    ("resume without a search", RUN, [*S, "--resume"], "no search of space 'smoke'"),
+    ("resume of a missing name", RUN, [*S, "--resume", "--name", "gone"], "holds no search"),
+    # ---- resource requests
+    ("zero CPUs per trial", RUN, [*S, "--cpus-per-trial", "0"], "--cpus-per-trial=0.0 must"),
+    ("more CPUs than any node", RUN, [*S, "--cpus-per-trial", "512"],
+     "--cpus-per-trial 512, which no node can give"),
+    ("GPUs on a machine without", RUN, [*S, "--gpus-per-trial", "4"],
+     "--gpus-per-trial 4, which no node can give"),
+    ("negative GPUs", RUN, [*S, "--gpus-per-trial", "-1"], "--gpus-per-trial=-1.0 must be"),
+    ("fractional GPUs above 1", RUN, [*S, "--gpus-per-trial", "1.5"], "above 1 it must be"),
+    ("malformed custom resource", RUN, [*S, "--trial-resource", "slot"], "NAME=AMOUNT"),
+    ("custom resource named CPU", RUN, [*S, "--trial-resource", "CPU=1"], "own flags"),
+    ("custom resource nobody offers", RUN, [*S, "--trial-resource", "slot=1"],
+     "--trial-resource slot=1, which no node can give"),
+    # ---- search.trial
+    ("trial: value out of range", TRIAL, [*S, "--params", '{"w_feat": 50}'],
+     "w_feat=50.0 is outside the space's range [0, 3]"),
+    ("trial: negative weight", TRIAL, [*S, "--params", '{"w_feat": -1}'],
+     "w_feat=-1.0 is out of range"),
+    ("trial: unknown key", TRIAL, [*S, "--params", '{"lr_typo": 1}'],
+     "unknown key(s) ['lr_typo']"),
+    ("trial: not JSON", TRIAL, [*S, "--params", "{bad json"], "--params is not valid JSON"),
+    ("trial: not an object", TRIAL, [*S, "--params", "[1, 2]"], "must be a JSON object"),
+    ("trial: choice not allowed", TRIAL, [*S, "--params", '{"unig": "huge"}'], "huge"),
+    ("trial: pool attack not a candidate", TRIAL, [*S, "--params", '{"pool": ["CW"]}'],
+     "not candidates"),
+    ("trial: empty pool", TRIAL, [*S, "--params", '{"pool": []}'], "allows 1 to 4"),
+    ("trial: a recipe that trains nothing", TRIAL,
+     ["--space", "{w_ce_only_yaml}", "--params", '{"w_ce": 0}'], "the recipe trains nothing"),
+    ("trial: unknown space", TRIAL, ["--space", "nope"], "unknown space 'nope'"),
+    ("trial: unknown device", TRIAL, [*S, "--device", "tpu"], "tpu"),
+    ("trial: negative threads", TRIAL, [*S, "--threads", "-2"], "threads=-2 is out of range"),
+    # ---- search.report and search.sealed on searches that are not there
+    ("report: no search here", REPORT, ["--storage-path", "{tmp}/results"],
+     "no finished search"),
+    ("report: store that does not exist", REPORT,
+     ["--experiment", "x", "--mlflow-uri", "sqlite:///{tmp}/missing.db"],
+     "there is no MLflow store"),
+    ("sealed: no search here", SEALED, ["--storage-path", "{tmp}/results"],
+     "no finished search"),
+    ("sealed: zero seeds", SEALED, ["--seeds", "0"], "--seeds=0 must be >= 1"),
+    ("sealed: zero strength", SEALED, ["--strength", "0"], "--strength=0.0 must be > 0"),
+]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Bad files to point at, made before the snapshot of what exists."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("name: bad\ndataset: digits\nattacks: [unclosed\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "spaces").mkdir()
+    weights = ("w_ce", "w_ce_clean", "w_trades", "w_feat", "w_cyc", "pcl_weight")
+    head = ("name: {}\ndataset: digits\nattacks:\n  pool: {{candidates: [PGD], min_size: 1, "
+            "max_size: 1, default: [PGD]}}\n  heldout: [PGDL2]\n")
+    for name, fixed, params in (
+            ("dead", weights, ""),
+            ("clean_only", [w for w in weights if w != "w_ce_clean"],
+             "  w_ce_clean: {type: float, low: 0.1, high: 1.0, default: 1.0}\n"
+             "  include_clean: {type: categorical, choices: [true, false], default: true}\n"),
+            ("w_ce_only", [w for w in weights if w != "w_ce"],
+             "  w_ce: {type: float, low: 0.0, high: 1.0, default: 1.0}\n")):
+        (tmp_path / f"{name}.yaml").write_text(
+            head.format(name) + "fixed: {" + ", ".join(f"{w}: 0" for w in fixed)
+            + ', meta: "off", unig: "off"}\n' + ("params:\n" + params if params else ""))
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (garbage / name).write_bytes(os.urandom(4096))
+    return {"tmp": str(tmp_path), "bad_yaml": str(tmp_path / "bad.yaml"),
+            "list_yaml": str(tmp_path / "list.yaml"), "file": str(tmp_path / "afile"),
+            "folder": str(tmp_path / "spaces"), "garbage": str(garbage),
+            **{f"{n}_yaml": str(tmp_path / f"{n}.yaml") for n in ("dead", "clean_only",
+                                                                   "w_ce_only")}}
+
+
+def _fill(text: str, inputs: dict[str, str]) -> str:
+    for key, value in inputs.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("main", "args", "message"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(
+        inputs: dict[str, str], main: Main, args: list[str], message: str) -> None:
+    import ray
+
+    tmp = Path(inputs["tmp"])
+    before = _tree(tmp)
+    cache = Path(os.environ["DEFENSE_SEARCH_CACHE"])
+    cached = _tree(cache)
+    argv = [_fill(a, inputs) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's own errors
+            code = int(exit_.code or 0)
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert code == 2, (out.getvalue()[-2000:], err.getvalue()[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+    assert _fill(message, inputs) in lines[0]
+    assert not ray.is_initialized()
+    assert _tree(tmp) == before  # no results folder, store, study or report made
+    assert _tree(cache) == cached  # no teacher trained
+
+
+def test_the_table_has_at_least_60_kinds() -> None:
+    assert len(CASES) + len(BAD_MODELS) >= 60
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+# ---- model files: each kind of bad file is one ModelFileError with a one-line message
+def _write(kind: str, path: Path, good: Path) -> None:
+    if kind == "random bytes":
+        path.write_bytes(os.urandom(2048))
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:500])
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "pickled module":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif kind == "a tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "wrong class count":
+        payload = torch.load(good, weights_only=True)
+        payload["num_classes"] = 7
+        torch.save(payload, path)
+    elif kind == "missing key":
+        payload = torch.load(good, weights_only=True)
+        del payload["head"]
+        torch.save(payload, path)
+    elif kind == "wrong architecture":
+        payload = torch.load(good, weights_only=True)
+        payload["arch"] = "no_such_arch"
+        torch.save(payload, path)
+    elif kind == "a folder":
+        path.mkdir()
+    # "no file": nothing written
+
+
+BAD_MODELS = ["random bytes", "truncated", "empty file", "pickled module", "a tensor",
+              "wrong class count", "missing key", "wrong architecture", "a folder", "no file"]
+
+
+@pytest.mark.parametrize("kind", BAD_MODELS)
+def test_a_bad_model_file_is_one_clear_error(tmp_path: Path, kind: str) -> None:
+    parts = build_arch("small_cnn", (1, 8, 8), 10)
+    good = tmp_path / "good.pt"
+    save_defended_model(good, DefendedModel(parts.encoder, parts.head, None), arch="small_cnn",
+                        image_shape=(1, 8, 8), num_classes=10, info={})
+    assert load_defended_model(good) is not None  # the writer and reader agree
+    bad = tmp_path / "bad.pt"
+    _write(kind, bad, good)
+    with pytest.raises(ModelFileError) as caught:
+        load_defended_model(bad)
+    message = str(caught.value)
+    assert "\n" not in message and str(bad) in message
+
+
+# ---- a tracking store that does not exist is not created by looking at it
+def test_report_on_a_server_without_the_experiment_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    proc, uri = start_mlflow_server(tmp_path / "store")
+    try:
+        err = io.StringIO()
+        with redirect_stderr(err), redirect_stdout(io.StringIO()):
+            code = report.main(["--experiment", "nope", "--mlflow-uri", uri])
+        assert code == 2
+        assert err.getvalue().startswith("error: no MLflow experiment 'nope'")
+    finally:
+        stop_process(proc)

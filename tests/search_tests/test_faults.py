@@ -1,0 +1,253 @@
+"""Faults during a search on this machine: the tracking server lost and back, a trial that
+crashes, one that diverges, a driver SIGKILLed (its Ray processes left behind, a checkpoint
+corrupted) and resumed. After each, Ray, Optuna and MLflow agree on the trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.processes import session_members, start_mlflow_server, stop_process
+from tests.search_tests.conftest import REPO, run_module
+
+
+def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _children(client: MlflowClient, experiment: str) -> list[object]:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [r for r in client.search_runs([found.experiment_id], max_results=100)
+            if "mlflow.parentRunId" in r.data.tags]
+
+
+def _wait_until(condition: object, proc: subprocess.Popen[bytes], log: Path,
+                timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def _ray_trials(folder: Path) -> dict[str, str]:
+    """Ray Tune's own record of a search's trials: trial id -> status."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    assert states, f"no experiment state in {folder}"
+    data = json.loads(states[-1].read_text())
+    out = {}
+    for entry in data["trial_data"]:
+        trial = json.loads(entry[0]) if isinstance(entry, list) else json.loads(entry)
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def _agree(folder: Path, client: MlflowClient, experiment: str, study: str, count: int
+           ) -> list[object]:
+    """Ray, Optuna and MLflow each hold `count` finished trials, and the same ones."""
+    ray = _ray_trials(folder)
+    assert len(ray) == count and set(ray.values()) <= {"TERMINATED", "ERROR"}, ray
+    trials = optuna.load_study(study_name=study,
+                               storage=f"sqlite:///{folder / 'optuna.db'}").trials
+    assert len(trials) == count
+    assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
+    children = _children(client, experiment)
+    assert len(children) == count
+    assert {r.data.tags["ray_trial_id"] for r in children} == set(ray)  # type: ignore[attr-defined]
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in children)  # type: ignore[attr-defined]
+    return children
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[bytes]], str]]:
+    """An MLflow server the test may stop and start again on the same port and store."""
+    root = tmp_path / "server"
+    root.mkdir()
+    proc, uri = start_mlflow_server(root)
+    procs = [proc]
+    yield root, procs, uri
+    for proc in procs:
+        stop_process(proc)
+
+
+def _args(name: str, uri: str, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--space", "smoke", "--mlflow-uri", uri, "--experiment", name, "--name", name,
+            "--storage-path", str(tmp_path / "ray"), "--sealed-top-k", "0",
+            "--scheduler", "none", *extra]
+
+
+@pytest.mark.slow
+def test_mlflow_lost_and_back_mid_search_loses_nothing(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    root, procs, uri = server
+    log = tmp_path / "search.log"
+    search = _popen(_args("outage", uri, tmp_path, "--num-samples", "4", "--set",
+                          "budget.epochs=8", "--set", "baselines=[]"), tmp_path, log)
+    client = MlflowClient(uri)
+    try:
+        _wait_until(lambda: len(_children(client, "outage")) >= 1, search, log)
+        stop_process(procs.pop())  # the server goes away while trials train...
+        time.sleep(20)
+        assert search.poll() is None  # ...and the search neither stalls nor dies
+        port = int(uri.rsplit(":", 1)[1])
+        procs.append(start_mlflow_server(root, port=port)[0])
+        assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process(search)
+    output = log.read_text()
+    assert "does not answer: the search goes on" in output and " is back" in output
+    children = _agree(tmp_path / "ray" / "outage", client, "outage", "outage", 4)
+    for run in children:  # every evaluation of every trial reached the server
+        history = client.get_metric_history(run.info.run_id, "val/clean/acc")  # type: ignore[attr-defined]
+        assert sorted(m.step for m in history) == list(range(1, 9))
+        assert run.data.tags["trial_status"] == "completed"  # type: ignore[attr-defined]
+    assert not (tmp_path / "ray" / "outage" / "mlflow-pending.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_lost_for_good_stops_cleanly_and_resume_logs_the_rest(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    root, procs, uri = server
+    log = tmp_path / "search.log"
+    args = _args("lost", uri, tmp_path, "--num-samples", "3", "--set", "budget.epochs=6",
+                 "--set", "baselines=[]", "--tracking-outage", "5")
+    search = _popen(args, tmp_path, log)
+    client = MlflowClient(uri)
+    try:
+        _wait_until(lambda: len(_children(client, "lost")) >= 1, search, log)
+        stop_process(procs.pop())
+        code = search.wait(timeout=600)
+    finally:
+        stop_process(search)
+    output = log.read_text()
+    assert code == 3, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: MLflow at") and "--resume" in last, last
+    journal = tmp_path / "ray" / "lost" / "mlflow-pending.jsonl"
+    assert journal.is_file() and journal.read_text().strip()
+    procs.append(start_mlflow_server(root, port=int(uri.rsplit(":", 1)[1]))[0])
+    second = run_module("search.run", *args, "--resume", cwd=tmp_path, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "kept from the last run's outage logged" in second.stdout
+    children = _agree(tmp_path / "ray" / "lost", client, "lost", "lost", 3)
+    assert all(r.data.tags["trial_status"] == "completed" for r in children)  # type: ignore[attr-defined]
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "val/clean/acc")  # type: ignore[attr-defined]
+        assert sorted(m.step for m in history) == list(range(1, 7))
+    assert not journal.exists()
+
+
+@pytest.mark.slow
+def test_a_crashing_trial_is_failed_with_its_error_in_mlflow(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    _, _, uri = server
+    log = tmp_path / "search.log"
+    search = _popen(_args("crash", uri, tmp_path, "--num-samples", "3", "--set",
+                          "budget.epochs=10", "--set", "baselines=[]", "--max-failures", "0",
+                          "--max-concurrent", "1"), tmp_path, log)
+    client = MlflowClient(uri)
+    try:
+        def running() -> bool:
+            runs = _children(client, "crash")
+            return bool(runs) and bool(runs[0].data.tags.get("ray_pid"))  # type: ignore[attr-defined]
+
+        _wait_until(running, search, log)
+        victim = _children(client, "crash")[0]
+        os.kill(int(victim.data.tags["ray_pid"]), signal.SIGSEGV)  # type: ignore[attr-defined]
+        assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process(search)
+    assert "FAILED (error log:" in log.read_text()
+    children = _agree(tmp_path / "ray" / "crash", client, "crash", "crash", 3)
+    crashed = next(r for r in children if r.info.run_id == victim.info.run_id)  # type: ignore[attr-defined]
+    assert crashed.info.status == "FAILED"  # type: ignore[attr-defined]
+    assert crashed.data.tags["trial_status"] == "failed"  # type: ignore[attr-defined]
+    assert "died" in crashed.data.tags["failure"].lower() or \
+        "error" in crashed.data.tags["failure"].lower()  # type: ignore[attr-defined]
+    text = client.download_artifacts(crashed.info.run_id, "failure.txt", str(tmp_path))  # type: ignore[attr-defined]
+    assert Path(text).read_text().strip()
+    others = [r for r in children if r is not crashed]
+    assert all(r.data.tags["trial_status"] == "completed" for r in others)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_with_its_reason_and_is_not_retried(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    _, _, uri = server
+    # lr 50 with Adam: the loss explodes within the first epoch
+    proc = run_module("search.run", *_args(
+        "diverge", uri, tmp_path, "--num-samples", "1", "--set", "baselines=[]", "--set",
+        "fixed.lr=50", "--set", "budget.epochs=3", "--max-failures", "2"), cwd=tmp_path,
+        timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "diverged" in proc.stdout and "not retried" in proc.stdout
+    assert "retrying" not in proc.stdout
+    client = MlflowClient(uri)
+    (run,) = _agree(tmp_path / "ray" / "diverge", client, "diverge", "diverge", 1)
+    assert run.info.status == "FAILED"  # type: ignore[attr-defined]
+    assert "diverged" in run.data.tags["failure"]  # type: ignore[attr-defined]
+    study = optuna.load_study(study_name="diverge",
+                              storage=f"sqlite:///{tmp_path / 'ray' / 'diverge' / 'optuna.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    _, _, uri = server
+    args = _args("resume", uri, tmp_path, "--num-samples", "6", "--set", "budget.epochs=6",
+                 "--set", "baselines=[]")
+    log = tmp_path / "first.log"
+    first = _popen(args, tmp_path, log)
+    client = MlflowClient(uri)
+    try:
+        def two_done_one_midway() -> bool:
+            runs = _children(client, "resume")
+            done = [r for r in runs if r.data.tags.get("trial_status") == "completed"]  # type: ignore[attr-defined]
+            midway = [r for r in runs if r.data.tags.get("trial_status") == "running"  # type: ignore[attr-defined]
+                      and len(client.get_metric_history(r.info.run_id, "val/clean/acc")) >= 2]  # type: ignore[attr-defined]
+            return len(done) >= 2 and bool(midway)
+
+        _wait_until(two_done_one_midway, first, log)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        time.sleep(2)
+        left = [pid for pid in session_members(first.pid)
+                if Path(f"/proc/{pid}/comm").exists()]
+        assert left, "Ray left nothing behind: nothing for the next start to stop"
+        # a checkpoint of a trial that had not finished, corrupted as a crash mid-write would
+        folder = tmp_path / "ray" / "resume"
+        unfinished = [d for d in folder.iterdir() if d.is_dir() and (d / "result.json").exists()
+                      and len((d / "result.json").read_text().splitlines()) < 6
+                      and list(d.glob("checkpoint_*"))]
+        assert unfinished, [d.name for d in folder.iterdir()]
+        for state in unfinished[0].glob("checkpoint_*/state.pt"):
+            state.write_bytes(os.urandom(256))
+        second = run_module("search.run", *args, "--resume", cwd=tmp_path, timeout=600)
+    finally:
+        stop_process(first)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "stopped" in second.stdout and "left by a search that was killed" in second.stdout
+    assert not [pid for pid in left if Path(f"/proc/{pid}").exists()
+                and pid in session_members(first.pid)]
+    done_lines = [line for line in second.stdout.splitlines() if " done: " in line]
+    assert done_lines and not done_lines[0].split("[")[-1].startswith("1/6")
+    children = _agree(folder, client, "resume", "resume", 6)
+    assert all(r.data.tags["trial_status"] == "completed" for r in children)  # type: ignore[attr-defined]
+    restarted = [r for r in children if r.data.tags.get("restarted")]  # type: ignore[attr-defined]
+    assert restarted, second.stdout[-3000:]  # the corrupted one started over, and finished
