@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,12 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
     from mlflow.tracking import MlflowClient
 
     quick_failures()
-    client = MlflowClient(plan.mlflow_uri)
     parent_id = None
+    clock = Clock()
     with ray_session(plan.address):
         try:
             resources = _start(plan)
+            client = MlflowClient(plan.mlflow_uri)  # a sqlite store is made here, not before
             config = plan.space.trial_config(cache_dir=cache_dir)
             shared = prepare_shared(config, pool_candidates=plan.space.pool.candidates,
                                     log=lambda line: print(f"  {line}", flush=True))
@@ -112,16 +114,40 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
             parent_id = _parent_run(client, experiment_id, plan, resume=resume)
             _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
             client.log_artifact(parent_id, str(Path(plan.output_dir) / ARTIFACT.SPACE))
+            clock.lap("prepare")
             results = _fit(plan, shared, resources, experiment_id, parent_id, resume=resume)
             _compare_with_baselines(client, experiment_id, parent_id, results, plan)
+            clock.lap("search")
             report = _final(plan, shared, resources, client, experiment_id, parent_id, results)
+            clock.lap("final comparison")
         except BaseException as err:
             if parent_id is not None and not isinstance(err, TrackingOutageError):
                 with contextlib.suppress(MlflowException):  # the server may be what failed
                     client.set_terminated(parent_id, "KILLED" if isinstance(
                         err, KeyboardInterrupt) else "FAILED")
             raise
-    return _finish(plan, client, experiment_id, parent_id, results, report)
+    return _finish(plan, client, experiment_id, parent_id, results, report, clock)
+
+
+class Clock:
+    """Wall time per phase of the command (printed at the end and logged on the parent run)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = now - self.last
+        self.last = now
+
+    def line(self) -> str:
+        def span(seconds: float) -> str:
+            return f"{int(seconds // 60)}m{seconds % 60:04.1f}s" if seconds >= 60 \
+                else f"{seconds:.1f}s"
+
+        return ("wall time: " + ", ".join(f"{k} {span(v)}" for k, v in self.laps.items())
+                + f"; total {span(time.perf_counter() - self.start)}")
 
 
 def _start(plan: SearchPlan) -> dict[str, float]:
@@ -235,7 +261,7 @@ def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, res
 
 
 def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
-            results: Any, report: FinalReport | None) -> int:
+            results: Any, report: FinalReport | None, clock: Clock) -> int:
     space, out = plan.space, Path(plan.output_dir)
     entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
     print("\nleaderboard (full-length trials first; ranked by "
@@ -272,11 +298,15 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     plots = write_plots(entries, out / "report", objective=plan.raw_objective, space=space)
     for path in plots:
         client.log_artifact(parent_id, str(path), "report")
+    clock.lap("report")
+    for phase, seconds in clock.laps.items():
+        client.log_metric(parent_id, f"time/{phase.replace(' ', '_')}_s", seconds)
     client.set_terminated(parent_id, "FINISHED")
     _print_where(plan, best, model, out, plots)
     if report is not None:
         print("\nfinal comparison (test split; the table is also on the MLflow parent run as "
               f"{ARTIFACT.FINAL_TABLE}):\n{report.markdown()}")
+    print(f"\n{clock.line()}")
     return 0
 
 

@@ -113,7 +113,8 @@ def robustness_table(metrics: Mapping[str, float]) -> str:
 def failure_line(text: str) -> str:
     """The line that says why: a reported reason's first line, or the last `Error: ...` line
     of a traceback (MLflow tags hold 5000 characters; this holds 500)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines()  # Ray's "Failure # n (at ...)" header
+             if line.strip() and not line.strip().startswith("Failure #")]
     errors = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception"))
               or line.startswith(("ray.exceptions", "trainables.errors"))]
     return (errors[-1] if errors else lines[0] if lines else "unknown")[:500]

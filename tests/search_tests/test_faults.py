@@ -189,10 +189,10 @@ def test_a_crashing_trial_is_failed_with_its_error_in_mlflow(
 def test_a_diverging_trial_fails_with_its_reason_and_is_not_retried(
         tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
     _, _, uri = server
-    # lr 50 with Adam: the loss explodes within the first epoch
+    # lr 1 with Adam: clean accuracy falls to chance within the first epoch
     proc = run_module("search.run", *_args(
         "diverge", uri, tmp_path, "--num-samples", "1", "--set", "baselines=[]", "--set",
-        "fixed.lr=50", "--set", "budget.epochs=3", "--max-failures", "2"), cwd=tmp_path,
+        "fixed.lr=1", "--set", "budget.epochs=3", "--max-failures", "2"), cwd=tmp_path,
         timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "diverged" in proc.stdout and "not retried" in proc.stdout

@@ -438,16 +438,17 @@ def test_a_fixed_pool_suggests_no_flags(tmp_path: Path) -> None:
 def test_logged_params_have_the_same_keys_for_every_trial() -> None:
     space = spaces.load("mid")
     defaults = space.logged_params(space.default_values())
-    off = space.logged_params({"unig": "off", "pool.Spatial.medium": True, "pool.FGSM": False})
-    assert set(defaults) == set(off)
+    on = space.logged_params({"unig": "per_sample", "unig_delta": 0.5,
+                              "pool.Spatial.medium": True, "pool.FGSM": False})
+    assert set(defaults) == set(on)
     assert {space.pool.key(n) for n in space.pool.candidates} <= set(defaults)
     assert "pool.Spatial.medium" in defaults  # MLflow keys allow no `@`
-    assert defaults["pool"] == "FGSM+PGD+MIFGSM"
-    assert off["pool"] == "PGD+MIFGSM+Spatial@medium"
-    assert off["pool.Spatial.medium"] is True and off["pool.FGSM"] is False
-    assert defaults["unig_delta"] == 0.5
-    assert off["unig_delta"] == "inactive"
-    assert off["unig"] == "off"
+    assert defaults["pool"] == "FGSM+PGD+MIFGSM+TPGD+PGDL2"
+    assert on["pool"] == "PGD+MIFGSM+TPGD+PGDL2+Spatial@medium"
+    assert on["pool.Spatial.medium"] is True and on["pool.FGSM"] is False
+    assert on["unig_delta"] == 0.5
+    assert defaults["unig_delta"] == "inactive"
+    assert defaults["unig"] == "off"
     for values in _run_study(space, 10):
         assert set(space.logged_params(values)) == set(defaults)
 
