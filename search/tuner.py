@@ -21,7 +21,7 @@ from search.plan import SearchPlan
 from search.trainable import train_recipe
 from spaces import RECORD_KEY
 from trainables.prepare import Shared
-from trainables.vocab import FAILURE_REASON, Scheduler, SearchAlg
+from trainables.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
 
 __all__ = ["PruneAwareOptunaSearch", "build_tuner", "restore_tuner"]
 
@@ -51,6 +51,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """A driver killed between asking Optuna for a trial and saving Tune's state leaves
+        that trial RUNNING in the study, unknown to the restored searcher: it never ran, so it
+        is told FAIL (with the reason as a user attribute) instead of staying RUNNING."""
+        super().restore(checkpoint_path)
+        study = self._ot_study
+        if study is None:
+            return
+        known = {trial._trial_id for trial in self._ot_trials.values()}
+        for frozen in study.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen._trial_id not in known:
+                optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
+                    ORPHANED, "asked by a driver that was killed before the trial ran")
+                study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:

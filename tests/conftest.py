@@ -28,6 +28,16 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["DEFENSE_SEARCH_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def restored_environment() -> Iterator[None]:
+    """In-process CLI calls set Ray's environment switches (loopback, output); a test that
+    leaked them would change how later tests' Ray processes start."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def smoke_space() -> spaces.Space:
     return spaces.load("smoke")

@@ -111,10 +111,28 @@ def build_unig(config: TrialConfig) -> UniG | None:
 
 @torch.no_grad()
 def _class_means(student: _Student, x: torch.Tensor, y: torch.Tensor, classes: int,
-                 layer: str) -> torch.Tensor:
-    z, h, _ = student(x)
-    feats = (h if layer == PclLayers.PENULTIMATE else z).flatten(1)
-    return torch.stack([feats[y == k].mean(0) for k in range(classes)])
+                 layer: str, batch_size: int) -> torch.Tensor:
+    """Each class's mean feature, in batches and without a graph (a whole training set in one
+    pass does not fit a GPU). A class with no training image starts at the overall mean, moved
+    by a little seeded noise so that two such prototypes are not equal."""
+    sums: torch.Tensor | None = None
+    counts = torch.bincount(y, minlength=classes).to(x.dtype)
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            z, h, _ = student(x[start:start + batch_size])
+            feats = (h if layer == PclLayers.PENULTIMATE else z).flatten(1)
+            part = torch.zeros((classes, feats.shape[1]), dtype=feats.dtype, device=feats.device)
+            part.index_add_(0, y[start:start + batch_size], feats)
+            sums = part if sums is None else sums + part
+    assert sums is not None
+    means = sums / counts.clamp_min(1).unsqueeze(1)
+    missing = counts == 0
+    if missing.any():
+        overall = sums.sum(0) / counts.sum()
+        noise = torch.randn((int(missing.sum()), sums.shape[1]),
+                            generator=torch.Generator().manual_seed(0)).to(sums.device)
+        means[missing] = overall + 0.01 * overall.abs().mean() * noise
+    return means
 
 
 class _Recipe:
@@ -145,7 +163,7 @@ class _Recipe:
         teacher_view = _Student(self.t_encoder, self.t_head)
         self.prototypes = nn.ParameterDict({
             layer: nn.Parameter(_class_means(teacher_view, train_x, train_y,
-                                             self.num_classes, layer))
+                                             self.num_classes, layer, config.eval_batch_size))
             for layer in layers})
         trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable + list(self.prototypes.parameters()),

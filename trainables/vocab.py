@@ -208,6 +208,7 @@ POINTS = "points"  # a result's per-point values of its summary metrics: points/
 # a trial that failed for a reason a retry would meet again reports it (and is not retried)
 FAILURE_REASON = "failure/reason"
 FAILURE_LINES = "failure/last_lines"
+ORPHANED = "orphaned"  # Optuna user attribute of a trial a killed driver asked for, never ran
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
 # Metric namespaces a trial reports (what MLflow keeps; Tune's own keys are left out)

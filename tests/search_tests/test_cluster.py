@@ -77,8 +77,9 @@ _TOKEN = secrets.token_hex(32)
 
 def _env() -> dict[str, str]:
     # The same token-auth mode and token for every Ray process (head, worker, driver, queries).
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN,
-            "PYTHONPATH": str(REPO)}
+    # A local search's loopback switch (set by in-process tests) would refuse a second node.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN, "PYTHONPATH": str(REPO)}
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

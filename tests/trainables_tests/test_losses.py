@@ -93,6 +93,16 @@ def test_pcl_is_bounded_below_where_the_released_loss_is_not() -> None:
     assert float(unbounded) < -900
 
 
+def test_pcl_gradients_are_finite_where_a_distance_is_zero() -> None:
+    # a lone sample equal to its prototype, and two prototypes that coincide
+    prototypes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    features = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    total, _ = prototype_conformity(features, torch.tensor([0]), prototypes, margin=1.0)
+    total.backward()
+    assert prototypes.grad is not None and features.grad is not None
+    assert torch.isfinite(prototypes.grad).all() and torch.isfinite(features.grad).all()
+
+
 def test_pcl_gradient_pulls_to_own_prototype_and_pushes_from_others() -> None:
     features = torch.tensor([[1.6, 0.0, 0.0, 0.0]], requires_grad=True)  # nearer prototype 1
     total, _ = prototype_conformity(features, torch.tensor([0]), _two_prototypes(), margin=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,18 @@ def test_trial_reports_every_metric_per_evaluation(smoke_space: spaces.Space,
     assert result.metrics["val/heldout/union_acc"] <= result.metrics["val/heldout/worst_acc"]
     assert states[-1]["epoch"] == 1 and "recipe" in states[-1]
     assert isinstance(result.model.unig, UniG)
+
+
+def test_a_class_missing_from_the_training_set_trains(smoke_space: spaces.Space,
+                                                      smoke_shared: Shared) -> None:
+    # its PCL prototype has no images to average: it once started as NaN and ruined training
+    data = smoke_shared.data
+    keep = data.train_y != 9
+    shared = dataclasses.replace(smoke_shared, data=dataclasses.replace(
+        data, train_x=data.train_x[keep], train_y=data.train_y[keep]), target_examples={})
+    config = smoke_space.trial_config(epochs=1, eval_every=1, pcl_weight=1.0)
+    result = run_trial(config, shared=shared, log=_quiet)
+    assert math.isfinite(result.metrics["train/loss"])
 
 
 def test_same_seed_same_numbers_and_resume_continues(smoke_space: spaces.Space,

@@ -1,0 +1,46 @@
+"""The GPU benchmark's code path runs on the CPU at toy size, and its cost model adds up."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import spaces
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_asha_evaluations_follow_the_promotion_rule() -> None:
+    gpu = _bench("gpu")
+    space = spaces.load("smoke", ["search.grace_period=1", "search.reduction_factor=2",
+                                  "budget.epochs=4", "budget.eval_every=1"])
+    # rungs 1, 2, 4: 8 trials x 1 + 4 x 1 + 2 x 2 evaluation periods
+    assert gpu.asha_evaluations(space, 8) == pytest.approx(16.0)
+
+
+@pytest.mark.slow
+def test_the_paper_trial_runs_at_toy_size_and_the_cost_model_scales_it() -> None:
+    gpu = _bench("gpu")
+    tiny = ["budget.batch_size=16", "budget.eval_batch_size=8", "fixed.train_attack_steps=1"]
+    metrics = gpu.one_trial("paper", tiny, "cpu", 32, 4, False)
+    for key in ("time/craft_s", "time/step_s", "time/eval_attacks_s"):
+        assert metrics[key] > 0, key
+    lines = gpu.cost_model(spaces.load("paper", tiny), metrics, 4)
+    per_trial = float(lines[3].split(":")[1].split()[0])
+    train_h = float(lines[0].split("->")[1].split()[0])
+    eval_h = float(lines[1].split("->")[1].split()[0])
+    assert per_trial == pytest.approx(train_h + eval_h, abs=0.02)
+    assert "paper search" in lines[4]
