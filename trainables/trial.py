@@ -258,6 +258,12 @@ def _worst(model: nn.Module, candidates: list[torch.Tensor], y: torch.Tensor) ->
     return stacked[losses.argmax(0), torch.arange(len(y), device=y.device)]
 
 
+def _cuda_ids(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.current_device() if device.index is None else device.index]
+
+
 def _check_training(loss: float, first: float, epoch: int) -> None:
     """Stops a trial whose training loss is not finite or exploded (TrialFailedError)."""
     if not math.isfinite(loss):
@@ -452,8 +458,11 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
         # ---- evaluate (and report) every eval_every epochs and after the last
         last = epoch == config.epochs - 1
         if validate and ((epoch + 1) % config.eval_every == 0 or last):
-            metrics, points = _evaluate(config, shared, defended, full if last else rung,
-                                        final=last, watch=watch)
+            # evaluations draw from a fork of the RNG: how much a rung evaluates (its points,
+            # strength, masking checks) leaves the training stream, and so the model, as it was
+            with torch.random.fork_rng(devices=_cuda_ids(device)):
+                metrics, points = _evaluate(config, shared, defended, full if last else rung,
+                                            final=last, watch=watch)
             recipe.student.train()
             _check_clean(metrics[CLEAN_ACC], shared.setup.info.num_classes, epoch)
             metrics.update(train_metrics)

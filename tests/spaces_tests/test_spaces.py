@@ -95,7 +95,7 @@ def test_mid_searches_all_four_dimensions() -> None:
     assert "pcl_margin" in space.params  # polytope margin
     assert space.params["unig"].type == "categorical"  # UniG module size
     assert len(space.params["unig"].choices or ()) >= 2
-    assert space.search.num_samples >= 24
+    assert space.search.num_samples > len(space.baselines) + 1  # proposals beyond the fixed points
     assert space.base["dataset"] == "digits"
 
 
