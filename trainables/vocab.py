@@ -212,7 +212,7 @@ ORPHANED = "orphaned"  # Optuna user attribute of a trial a killed driver asked 
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
 # Metric namespaces a trial reports (what MLflow keeps; Tune's own keys are left out)
-METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/")
+METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/", "fidelity/")
 
 
 # ---------------------------------------------------------------- MLflow tags and artifacts

@@ -48,6 +48,17 @@ def test_report_prints_the_leaderboard_and_logs_its_plots(smoke_search: Finished
                          cwd=smoke_search.cwd, timeout=300)
     rows = json.loads(as_json.stdout)
     assert len(rows) == 8 and {"masking_flags", "val/objective"} <= set(rows[0])
+    # any MLflow experiment, no search folder: importance comes from the runs themselves
+    out = smoke_search.cwd / "experiment-report"
+    plots = run_module("search.report", "--experiment", "smoke-test", "--mlflow-uri",
+                       smoke_search.mlflow_uri, "--out", str(out), cwd=smoke_search.cwd,
+                       timeout=300)
+    assert plots.returncode == 0, plots.stderr
+    full = [r for r in rows if r.get("status") == "completed"]
+    if len(full) >= 3:
+        assert (out / "importance.png").stat().st_size > 10_000
+    else:  # too few to fit fANOVA: said, not silently left out
+        assert "fANOVA needs at least 3" in plots.stderr
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,24 @@ def test_cli_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], messag
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert message in lines[0]
+
+
+def test_ctrl_c_stops_a_trial_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.Popen([sys.executable, "-m", "search.trial", "--space", "smoke", "--set",
+                             "budget.epochs=50", "--out", str(out)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # interrupt it mid-training
+            if "epoch 1/50" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted: nothing was written"
+    assert "Traceback" not in stderr and not out.exists()
