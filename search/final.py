@@ -190,8 +190,10 @@ def _times(metrics: Mapping[str, float]) -> str:
 
 def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k: int,
                   baselines: Sequence[str] | None = None) -> list[Candidate]:
-    """The best `top_k` completed searched trials (those that raised no masking flag first: a
-    flagged trial's robustness is not real), then the baselines (default: the space's)."""
+    """The best `top_k` searched trials, then the baselines (default: the space's). Trials that
+    raised no masking flag come first (a flagged trial's robustness is not real), then those
+    that ran to the end; an early-stopped one is only taken when too few did, and is trained
+    full-length here like every other seed."""
     out: list[Candidate] = []
     baseline_runs: dict[str, Entry] = {}
     searched = []
@@ -201,11 +203,13 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
             continue
         if record.get("baseline"):
             baseline_runs.setdefault(record["baseline"], entry)
-        elif entry.status == TrialStatus.COMPLETED:
-            searched.append((bool(entry.flags), entry, record))
+        elif entry.status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED):
+            searched.append(((bool(entry.flags), entry.status != TrialStatus.COMPLETED),
+                             entry, record))
     for _, entry, record in sorted(searched, key=lambda s: s[0])[:top_k]:
+        done = entry.status == TrialStatus.COMPLETED
         out.append(Candidate(entry.name.split()[0], record, entry.run_id, False,
-                             model_file(results, entry.trial_id)))
+                             model_file(results, entry.trial_id) if done else None))
     for name in space.baselines if baselines is None else baselines:
         run = baseline_runs.get(name)
         if run is None:  # not part of the search: trained here only, with the space's setting

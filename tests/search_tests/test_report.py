@@ -71,7 +71,17 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
                       "--baselines", "standard", "--format", "csv", cwd=smoke_search.cwd,
                       timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 recipes x 2 seeds = 4 tasks (1 models reused from the search)" in proc.stdout
+    # the search's seed-0 model is reused when the best searched trial ran to the end (an
+    # early-stopped one is retrained full-length)
+    # (unflagged trials first, then those that ran to the end)
+    searched = [r for r in smoke_search.client.search_runs([smoke_search.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags and "baseline" not in r.data.tags
+                and r.data.tags.get("trial_status") in ("completed", "early-stopped")]
+    best = min((r.data.tags.get("masking_flags", "none") != "none",
+                r.data.tags["trial_status"] != "completed") for r in searched)
+    reused = int(not best[1])
+    assert f"2 recipes x 2 seeds = 4 tasks ({reused} models reused from the search)" \
+        in proc.stdout
     rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.index("recipe,"):])))
     assert [r["recipe"] for r in rows][1:] == ["standard"]
     for row in rows:

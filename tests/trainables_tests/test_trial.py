@@ -153,6 +153,14 @@ def test_cheaper_early_evaluations_leave_training_and_the_last_evaluation_unchan
     cheap = _final_metrics(smoke_space, smoke_shared, rung_samples=16, rung_strength=0.5,
                            rung_heldout_only=True)
     assert cheap == full
+    # and each evaluation names its fidelity: 16 points at half strength, then all 64
+    reports: list[dict[str, float]] = []
+    config = smoke_space.trial_config(epochs=2, eval_every=1, rung_samples=16,
+                                      rung_strength=0.5, rung_heldout_only=True)
+    run_trial(config, shared=smoke_shared, log=_quiet,
+              report=lambda metrics, *_: reports.append(metrics))
+    assert [(r["fidelity/points"], r["fidelity/strength"]) for r in reports] == [
+        (16.0, 0.5), (64.0, 1.0)]
 
 
 def test_fused_task_passes_agree_with_separate_ones(smoke_space: spaces.Space,
