@@ -22,7 +22,7 @@ from search.report import write_plots
 from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
-from search.tuner import build_tuner, restore_tuner
+from search.tuner import build_tuner, fail_orphans, restore_tuner
 from trainables.prepare import Shared, prepare_shared
 from trainables.vocab import (
     ARTIFACT,
@@ -190,6 +190,9 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     tuner = (restore_tuner(plan, shared, resources, path) if resume
              else build_tuner(plan, shared, resources, [logger, progress]))
     results = tuner.fit()
+    if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
+        print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
+              "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
     _drain_journal(plan, logger, journal)
     return results
 

@@ -23,7 +23,7 @@ from spaces import RECORD_KEY
 from trainables.prepare import Shared
 from trainables.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
 
-__all__ = ["PruneAwareOptunaSearch", "build_tuner", "restore_tuner"]
+__all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "restore_tuner"]
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -33,16 +33,35 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
 
+    def _live(self, trial_id: str) -> bool:
+        """Whether Optuna can still take this trial's results. After a killed driver resumes,
+        the study (written at once) can be ahead of the searcher's checkpoint (written every
+        so often): a trial may have finished there already, or be unknown to the searcher."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return False
+        assert self._ot_study is not None
+        state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+        if state.is_finished():
+            self._completed_trials.add(trial_id)
+            return False
+        return True
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self._live(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
+        if not self._live(trial_id):
+            return
         iterations = (result or {}).get("training_iteration", self._max_t)
-        if result and FAILURE_REASON in result and trial_id not in self._completed_trials:
+        if result and FAILURE_REASON in result:
             assert self._ot_study is not None  # a failure the trial reported: FAIL, no value
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return
-        if (result and not error and iterations < self._max_t
-                and trial_id not in self._completed_trials):
+        if result and not error and iterations < self._max_t:
             ot_trial = self._ot_trials[trial_id]
             if not isinstance(self.metric, list):  # Optuna keeps no curves for multi-objective
                 ot_trial.report(result[self.metric], iterations)
@@ -52,21 +71,18 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result, error)
 
-    def restore(self, checkpoint_path: str) -> None:
-        """A driver killed between asking Optuna for a trial and saving Tune's state leaves
-        that trial RUNNING in the study, unknown to the restored searcher: it never ran, so it
-        is told FAIL (with the reason as a user attribute) instead of staying RUNNING."""
-        super().restore(checkpoint_path)
-        study = self._ot_study
-        if study is None:
-            return
-        known = {trial._trial_id for trial in self._ot_trials.values()}
-        for frozen in study.get_trials(deepcopy=False,
-                                       states=(optuna.trial.TrialState.RUNNING,)):
-            if frozen._trial_id not in known:
-                optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
-                    ORPHANED, "asked by a driver that was killed before the trial ran")
-                study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+
+def fail_orphans(storage: str, study_name: str) -> int:
+    """After a search: Optuna trials still RUNNING were asked by a driver that was killed and
+    never reached Optuna again (the resumed searcher did not know them). They are told FAIL,
+    with the reason as a user attribute, instead of staying RUNNING forever."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for frozen in running:
+        optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
+            ORPHANED, "asked by a driver that was killed; its results never reached Optuna")
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
 
 
 def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:

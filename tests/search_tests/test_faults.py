@@ -65,10 +65,11 @@ def _agree(folder: Path, client: MlflowClient, experiment: str, study: str, coun
     assert len(ray) == count and set(ray.values()) <= {"TERMINATED", "ERROR"}, ray
     trials = optuna.load_study(study_name=study,
                                storage=f"sqlite:///{folder / 'optuna.db'}").trials
-    # a killed driver may have asked Optuna for one trial it never started: told FAIL
+    # a trial the killed driver asked for after its last searcher checkpoint never reaches
+    # Optuna again (whether Tune then ran it or not): told FAIL, marked orphaned
     orphans = [t for t in trials if ORPHANED in t.user_attrs]
     assert all(t.state == optuna.trial.TrialState.FAIL for t in orphans), orphans
-    assert len(trials) - len(orphans) == count
+    assert count - len(orphans) <= len(trials) - len(orphans) <= count
     assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
     children = _children(client, experiment)
     assert len(children) == count
