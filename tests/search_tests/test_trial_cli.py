@@ -60,7 +60,10 @@ def test_ctrl_c_stops_a_trial_in_one_line_and_writes_nothing(tmp_path: Path) -> 
     proc = subprocess.Popen([sys.executable, "-m", "search.trial", "--space", "smoke", "--set",
                              "budget.epochs=50", "--out", str(out)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            # a shell running in the background ignores SIGINT, and its
+                            # children inherit that: give the trial Ctrl-C back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # interrupt it mid-training
