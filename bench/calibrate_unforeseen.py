@@ -27,11 +27,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from trainables.attacks import build_attack
-from trainables.baselines import baseline_config
+from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
-from trainables.prepare import prepare_shared
-from trainables.threat import LEVELS
-from trainables.trial import run_trial
+from trainables.setting.prepare import prepare_shared
+from trainables.attacks.threat import LEVELS
+from trainables.train import run_trial
 
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -32,10 +32,10 @@ import torch
 
 import spaces
 from trainables.config import TrialConfig
-from trainables.data import DataSplits
-from trainables.models import build_arch
-from trainables.prepare import Shared
-from trainables.setup import dataset_info, resolve_setup
+from trainables.setting.data import DataSplits
+from trainables.defense.models import build_arch
+from trainables.setting.prepare import Shared
+from trainables.setting.setup import dataset_info, resolve_setup
 
 PAPER_TRAIN = 45_000  # CIFAR-10's training images less the validation split
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import spaces
-from trainables.stats import paired_difference
+from trainables.scoring.stats import paired_difference
 from trainables.vocab import CLEAN_ACC, Group, Split, group_metric
 
 UNION = group_metric(Split.VAL, Group.HELDOUT, "union_acc")
@@ -98,7 +98,7 @@ def _run(space_name: str, overrides: list[str], lever: Lever, seed: int
          ) -> tuple[str, int, dict[str, float], dict[str, np.ndarray], float]:
     import torch
 
-    from trainables.trial import run_trial
+    from trainables.train import run_trial
 
     torch.set_num_threads(1)
     space = spaces.load(space_name, overrides)
@@ -134,7 +134,7 @@ def main() -> None:
         levers.insert(0, next(lv for lv in LEVERS if lv.name == args.reference))
     for lever in levers:
         _values(space, lever)  # every lever is expressible in the space, before any training
-    from trainables.prepare import prepare_shared
+    from trainables.setting.prepare import prepare_shared
     # the teacher and target cached once here, not trained by every worker at once
     prepare_shared(space.trial_config(threads=1), pool_candidates=space.pool.candidates,
                    log=lambda _: None)

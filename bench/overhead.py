@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 import spaces
 from trainables.attacks.specs import attack_budget
-from trainables.baselines import baseline_config
+from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
-from trainables.models import build_arch
-from trainables.prepare import Shared, prepare_shared
-from trainables.trial import run_trial
+from trainables.defense.models import build_arch
+from trainables.setting.prepare import Shared, prepare_shared
+from trainables.train import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 

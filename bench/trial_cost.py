@@ -19,10 +19,10 @@ from collections import defaultdict
 import torch
 
 import spaces
-from trainables.baselines import baseline_config
+from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
-from trainables.prepare import prepare_shared
-from trainables.trial import run_trial
+from trainables.setting.prepare import prepare_shared
+from trainables.train import run_trial
 
 
 def _phases(config: TrialConfig, shared: object, repeats: int) -> dict[str, list[float]]:

@@ -23,7 +23,7 @@ from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.tuner import build_tuner, fail_orphans, restore_tuner
-from trainables.prepare import Shared, prepare_shared
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     ARTIFACT,
     CLEAN_ACC,

@@ -27,12 +27,12 @@ import torch
 from search.leaderboard import Entry
 from search.records import model_file, points_of, record_of
 from spaces import Space
-from trainables.baselines import baseline_config
+from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
-from trainables.export import load_defended_model
-from trainables.prepare import Shared
-from trainables.sealed import Evaluation, sealed_evaluation
-from trainables.stats import Interval, paired_difference, seed_interval
+from trainables.defense.export import load_defended_model
+from trainables.setting.prepare import Shared
+from trainables.scoring.final import Evaluation, sealed_evaluation
+from trainables.scoring.stats import Interval, paired_difference, seed_interval
 from trainables.vocab import (
     ARTIFACT,
     TAG,
@@ -158,7 +158,7 @@ def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, str
     """A Ray task: train the recipe with this config's seed (unless its model is given),
     then its final evaluation."""
     from search.trainable import assigned_device
-    from trainables.trial import run_trial
+    from trainables.train import run_trial
 
     torch.set_num_threads(threads)
     device = assigned_device()

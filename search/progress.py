@@ -9,7 +9,7 @@ from ray.tune import Callback
 
 from search.records import trial_status
 from spaces import RECORD_KEY
-from trainables.masking import raised_flags
+from trainables.scoring.masking import raised_flags
 from trainables.vocab import (
     CLEAN_ACC,
     FAILURE_REASON,

@@ -126,7 +126,7 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     space = spaces.load(args.space, overrides)
     setup = space.setup()  # data directory, attacks vs data set, budgets
     if setup.info.needs_data_dir:  # the files read here, not first on the cluster's nodes
-        from trainables.data import load_dataset
+        from trainables.setting.data import load_dataset
 
         config = space.trial_config()
         load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed,

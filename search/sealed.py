@@ -22,9 +22,9 @@ from search.final import candidates_of, final_stage
 from search.records import locate, quiet_ray, use_loopback_for
 from search.session import ray_session
 from spaces import Space
-from trainables.baselines import BASELINES
+from trainables.defense.baselines import BASELINES
 from trainables.errors import ConfigError
-from trainables.prepare import Shared, prepare_shared
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import ARTIFACT, FINAL_SEEDS, SEALED_STRENGTH
 
 __all__ = ["main"]

@@ -28,8 +28,8 @@ from spaces import RECORD_KEY
 from trainables.attacks import attack_spec, list_families
 from trainables.config import RUNTIME_KEYS
 from trainables.errors import ConfigError
-from trainables.masking import raised_flags
-from trainables.threat import NORMS
+from trainables.scoring.masking import raised_flags
+from trainables.attacks.threat import NORMS
 from trainables.vocab import (
     ARTIFACT,
     FAILURE_LINES,

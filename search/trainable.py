@@ -20,10 +20,10 @@ from ray import tune
 from spaces import RECORD_KEY, Space
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError, TrialFailedError
-from trainables.export import save_defended_model
-from trainables.models import DefendedModel
-from trainables.prepare import Shared
-from trainables.trial import Points, run_trial
+from trainables.defense.export import save_defended_model
+from trainables.defense.models import DefendedModel
+from trainables.setting.prepare import Shared
+from trainables.train import Points, run_trial
 from trainables.vocab import (
     ARTIFACT,
     FAILURE_LINES,

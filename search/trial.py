@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from trainables.config import TrialConfig
-    from trainables.export import save_defended_model
-    from trainables.trial import run_trial
+    from trainables.defense.export import save_defended_model
+    from trainables.train import run_trial
 
     overrides = list(args.overrides)
     if args.data_dir is not None:

@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search.plan import SearchPlan
 from search.trainable import train_recipe
 from spaces import RECORD_KEY
-from trainables.prepare import Shared
+from trainables.setting.prepare import Shared
 from trainables.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
 
 __all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "restore_tuner"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from trainables.attacks import attack_spec
-from trainables.baselines import BASELINES, baseline_values
+from trainables.defense.baselines import BASELINES, baseline_values
 from trainables.config import FIELDS, RECIPE_FIELDS, TrialConfig
 from trainables.errors import ConfigError
-from trainables.setup import Setup, resolve_setup
+from trainables.setting.setup import Setup, resolve_setup
 from trainables.vocab import (
     CLEAN_ACC,
     GROUP_STATS,
@@ -271,7 +271,7 @@ class Space:
     search: SearchSettings
     source: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    baselines: tuple[str, ...] = ()  # reference recipes enqueued first (trainables.baselines)
+    baselines: tuple[str, ...] = ()  # reference recipes enqueued first (trainables.defense.baselines)
 
     # ---- values <-> trial configs
     def default_values(self) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import torch
 
 import spaces
 from tests.processes import start_mlflow_server, stop_process
-from trainables.models import DefendedModel
-from trainables.prepare import Shared, prepare_shared
+from trainables.defense.models import DefendedModel
+from trainables.setting.prepare import Shared, prepare_shared
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,7 +83,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def at_model(smoke_space: spaces.Space) -> DefendedModel:
     """A plainly PGD-adversarially-trained small CNN on digits (no UniG, no tricks)."""
-    from trainables.trial import run_trial
+    from trainables.train import run_trial
 
     config = smoke_space.trial_config(
         teacher_epochs=15, epochs=12, eval_every=12, batch_size=32, pool=["PGD"],

@@ -53,3 +53,35 @@ def test_no_import_cycles() -> None:
                 elif target not in path:
                     stack.append((target, (*path, target)))
     assert not cycles, cycles[:5]
+
+
+# The rooms of trainables/ and which other rooms each may import (the top-level modules:
+# config, vocab, errors, registry and runtime are the floor every room stands on; train.py,
+# the trial's story, may import every room)
+ROOMS = {"attacks": set(), "defense": set(), "setting": {"attacks", "defense"},
+         "scoring": {"attacks", "defense", "setting"}}
+FLOOR = {"trainables.config", "trainables.vocab", "trainables.errors", "trainables.registry",
+         "trainables.runtime"}
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "trainables" and len(parts) > 1 and parts[1] in ROOMS \
+        else None
+
+
+def test_rooms_of_trainables_import_one_way() -> None:
+    wrong = []
+    for source, targets in _imports(_modules()).items():
+        if not source.startswith("trainables."):
+            continue
+        room = _room(source)
+        for target in targets:
+            if not target.startswith("trainables"):
+                continue
+            if source in FLOOR and target not in FLOOR:
+                wrong.append(f"{source} -> {target} (the floor imports no room)")
+            elif room is not None and target not in FLOOR and _room(target) not in (
+                    room, *ROOMS[room]):
+                wrong.append(f"{source} -> {target}")
+    assert not wrong, wrong

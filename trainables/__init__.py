@@ -31,12 +31,12 @@ __all__ = [
     "save_defended_model",
 ]
 
-_LAZY = {"load_defended_model": "trainables.export", "save_defended_model": "trainables.export",
-         "run_trial": "trainables.trial", "TrialResult": "trainables.trial"}
+_LAZY = {"load_defended_model": "trainables.defense.export", "save_defended_model": "trainables.defense.export",
+         "run_trial": "trainables.train", "TrialResult": "trainables.train"}
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m trainables.trial` does not import trainables.trial twice.
+    # Lazy, so `python -m trainables.train` does not import trainables.train twice.
     if name in _LAZY:
         import importlib
 

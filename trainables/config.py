@@ -130,7 +130,7 @@ def _weight(default: float, doc: str) -> Any:
 @dataclass(frozen=True)
 class TrialConfig:
     # ---- setup: the setting a recipe is trained and scored in
-    dataset: str = _value("digits", "data set name (trainables.setup.list_datasets())")
+    dataset: str = _value("digits", "data set name (trainables.setting.setup.list_datasets())")
     data_dir: str | None = _value(None, "directory holding a data set's standard files",
                                   kind="str", optional=True)
     download: bool = _value(False, "download missing data set files (needs a network)")

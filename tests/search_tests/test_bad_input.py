@@ -16,8 +16,8 @@ import torch
 from search import report, run, sealed, trial
 from tests.processes import start_mlflow_server, stop_process
 from trainables.errors import ModelFileError
-from trainables.export import load_defended_model, save_defended_model
-from trainables.models import DefendedModel, build_arch
+from trainables.defense.export import load_defended_model, save_defended_model
+from trainables.defense.models import DefendedModel, build_arch
 
 Main = Callable[[Sequence[str] | None], int]
 RUN, TRIAL, REPORT, SEALED = run.main, trial.main, report.main, sealed.main

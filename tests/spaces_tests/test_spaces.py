@@ -16,7 +16,7 @@ import spaces
 from spaces import Space, SpaceError
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
-from trainables.setup import resolve_setup
+from trainables.setting.setup import resolve_setup
 
 SHIPPED = ["mid", "mnist5k", "paper", "smoke"]
 

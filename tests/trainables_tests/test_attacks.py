@@ -1,4 +1,4 @@
-"""Tests for trainables.attacks and trainables.threat: the registry, building and calling every
+"""Tests for trainables.attacks and trainables.attacks.threat: the registry, building and calling every
 attack, the data-set fit checks, training-safe crafting and the budget arithmetic."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from trainables.attacks import (
 )
 from trainables.attacks.norms import perturbation_norm, project, within_budget
 from trainables.errors import ConfigError
-from trainables.threat import ThreatModel
+from trainables.attacks.threat import ThreatModel
 
 ALL_ATTACKS = {  # the Lp attacks (torchattacks, and noise); the non-Lp families: test_unforeseen
     "FGSM", "FFGSM", "RFGSM", "BIM", "PGD", "EOTPGD", "UPGD", "TPGD", "Jitter", "MIFGSM",

@@ -1,4 +1,4 @@
-"""Tests for trainables.config (TrialConfig validation) and trainables.prepare.resolve_setup
+"""Tests for trainables.config (TrialConfig validation) and trainables.setting.prepare.resolve_setup
 (the data-set-dependent checks): every bad value gives a ConfigError naming it and what is
 allowed."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from trainables.config import FIELDS, RECIPE_FIELDS, TrialConfig
 from trainables.errors import ConfigError
-from trainables.setup import resolve_setup
+from trainables.setting.setup import resolve_setup
 
 
 def _config(**changes: Any) -> TrialConfig:

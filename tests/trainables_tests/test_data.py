@@ -1,4 +1,4 @@
-"""Tests for trainables.data: bundled sets, seeded splits, file-format loaders and their errors."""
+"""Tests for trainables.setting.data: bundled sets, seeded splits, file-format loaders and their errors."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 import scipy.io
 import torch
 
-from trainables.data import (
+from trainables.setting.data import (
     DataSplits,
     list_loaders,
     load_dataset,
     split_indices,
 )
 from trainables.errors import ConfigError, DataError
-from trainables.setup import dataset_info, list_datasets
+from trainables.setting.setup import dataset_info, list_datasets
 
 ALL_SETS = {"digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "svhn"}
 FILE_SETS = ["mnist", "fashion_mnist", "cifar10", "svhn"]
@@ -279,8 +279,8 @@ def test_every_registered_set_has_info_without_files() -> None:
 
 
 def test_every_data_set_has_a_loader_and_every_architecture_a_builder() -> None:
-    from trainables.models import list_archs
-    from trainables.setup import ARCHITECTURES
+    from trainables.defense.models import list_archs
+    from trainables.setting.setup import ARCHITECTURES
 
     assert list_loaders() == list_datasets()
     assert list(ARCHITECTURES) == list_archs()

@@ -8,7 +8,7 @@ from torch import nn
 
 from trainables.attacks import AttackSpec
 from trainables.attacks.base import Attack, CallableAttack
-from trainables.evaluate import evaluate_groups, group_metrics, robust_mask
+from trainables.scoring.evaluate import evaluate_groups, group_metrics, robust_mask
 from trainables.vocab import Norm
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.losses import (
+from trainables.defense.losses import (
     channel_kl,
     feature_consistency,
     pixel_consistency,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.masking import (
+from trainables.scoring.masking import (
     CheckContext,
     MaskingReport,
     list_checks,
@@ -14,9 +14,9 @@ from trainables.masking import (
     one_step_beats_iterative,
     run_masking_checks,
 )
-from trainables.models import DefendedModel
-from trainables.threat import ThreatModel
-from trainables.unig import UniG
+from trainables.defense.models import DefendedModel
+from trainables.attacks.threat import ThreatModel
+from trainables.defense.unig import UniG
 
 THREAT = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0})
 

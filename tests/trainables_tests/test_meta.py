@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from trainables.meta import each, meta_objective
+from trainables.defense.meta import each, meta_objective
 
 
 def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:

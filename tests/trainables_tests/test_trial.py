@@ -13,10 +13,10 @@ import torch
 import spaces
 from trainables import load_defended_model, run_trial
 from trainables.errors import ConfigError, ModelFileError
-from trainables.export import save_defended_model
-from trainables.prepare import Shared, prepare_shared
+from trainables.defense.export import save_defended_model
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.runtime import resolve_device
-from trainables.unig import UniG
+from trainables.defense.unig import UniG
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ import torch
 from trainables.attacks import attack_spec, build_attack, check_attack_fits, list_families
 from trainables.attacks.unforeseen import FAMILIES, TransformAttack, warp
 from trainables.errors import ConfigError
-from trainables.models import DefendedModel
-from trainables.setup import dataset_info
-from trainables.threat import ThreatModel
+from trainables.defense.models import DefendedModel
+from trainables.setting.setup import dataset_info
+from trainables.attacks.threat import ThreatModel
 
 # Families that mean little on 8x8 digits (README, "Unforeseen attacks"): tested on mnist5k
 ON_MNIST = {"Blur"}

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from trainables.errors import ConfigError
-from trainables.models import DefendedModel
-from trainables.unig import UniG
+from trainables.defense.models import DefendedModel
+from trainables.defense.unig import UniG
 
 
 def _input_gradients(model: DefendedModel, unig: UniG, x: torch.Tensor,

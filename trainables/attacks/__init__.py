@@ -26,7 +26,7 @@ from trainables.attacks.specs import (
     resolve_args,
     split_name,
 )
-from trainables.threat import ThreatModel
+from trainables.attacks.threat import ThreatModel
 
 if TYPE_CHECKING:
     from torch import nn

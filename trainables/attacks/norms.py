@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainables.errors import ConfigError
-from trainables.threat import NORMS
+from trainables.attacks.threat import NORMS
 
 __all__ = ["NORM_TOLERANCE", "perturbation_norm", "project", "within_budget"]
 

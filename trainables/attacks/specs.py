@@ -24,7 +24,7 @@ from typing import Any
 
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.threat import ThreatModel
+from trainables.attacks.threat import ThreatModel
 from trainables.vocab import Level, Norm
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
-from trainables.evaluate import (
+from trainables.scoring.evaluate import (
     clean_correct,
     evaluate_groups,
     group_metrics,
@@ -36,11 +36,11 @@ from trainables.evaluate import (
     robust_mask,
     transfer_masks,
 )
-from trainables.masking import StraightThrough, is_randomized
-from trainables.models import DefendedModel
-from trainables.prepare import Shared
-from trainables.stats import wilson
-from trainables.threat import ThreatModel
+from trainables.scoring.masking import StraightThrough, is_randomized
+from trainables.defense.models import DefendedModel
+from trainables.setting.prepare import Shared
+from trainables.scoring.stats import wilson
+from trainables.attacks.threat import ThreatModel
 from trainables.vocab import (
     SEALED_STRENGTH,
     Group,

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from trainables.errors import ModelFileError
-from trainables.models import DefendedModel, build_arch
-from trainables.unig import UniG
+from trainables.defense.models import DefendedModel, build_arch
+from trainables.defense.unig import UniG
 
 __all__ = ["load_defended_model", "save_defended_model"]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.errors import ConfigError
-from trainables.models import ClassifierHead
+from trainables.defense.models import ClassifierHead
 from trainables.vocab import UniGSize
 
 __all__ = ["UniG", "gradient_spread"]

@@ -13,13 +13,13 @@ from trainables.attacks.specs import attack_spec, check_attack_fits
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.threat import LEVELS, ThreatModel
+from trainables.attacks.threat import LEVELS, ThreatModel
 from trainables.vocab import CraftAgainst, Norm
 
 __all__ = ["ARCHITECTURES", "DEFAULT_BUDGETS", "DEFAULT_LEVELS", "DatasetInfo", "Setup",
            "dataset_info", "list_datasets", "resolve_setup"]
 
-# The architectures trainables.models registers (a test keeps the two lists equal).
+# The architectures trainables.defense.models registers (a test keeps the two lists equal).
 ARCHITECTURES = ("small_cnn", "resnet")
 
 # Default threat models: budgets per data set (pixels in [0, 1]; L0 counts pixel positions)

@@ -26,25 +26,25 @@ from trainables.attacks import build_attack
 from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
 from trainables.errors import TrialFailedError
-from trainables.evaluate import (
+from trainables.scoring.evaluate import (
     evaluate_groups,
     group_metrics,
     group_points,
     transfer_masks,
 )
-from trainables.losses import (
+from trainables.defense.losses import (
     channel_kl,
     feature_consistency,
     pixel_consistency,
     prediction_kl,
     prototype_conformity,
 )
-from trainables.masking import raised_flags, run_masking_checks
-from trainables.meta import TasksLoss, meta_objective
-from trainables.models import ClassifierHead, DefendedModel, build_arch
-from trainables.prepare import Shared, prepare_shared
+from trainables.scoring.masking import raised_flags, run_masking_checks
+from trainables.defense.meta import TasksLoss, meta_objective
+from trainables.defense.models import ClassifierHead, DefendedModel, build_arch
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.runtime import Stopwatch, resolve_device, seed_everything, set_threads
-from trainables.unig import UniG
+from trainables.defense.unig import UniG
 from trainables.vocab import (
     CHANCE_MARGIN,
     CLEAN_ACC,
@@ -482,7 +482,7 @@ def run_trial(config: TrialConfig, *, shared: Shared | None = None, report: Repo
 
     defended.eval()
     if sealed:
-        from trainables.sealed import sealed_evaluation  # the final report: test split only
+        from trainables.scoring.final import sealed_evaluation  # the final report: test split only
 
         with watch.phase("sealed"):
             evaluation = sealed_evaluation(defended, shared, config, log=log)

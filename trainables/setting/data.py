@@ -18,7 +18,7 @@ import torch
 
 from trainables.errors import ConfigError, DataError
 from trainables.registry import Registry
-from trainables.setup import DatasetInfo, dataset_info
+from trainables.setting.setup import DatasetInfo, dataset_info
 
 __all__ = [
     "DataSplits",
@@ -69,7 +69,7 @@ _LOADERS: Registry[Loader] = Registry("dataset")
 
 def register_loader(name: str) -> Callable[[Loader], Loader]:
     """Decorator: the loader `(data_dir, download) -> RawData` of data set `name`, whose static
-    facts are in trainables.setup (a test keeps the two lists equal)."""
+    facts are in trainables.setting.setup (a test keeps the two lists equal)."""
 
     def decorate(load: Loader) -> Loader:
         _LOADERS.add(name, load)

@@ -25,10 +25,10 @@ from torch import nn
 from trainables.attacks import attack_spec, build_attack, split_name
 from trainables.attacks.base import Attack
 from trainables.errors import ConfigError
-from trainables.evaluate import clean_correct, robust_mask
-from trainables.models import DefendedModel
+from trainables.scoring.evaluate import clean_correct, robust_mask
+from trainables.defense.models import DefendedModel
 from trainables.registry import Registry
-from trainables.threat import ThreatModel
+from trainables.attacks.threat import ThreatModel
 from trainables.vocab import (
     MASKING,
     MASKING_ANY,

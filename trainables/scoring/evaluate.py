@@ -20,8 +20,8 @@ from trainables.attacks import attack_spec, split_name
 from trainables.attacks.base import Attack
 from trainables.attacks.norms import within_budget
 from trainables.runtime import seed_everything
-from trainables.stats import Interval, mean_interval, wilson
-from trainables.threat import ThreatModel
+from trainables.scoring.stats import Interval, mean_interval, wilson
+from trainables.attacks.threat import ThreatModel
 from trainables.vocab import (
     Group,
     Level,
