@@ -27,10 +27,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from trainables.attacks import build_attack
-from trainables.defense.baselines import baseline_config
-from trainables.config import TrialConfig
-from trainables.setting.prepare import prepare_shared
 from trainables.attacks.threat import LEVELS
+from trainables.config import TrialConfig
+from trainables.defense.baselines import baseline_config
+from trainables.setting.prepare import prepare_shared
 from trainables.train import run_trial
 
 OUT = Path(__file__).resolve().parent / "results"

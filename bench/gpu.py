@@ -32,8 +32,8 @@ import torch
 
 import spaces
 from trainables.config import TrialConfig
-from trainables.setting.data import DataSplits
 from trainables.defense.models import build_arch
+from trainables.setting.data import DataSplits
 from trainables.setting.prepare import Shared
 from trainables.setting.setup import dataset_info, resolve_setup
 

@@ -58,7 +58,7 @@ LEVERS = (
     Lever("multi-at, eps x1.25", "multi-at", {"train_eps_scale": 1.25}),
     Lever("multi-at + TRADES 3", "multi-at", {"w_trades": 3.0}),
     Lever("multi-at + clean CE 0.5", "multi-at", {"include_clean": True, "w_ce_clean": 0.5}),
-    Lever("multi-at + PCL", "multi-at", {"pcl_weight": 0.5, "pcl_margin": 1.0}),
+    Lever("multi-at + PCL", "multi-at", {"w_pcl": 0.5, "pcl_margin": 1.0}),
     Lever("multi-at + distillation", "multi-at", {"w_feat": 1.0}),
     Lever("multi-at, student from teacher", "multi-at", {"student_init": "teacher"}),
     Lever("pgd-at, student from teacher", "pgd-at", {"student_init": "teacher"}),

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 import spaces
 from trainables.attacks.specs import attack_budget
-from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
+from trainables.defense.baselines import baseline_config
 from trainables.defense.models import build_arch
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial

@@ -19,8 +19,8 @@ from collections import defaultdict
 import torch
 
 import spaces
-from trainables.defense.baselines import baseline_config
 from trainables.config import TrialConfig
+from trainables.defense.baselines import baseline_config
 from trainables.setting.prepare import prepare_shared
 from trainables.train import run_trial
 

@@ -12,27 +12,39 @@ from typing import Any
 import yaml
 
 from search.cluster import REMOTE_SCHEMES, alive_nodes, check_cluster
-from search.final import FinalReport, candidates_of, final_stage, versus_baselines
+from search.final import (
+    FinalReport,
+    candidates_of,
+    final_stage,
+    verdict,
+    versus_baselines,
+)
 from search.journal import Journal, TrackingOutageError, quick_failures
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.plan import SearchPlan
 from search.progress import ProgressPrinter
-from search.records import model_file, quiet_ray, record_of, write_info
+from search.records import SearchInfo, model_file, quiet_ray, record_of
 from search.report import write_plots
 from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.tuner import build_tuner, fail_orphans, restore_tuner
+from search.vocab import (
+    ARTIFACT,
+    TAG,
+    VS_BEST_BASELINE,
+    TrialStatus,
+    best_key,
+    phase_key,
+    trials_key,
+)
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
-    ARTIFACT,
     CLEAN_ACC,
     GROUP_STATS,
-    TAG,
     Group,
     Split,
     Stat,
-    TrialStatus,
     group_metric,
     high_key,
     low_key,
@@ -59,11 +71,10 @@ def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bo
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
     space, config = plan.space, plan.space.trial_config()
-    tags = {TAG.SEARCH_NAME: plan.name, TAG.SPACE: space.name, "dataset": config.dataset,
-            "threat_model": space.setup().threat.describe(), "git_commit": _git_commit(),
-            "heldout_attacks": "+".join(config.heldout),
-            "sealed_attacks": "+".join(config.sealed) or "-",
-            "pool_candidates": "+".join(space.pool.candidates)}
+    tags = {TAG.SEARCH_NAME: plan.name, TAG.SPACE: space.name, TAG.DATASET: config.dataset,
+            TAG.THREAT_MODEL: space.setup().threat.describe(), TAG.GIT_COMMIT: _git_commit(),
+            TAG.HELDOUT: "+".join(config.heldout), TAG.SEALED: "+".join(config.sealed) or "-",
+            TAG.POOL: "+".join(space.pool.candidates)}
     run = client.create_run(experiment_id, run_name=plan.name, tags=tags)
     params = {"num_samples": plan.num_samples, "max_concurrent": plan.max_concurrent,
               "search_alg": plan.search_alg, "multi_objective": plan.multi_objective,
@@ -234,15 +245,12 @@ def _drain_journal(plan: SearchPlan, logger: MlflowTrialLogger, path: Path) -> N
 
 def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
                        resources: dict[str, float], cache_dir: str | None) -> None:
-    """What `search.sealed` and `search.report` need to reopen this search later."""
+    """What `search.final` and `search.report` need to reopen this search later."""
     out = Path(plan.output_dir)
     (out / ARTIFACT.SPACE).write_text(yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
-    write_info(out, {"name": plan.name, "space": plan.space.name, "mlflow_uri": plan.mlflow_uri,
-                     "experiment": plan.experiment, "experiment_id": experiment_id,
-                     "parent_run_id": parent_id, "storage_path": plan.storage_path,
-                     "optuna_storage": plan.optuna_storage, "seed": plan.seed,
-                     "resources": resources, "address": plan.address, "cache_dir": cache_dir,
-                     "mode": plan.mode.value})
+    SearchInfo(plan.name, plan.space.name, plan.mlflow_uri, plan.experiment, experiment_id,
+               parent_id, plan.storage_path, plan.optuna_storage, plan.seed, resources,
+               plan.address, cache_dir, plan.mode).write(out)
 
 
 def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, results: Any,
@@ -254,11 +262,10 @@ def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, res
     entries = collect(client, experiment_id, parent_id)
     reference, differences = versus_baselines(entries, results, plan.raw_objective)
     for run_id, diff in differences.items():
-        verdict = ("better than" if diff.low > 0 else "worse than" if diff.high < 0
-                   else "not significantly better than")
-        client.set_tag(run_id, TAG.VS_BASELINE, f"{verdict} {reference}: {diff.value:+.3f} "
-                                                f"[{diff.low:+.3f}, {diff.high:+.3f}]")
-        key = f"{Split.VAL}/vs_best_baseline"
+        client.set_tag(run_id, TAG.VS_BASELINE, f"{verdict(diff, str(reference))}: "
+                                                f"{diff.value:+.3f} [{diff.low:+.3f}, "
+                                                f"{diff.high:+.3f}]")
+        key = VS_BEST_BASELINE
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in (
             (key, diff.value), (low_key(key), diff.low), (high_key(key), diff.high))])
 
@@ -273,7 +280,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     client.log_artifact(parent_id, str(out / ARTIFACT.LEADERBOARD))
     statuses = [e.status for e in entries]
     for status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.FAILED):
-        client.log_metric(parent_id, f"trials/{status}", statuses.count(status))
+        client.log_metric(parent_id, trials_key(status), statuses.count(status))
     best = next((e for e in entries if e.status == TrialStatus.COMPLETED), None)
     record = record_of(results, best.trial_id) if best is not None else None
     if best is None or record is None:
@@ -293,7 +300,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
                 CLEAN_ACC):
         value = best.value(key)
         if value is not None:
-            client.log_metric(parent_id, f"best/{key}", value)
+            client.log_metric(parent_id, best_key(key), value)
     model = _export_best_model(results, best, out)
     if model is not None:
         client.log_artifact(parent_id, str(model), "best")
@@ -303,7 +310,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
         client.log_artifact(parent_id, str(path), "report")
     clock.lap("report")
     for phase, seconds in clock.laps.items():
-        client.log_metric(parent_id, f"time/{phase.replace(' ', '_')}_s", seconds)
+        client.log_metric(parent_id, phase_key(phase), seconds)
     client.set_terminated(parent_id, "FINISHED")
     _print_where(plan, best, model, out, plots)
     if report is not None:

@@ -1,8 +1,13 @@
 """The final comparison of a search: its best recipes against the space's baselines.
 
+`search.run` ends with this stage; `python -m search.final` runs it again on a finished
+search, e.g. with more seeds, more trials or other baselines:
+
+    python -m search.final --name mid-20261121-095941 --seeds 5 --top-k 2
+
 Each candidate (the best `top_k` completed searched trials, and every baseline of the space) is
 trained with `seeds` seeds and evaluated on the test split: held-out and sealed attacks at
-`strength`, the transfer group, AutoAttack (trainables/sealed.py). Seed 0's model is the
+`strength`, the transfer group, AutoAttack (trainables/scoring/final.py). Seed 0's model is the
 search's own when its trial completed; the others are trained again, all as parallel Ray tasks
 with a trial's resources. Every number is a mean over seeds with a 95% t interval, and the best
 recipe is compared with each baseline by the paired difference of their per-point values
@@ -16,7 +21,8 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,28 +30,49 @@ from typing import Any
 import numpy as np
 import torch
 
+from search.cli import Parser, run_cli
 from search.leaderboard import Entry
-from search.records import model_file, points_of, record_of
-from spaces import Space
-from trainables.defense.baselines import baseline_config
-from trainables.config import TrialConfig
-from trainables.defense.export import load_defended_model
-from trainables.setting.prepare import Shared
-from trainables.scoring.final import Evaluation, sealed_evaluation
-from trainables.scoring.stats import Interval, paired_difference, seed_interval
-from trainables.vocab import (
+from search.records import (
+    SearchInfo,
+    locate,
+    model_file,
+    points_of,
+    quiet_ray,
+    record_of,
+    use_loopback_for,
+)
+from search.session import ray_session
+from search.vocab import (
     ARTIFACT,
+    FINAL_SEEDS,
     TAG,
+    TrialStatus,
+    best_key,
+    final_delta_key,
+    final_key,
+)
+from spaces import Space, TrialRecord
+from trainables.defense.baselines import BASELINES
+from trainables.defense.export import load_defended_model
+from trainables.errors import ConfigError
+from trainables.scoring.final import Evaluation, final_evaluation
+from trainables.scoring.stats import Interval, paired_difference, seed_interval
+from trainables.setting.prepare import Shared, prepare_shared
+from trainables.vocab import (
+    SEALED_STRENGTH,
+    TIME_AUTOATTACK,
+    TIME_FINAL,
+    TIME_TRAIN,
     Group,
     Split,
     Stat,
-    TrialStatus,
     group_metric,
     high_key,
     low_key,
 )
 
-__all__ = ["COLUMNS", "Candidate", "FinalReport", "candidates_of", "final_stage",
+__all__ = ["COLUMNS", "Candidate", "FinalReport", "candidates_of", "final_stage", "main",
+           "verdict",
            "versus_baselines"]
 
 # The final table's columns: (title, metric)
@@ -56,13 +83,12 @@ COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
            ("sealed union", group_metric(Split.TEST, Group.SEALED, Stat.UNION)),
            ("AutoAttack", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
 SEALED_MEAN = COLUMNS[3][1]
-TRAIN_TIME, SEALED_TIME, AUTOATTACK_TIME = "time/train_s", "time/sealed_s", "time/autoattack_s"
 
 
 @dataclass
 class Candidate:
     label: str  # "t15" or "pgd-at"
-    record: dict[str, Any]
+    record: TrialRecord
     run_id: str | None  # its MLflow run in the search
     baseline: bool
     model: bytes | None = None  # seed 0's model, when the search trained it to the end
@@ -91,13 +117,7 @@ class FinalReport:
     def verdict(self, baseline: str) -> str:
         """Whether the best recipe beats `baseline` on the sealed mean, significantly."""
         diff = self.differences.get(baseline, {}).get(SEALED_MEAN)
-        if diff is None:
-            return "-"
-        if diff.low > 0:
-            return f"better than {baseline}"
-        if diff.high < 0:
-            return f"worse than {baseline}"
-        return f"not significantly better than {baseline}"
+        return "-" if diff is None else verdict(diff, baseline)
 
     def markdown(self) -> str:
         best = self.best
@@ -132,6 +152,23 @@ class FinalReport:
             out.append(row)
         return out
 
+    def parent_metrics(self) -> dict[str, float]:
+        """The best recipe's row and its paired differences with each baseline, as the
+        parent run's `final/...` metrics."""
+        best, out = self.best, {}
+        if best is None:
+            return {}
+        for row in self.rows():
+            if row["recipe"] == best.label:
+                out.update({final_key(best_key(k)): float(v) for k, v in row.items()
+                            if k.startswith(f"{Split.TEST}/")})
+        for name, diffs in self.differences.items():
+            for metric, diff in diffs.items():
+                out.update({final_delta_key(name, metric): diff.value,
+                            final_delta_key(name, low_key(metric)): diff.low,
+                            final_delta_key(name, high_key(metric)): diff.high})
+        return out
+
     def csv(self) -> str:
         rows = self.rows()
         keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -140,6 +177,16 @@ class FinalReport:
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
+
+
+def verdict(difference: Interval, baseline: str) -> str:
+    """What a paired difference with `baseline` says: better or worse only when its 95%
+    interval excludes 0."""
+    if difference.low > 0:
+        return f"better than {baseline}"
+    if difference.high < 0:
+        return f"worse than {baseline}"
+    return f"not significantly better than {baseline}"
 
 
 def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
@@ -153,36 +200,35 @@ def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
 # ---------------------------------------------------------------- the Ray task
 
 
-def _evaluate(shared: Shared, config: dict[str, Any], payload: bytes | None, strength: float,
+def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, strength: float,
               threads: int) -> Evaluation:
-    """A Ray task: train the recipe with this config's seed (unless its model is given),
-    then its final evaluation."""
+    """A Ray task: train the recipe with its record's seed (unless its model is given), then
+    its final evaluation."""
     from search.trainable import assigned_device
     from trainables.train import run_trial
 
     torch.set_num_threads(threads)
     device = assigned_device()
-    trial = TrialConfig.from_dict({**config, "device": device, "threads": threads,
-                                   "masking_samples": 0})
+    config = record.config.replace(device=device, threads=threads, masking_samples=0)
     start = time.perf_counter()
     if payload is None:
-        model = run_trial(trial, shared=shared, log=lambda _: None, validate=False).model
+        model = run_trial(config, shared=shared, log=lambda _: None, validation=False).model
     else:
         with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
             handle.write(payload)
             handle.flush()
             model = load_defended_model(handle.name, device=device)
     trained = time.perf_counter() - start
-    evaluation = sealed_evaluation(model, shared, trial, strength=strength, log=lambda _: None)
-    evaluation.metrics[TRAIN_TIME] = trained
+    evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
+    evaluation.metrics[TIME_TRAIN] = trained
     return evaluation
 
 
 def _times(metrics: Mapping[str, float]) -> str:
-    trained = metrics.get(TRAIN_TIME, 0.0)
+    trained = metrics.get(TIME_TRAIN, 0.0)
     return (f"{'trained in ' + format(trained, '.0f') + 's' if trained >= 1 else 'model reused'}"
-            f", evaluated in {metrics.get(SEALED_TIME, 0.0):.0f}s, AutoAttack "
-            f"{metrics.get(AUTOATTACK_TIME, 0.0):.0f}s of it")
+            f", evaluated in {metrics.get(TIME_FINAL, 0.0):.0f}s, AutoAttack "
+            f"{metrics.get(TIME_AUTOATTACK, 0.0):.0f}s of it")
 
 
 # ---------------------------------------------------------------- the stage
@@ -201,8 +247,8 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
         record = record_of(results, entry.trial_id)
         if record is None:
             continue
-        if record.get("baseline"):
-            baseline_runs.setdefault(record["baseline"], entry)
+        if record.baseline:
+            baseline_runs.setdefault(record.baseline, entry)
         elif entry.status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED):
             searched.append(((bool(entry.flags), entry.status != TrialStatus.COMPLETED),
                              entry, record))
@@ -213,9 +259,7 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
     for name in space.baselines if baselines is None else baselines:
         run = baseline_runs.get(name)
         if run is None:  # not part of the search: trained here only, with the space's setting
-            config = baseline_config(space.trial_config(), name)
-            out.append(Candidate(name, {"config": config.to_dict(), "params": {},
-                                        "baseline": name}, None, True))
+            out.append(Candidate(name, space.baseline_record(name), None, True))
             continue
         record = record_of(results, run.trial_id)
         assert record is not None
@@ -228,10 +272,23 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
                 parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
                 strength: float, out: Path | None = None) -> FinalReport:
-    """Evaluates every candidate over `seeds` (parallel Ray tasks), logs and returns the
-    report (also written to `out` and the MLflow parent run)."""
+    """Evaluates every candidate over `seeds` (parallel Ray tasks) and returns the report,
+    written to `out` first, then logged to the MLflow parent run and the candidates' runs."""
+    _evaluate_all(candidates, shared, resources, seeds, strength)
+    report = FinalReport(candidates, list(seeds), _differences(candidates))
+    if out is not None:
+        (out / ARTIFACT.FINAL_TABLE).write_text(report.markdown() + "\n")
+        (out / ARTIFACT.FINAL_CSV).write_text(report.csv())
+    print("\n" + report.markdown(), flush=True)
+    _log_report(report, client, parent_id)
+    return report
+
+
+def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mapping[str, float],
+                  seeds: Sequence[int], strength: float) -> None:
+    """Every candidate and seed as a Ray task with a trial's resources; each evaluation is
+    kept on its candidate as it arrives."""
     import ray
-    from mlflow.entities import Metric
 
     task = ray.remote(max_retries=1)(_evaluate)
     options = {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0),
@@ -242,8 +299,8 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
     for candidate in candidates:
         for index, seed in enumerate(seeds):
             payload = candidate.model if index == 0 else None
-            config = {**candidate.record["config"], "seed": seed}
-            pending[task.options(**options).remote(shared_ref, config, payload, strength,
+            record = candidate.record.with_config(seed=seed)
+            pending[task.options(**options).remote(shared_ref, record, payload, strength,
                                                    threads)] = (candidate, seed)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
           f"({sum(c.model is not None for c in candidates)} models reused from the search)",
@@ -256,43 +313,31 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
         print(f"final: {candidate.label} seed {seed}: " + ", ".join(
             f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics)
             + f"  ({_times(metrics)})", flush=True)
-    report = FinalReport(candidates, list(seeds), _differences(candidates))
-    for candidate in candidates:
+
+
+def _log_report(report: FinalReport, client: Any, parent_id: str) -> None:
+    """The report on MLflow: each candidate's means over seeds on its own run, the best
+    recipe's row and its differences with the baselines on the parent run, and the tables."""
+    from mlflow.entities import Metric
+
+    for candidate in report.candidates:
         if candidate.run_id is None:
             continue
         logged = {}
         for _, metric in COLUMNS:
             interval = candidate.interval(metric)
             if interval is not None:
-                logged.update({f"final/{metric}": interval.value,
-                               f"final/{low_key(metric)}": interval.low,
-                               f"final/{high_key(metric)}": interval.high})
+                logged.update({final_key(metric): interval.value,
+                               final_key(low_key(metric)): interval.low,
+                               final_key(high_key(metric)): interval.high})
         client.log_batch(candidate.run_id, metrics=[Metric(k, v, 0, 0)
                                                     for k, v in sorted(logged.items())])
-        client.set_tag(candidate.run_id, TAG.SEALED, "true")
-    best = report.best
-    parent_metrics = {}
-    if best is not None:
-        for row in report.rows():
-            if row["recipe"] == best.label:
-                parent_metrics.update({f"final/best/{k}": v for k, v in row.items()
-                                       if k.startswith(f"{Split.TEST}/")})
-        for name, diffs in report.differences.items():
-            for metric, diff in diffs.items():
-                parent_metrics.update({f"final/delta/{name}/{metric}": diff.value,
-                                       f"final/delta/{name}/{low_key(metric)}": diff.low,
-                                       f"final/delta/{name}/{high_key(metric)}": diff.high})
+        client.set_tag(candidate.run_id, TAG.FINAL, "true")
     client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
-                                         for k, v in sorted(parent_metrics.items())])
-    table = report.markdown()
-    client.log_text(parent_id, table, ARTIFACT.FINAL_TABLE)
-    client.log_text(parent_id, report.csv(), ARTIFACT.SEALED)
+                                         for k, v in sorted(report.parent_metrics().items())])
+    client.log_text(parent_id, report.markdown(), ARTIFACT.FINAL_TABLE)
+    client.log_text(parent_id, report.csv(), ARTIFACT.FINAL_CSV)
     client.log_text(parent_id, json.dumps(report.rows(), indent=2), ARTIFACT.FINAL_JSON)
-    if out is not None:
-        (out / ARTIFACT.FINAL_TABLE).write_text(table + "\n")
-        (out / ARTIFACT.SEALED).write_text(report.csv())
-    print("\n" + table, flush=True)
-    return report
 
 
 def versus_baselines(entries: Sequence[Entry], results: Any, objective: str
@@ -328,3 +373,82 @@ def _differences(candidates: Sequence[Candidate]) -> dict[str, dict[str, Interva
                 out[baseline.label][metric] = paired_difference(a, b)
     return out
 
+
+# ---------------------------------------------------------------- the command
+
+
+@dataclass
+class Reopened:
+    """A finished search, ready to evaluate again."""
+
+    space: Space
+    shared: Shared
+    results: Any
+    resources: dict[str, float]
+    seed: int
+
+
+@contextmanager
+def _reopen(info: SearchInfo, folder: Path) -> Iterator[Reopened]:
+    """The search's space, shared state and Tune results, with Ray running (Ray is imported
+    here, after the caller chose its network setting)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    import spaces
+
+    quiet_ray()
+    space = spaces.load(str(folder / ARTIFACT.SPACE))
+    with ray_session(info.address):
+        config = space.trial_config(cache_dir=info.cache_dir)
+        shared = prepare_shared(config, pool_candidates=space.pool.candidates,
+                                log=lambda _: None)
+        yield Reopened(space, shared, ResultGrid(ExperimentAnalysis(info.results_path)),
+                       info.resources, info.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = Parser(prog="python -m search.final", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--name", default=None, help="the search (default: the latest one)")
+    p.add_argument("--storage-path", default="./ray_results")
+    p.add_argument("--top-k", type=int, default=1, help="best completed trials to compare")
+    p.add_argument("--seeds", type=int, default=FINAL_SEEDS,
+                   help="seeds per recipe (the search's own model is seed 0's)")
+    p.add_argument("--strength", type=float, default=SEALED_STRENGTH,
+                   help="multiplier of attack iterations, queries and restarts")
+    p.add_argument("--baselines", default=None, metavar="NAMES",
+                   help=f"comma-separated baselines ({', '.join(BASELINES)}; default: the "
+                        "space's)")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds)):
+            if value < 1:
+                raise ConfigError(f"{flag}={value} must be >= 1")
+        if args.strength <= 0:
+            raise ConfigError(f"--strength={args.strength} must be > 0")
+        found = locate(storage_path=args.storage_path, name=args.name)
+        assert found.info is not None and found.folder is not None
+        names = None if args.baselines is None else args.baselines.split(",")
+        unknown = [n for n in names or () if n not in BASELINES]
+        if unknown:
+            raise ConfigError(f"--baselines {unknown} do not exist; choose from "
+                              f"{', '.join(BASELINES)}")
+        use_loopback_for(found.info.address)
+        with _reopen(found.info, found.folder) as opened:
+            candidates = candidates_of(opened.space, found.entries, opened.results,
+                                       top_k=args.top_k, baselines=names)
+            report = final_stage(
+                space=opened.space, shared=opened.shared, candidates=candidates,
+                client=found.client, parent_id=found.parent_id, resources=opened.resources,
+                seeds=[opened.seed + i for i in range(args.seeds)], strength=args.strength,
+                out=found.folder)
+        if args.format == "csv":
+            print(report.csv())
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

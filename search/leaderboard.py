@@ -11,19 +11,16 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from spaces import Space
+from search.vocab import OBJECTIVE, TAG, TrialStatus
+from spaces import Mode, Space
 from trainables.vocab import (
     CLEAN_ACC,
     HELDOUT_MEAN,
     MASKING,
     MASKING_ANY,
-    OBJECTIVE,
-    TAG,
     Group,
-    Mode,
     Split,
     Stat,
-    TrialStatus,
     group_metric,
 )
 
@@ -31,7 +28,7 @@ __all__ = ["Entry", "collect", "format_table", "rank", "to_csv"]
 
 STATUS_ORDER: dict[str, int] = {
     TrialStatus.COMPLETED: 0, TrialStatus.EARLY_STOPPED: 1, TrialStatus.RUNNING: 2,
-    TrialStatus.RETRYING: 2, TrialStatus.FAILED: 3, TrialStatus.BASELINE: 4}
+    TrialStatus.RETRYING: 2, TrialStatus.FAILED: 3}
 COLUMNS = (("objective", OBJECTIVE), ("held-out mean", HELDOUT_MEAN),
            ("worst", group_metric(Split.VAL, Group.HELDOUT, Stat.WORST)),
            ("union", group_metric(Split.VAL, Group.HELDOUT, Stat.UNION)),

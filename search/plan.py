@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spaces import Space
-from trainables.vocab import (
-    CLEAN_ACC,
-    FINAL_SEEDS,
-    OBJECTIVE,
-    SEALED_STRENGTH,
-    TRACKING_OUTAGE_S,
-    Mode,
-    Scheduler,
-    SearchAlg,
-)
+from search.vocab import FINAL_SEEDS, OBJECTIVE, TRACKING_OUTAGE_S, Scheduler, SearchAlg
+from spaces import Mode, Space
+from trainables.vocab import CLEAN_ACC, SEALED_STRENGTH
 
 __all__ = ["SearchPlan"]
 

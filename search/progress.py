@@ -8,31 +8,23 @@ from typing import Any
 from ray.tune import Callback
 
 from search.records import trial_status
-from spaces import RECORD_KEY
+from search.vocab import FAILURE_REASON, TrialStatus
+from spaces import RECORD_KEY, TrialRecord
 from trainables.scoring.masking import raised_flags
-from trainables.vocab import (
-    CLEAN_ACC,
-    FAILURE_REASON,
-    HELDOUT_MEAN,
-    Group,
-    Split,
-    Stat,
-    TrialStatus,
-    group_metric,
-)
+from trainables.vocab import CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat, group_metric
 
 __all__ = ["ProgressPrinter", "trial_label"]
 
 
 def trial_label(trial: Any) -> str:
     """`t07 pool=PGD+MIFGSM unig=per_sample`: the child run's name in MLflow too."""
-    record = trial.config[RECORD_KEY]
-    values = record["params"]
+    record: TrialRecord = trial.config[RECORD_KEY]
+    values = record.params
     # Ray's search generator numbers trials from 1 in the experiment tag: "<n>_<values>"
     number = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
     prefix = f"t{int(number):02d}" if number.isdigit() else str(trial.trial_id)
-    if record.get("baseline"):
-        return f"{prefix} baseline={record['baseline']}"
+    if record.baseline:
+        return f"{prefix} baseline={record.baseline}"
     label = f"{prefix} pool={values['pool']}"
     if "unig" in values:
         label += f" unig={values['unig']}"

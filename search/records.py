@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +21,21 @@ import numpy as np
 
 from search.leaderboard import Entry, collect, rank
 from search.stores import check_tracking_uri
-from spaces import RECORD_KEY
+from search.vocab import ARTIFACT, FAILURE_REASON, OBJECTIVE, TAG, TrialStatus, points_key
+from spaces import RECORD_KEY, Mode, TrialRecord
 from trainables.errors import ConfigError
-from trainables.vocab import (
-    ARTIFACT,
-    FAILURE_REASON,
-    OBJECTIVE,
-    POINTS,
-    TAG,
-    Mode,
-    TrialStatus,
-)
 
 __all__ = [
     "Located",
+    "SearchInfo",
     "find_search",
     "locate",
     "model_file",
     "points_of",
     "quiet_ray",
-    "read_info",
     "record_of",
     "trial_status",
     "use_loopback_for",
-    "write_info",
 ]
 
 DEFAULT_OUTPUT = Path("search_output")  # searches whose --storage-path is remote keep files here
@@ -64,12 +55,40 @@ def find_search(storage_path: str, name: str | None) -> Path:
     return found[-1].parent
 
 
-def read_info(folder: Path) -> dict[str, Any]:
-    return dict(json.loads((folder / ARTIFACT.SEARCH_INFO).read_text()))
+@dataclass(frozen=True)
+class SearchInfo:
+    """What a search writes to `search.json` in its output folder, so that later commands
+    (`search.final`, `search.report`) can reopen it: where its MLflow runs, Optuna study and
+    Ray results are, and how its trials ran."""
 
+    name: str
+    space: str
+    mlflow_uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    storage_path: str
+    optuna_storage: str
+    seed: int
+    resources: dict[str, float]
+    address: str | None
+    cache_dir: str | None
+    mode: Mode = Mode.MAX
 
-def write_info(folder: Path, info: Mapping[str, Any]) -> None:
-    (folder / ARTIFACT.SEARCH_INFO).write_text(json.dumps(dict(info), indent=2))
+    def write(self, folder: Path) -> None:
+        (folder / ARTIFACT.SEARCH_INFO).write_text(json.dumps(
+            {**asdict(self), "mode": self.mode.value}, indent=2))
+
+    @classmethod
+    def read(cls, folder: Path) -> SearchInfo:
+        data = json.loads((folder / ARTIFACT.SEARCH_INFO).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def results_path(self) -> str:
+        """Where Tune keeps the search's experiment state and trials."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
 
 
 def use_loopback_for(address: str | None) -> None:
@@ -94,11 +113,12 @@ def trial_status(result: Mapping[str, Any] | None, max_t: int) -> TrialStatus:
     return TrialStatus.COMPLETED if done >= max_t else TrialStatus.EARLY_STOPPED
 
 
-def record_of(results: Any, trial_id: str) -> dict[str, Any] | None:
+def record_of(results: Any, trial_id: str) -> TrialRecord | None:
     """The record (config and searched values) a trial of a Tune ResultGrid trained."""
     for result in results:
         if result.metrics.get("trial_id") == trial_id and RECORD_KEY in (result.config or {}):
-            return dict(result.config[RECORD_KEY])
+            record: TrialRecord = result.config[RECORD_KEY]
+            return record
     return None
 
 
@@ -106,7 +126,7 @@ def points_of(results: Any, trial_id: str, metric: str) -> np.ndarray | None:
     """The per-point values of `metric` at a trial's last evaluation (when it ran to the end)."""
     for result in results:
         if result.metrics.get("trial_id") == trial_id:
-            values = result.metrics.get(f"{POINTS}/{metric}")
+            values = result.metrics.get(points_key(metric))
             return None if values is None else np.asarray(values, dtype=float)
     return None
 
@@ -132,7 +152,7 @@ class Located:
     parent_id: str
     entries: list[Entry]
     folder: Path | None = None
-    info: dict[str, Any] | None = None
+    info: SearchInfo | None = None
 
 
 def locate(*, storage_path: str, name: str | None, mlflow_uri: str | None = None,
@@ -159,12 +179,12 @@ def locate(*, storage_path: str, name: str | None, mlflow_uri: str | None = None
                           parent.info.run_id, [])
     else:
         folder = find_search(storage_path, name)
-        info = read_info(folder)
-        check_tracking_uri(mlflow_uri or info["mlflow_uri"], must_exist=True)
-        client = MlflowClient(mlflow_uri or info["mlflow_uri"])
-        located = Located(info["name"], client, info["experiment_id"], info["parent_run_id"],
-                          [], folder, info)
-    mode = Mode((located.info or {}).get("mode", Mode.MAX))
+        info = SearchInfo.read(folder)
+        check_tracking_uri(mlflow_uri or info.mlflow_uri, must_exist=True)
+        client = MlflowClient(mlflow_uri or info.mlflow_uri)
+        located = Located(info.name, client, info.experiment_id, info.parent_run_id, [], folder,
+                          info)
+    mode = Mode(located.info.mode) if located.info is not None else Mode.MAX
     located.entries = rank(collect(client, located.experiment_id, located.parent_id),
                            OBJECTIVE, mode)
     return located

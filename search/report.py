@@ -23,18 +23,10 @@ import matplotlib.pyplot as plt
 from search.cli import Parser, run_cli
 from search.leaderboard import COLUMNS, Entry, format_table, to_csv
 from search.records import Located, locate
-from spaces import INACTIVE, Space
+from search.vocab import ARTIFACT, TrialStatus
+from spaces import INACTIVE, Mode, Space
 from trainables.errors import ConfigError
-from trainables.vocab import (
-    ARTIFACT,
-    CLEAN_ACC,
-    HELDOUT_MEAN,
-    Group,
-    Mode,
-    Split,
-    Stat,
-    TrialStatus,
-)
+from trainables.vocab import CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat
 
 __all__ = ["heat_map", "importance_plot", "main", "pareto_plot"]
 
@@ -53,11 +45,10 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
               and (heldout := e.value(HELDOUT)) is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
     styles: dict[str, tuple[str, str]] = {TrialStatus.COMPLETED: ("o", "tab:blue"),
-              TrialStatus.EARLY_STOPPED: ("o", "lightsteelblue"),
-              TrialStatus.BASELINE: ("s", "tab:green")}
+              TrialStatus.EARLY_STOPPED: ("o", "lightsteelblue")}
     for clean, heldout, entry in points:
-        marker, colour = styles.get(TrialStatus.BASELINE if entry.baseline else entry.status,
-                                    ("o", "grey"))
+        marker, colour = ("s", "tab:green") if entry.baseline else styles.get(
+            entry.status, ("o", "grey"))
         ax.scatter(clean, heldout, marker=marker, color=colour, s=40, zorder=2, alpha=0.8)
         if entry.flags:
             ax.scatter(clean, heldout, marker="x", color="tab:red", s=90, zorder=3)

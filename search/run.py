@@ -19,15 +19,10 @@ from search.cluster import REMOTE_SCHEMES
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
 from search.stores import check_tracking_uri, writable_folder
+from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler, SearchAlg
+from spaces import Space
 from trainables.errors import ConfigError
-from trainables.vocab import (
-    ARTIFACT,
-    FINAL_SEEDS,
-    SEALED_STRENGTH,
-    TRACKING_OUTAGE_S,
-    Scheduler,
-    SearchAlg,
-)
+from trainables.vocab import SEALED_STRENGTH
 
 __all__ = ["build_parser", "main", "make_plan"]
 
@@ -36,10 +31,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m search.run",
                 description="Search defense recipes (MID + PCL + UniG) with Ray Tune, Optuna and "
                             "ASHA; every trial's held-out robustness goes to MLflow.")
+    _space_arguments(p)
+    _search_arguments(p)
+    _place_arguments(p)
+    _resource_arguments(p)
+    _final_arguments(p)
+    return p
+
+
+def _space_arguments(p: argparse.ArgumentParser) -> None:
+    """The space, its overrides and the data."""
     p.add_argument("--space", default="mid", help="space name (smoke, mid, paper) or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space field, validated like the file "
                         "(e.g. --set dataset=mnist5k --set budget.epochs=5); repeatable")
+    p.add_argument("--seed", type=int, default=None,
+                   help="data split, teacher, trial and sampler seed (default: the space's, 0)")
+    p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
+    p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything and print the plan without starting Ray")
+
+
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    """How the search runs: trials, sampler, scheduler."""
     p.add_argument("--num-samples", type=int, default=None,
                    help="trials to run (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, default=None,
@@ -50,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimise held-out and clean accuracy together (implied by nsga2)")
     p.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=Scheduler.ASHA,
                    help="asha stops weak trials at its rungs; none runs every trial in full")
+
+
+def _place_arguments(p: argparse.ArgumentParser) -> None:
+    """Where things run and are kept: Ray, MLflow, the results folder."""
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
                         "default: start Ray on this machine")
@@ -71,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="resume the search --name (default: the latest of this space) from "
                         "--storage-path")
+
+
+def _resource_arguments(p: argparse.ArgumentParser) -> None:
+    """What each trial asks Ray for, and how failures are retried."""
     p.add_argument("--cpus-per-trial", type=float, default=None,
                    help="CPUs per trial = its torch threads (default: CPUs / max-concurrent, "
                         "or 1 when trials get GPUs)")
@@ -82,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep trials on nodes that offer it; repeatable")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial from its last checkpoint")
+
+
+def _final_arguments(p: argparse.ArgumentParser) -> None:
+    """The final comparison after the search."""
     p.add_argument("--sealed-top-k", type=int, default=1,
                    help="best searched recipes compared with the space's baselines at the end, "
                         "on the test split against the held-out and sealed attacks and "
@@ -90,13 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds each recipe of the final comparison is trained with")
     p.add_argument("--sealed-strength", type=float, default=SEALED_STRENGTH,
                    help="multiplier of attack iterations/queries/restarts in that evaluation")
-    p.add_argument("--seed", type=int, default=None,
-                   help="data split, teacher, trial and sampler seed (default: the space's, 0)")
-    p.add_argument("--data-dir", default=None, help="folder with the data set's standard files")
-    p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate everything and print the plan without starting Ray")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,20 +137,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Checks every argument and the space; nothing here starts Ray or trains anything."""
+    space = _load_space(args)
+    _check_numbers(args)
+    address = check_address(args.address)
+    trial_resources = parse_resources(args.trial_resource)
+    if address is None:  # Ray will start here: what it will find is known before it starts
+        from search.resources import check_request, local_offer, ray_request
+
+        check_request(ray_request({"cpu": args.cpus_per_trial or 1.0,
+                                   "gpu": args.gpus_per_trial or 0.0, **trial_resources}),
+                      [local_offer()])
+    storage = args.storage_path
+    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
+        storage = str(Path(storage).expanduser().resolve())
+        writable_folder(storage, "--storage-path")
+    name = resolve_name(args.name, space.name, storage, resume=args.resume)
+    output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
+              else DEFAULT_OUTPUT.resolve() / name)
+    mlflow_uri = _tracking_uri(args, address)
+    return SearchPlan(
+        space=space, name=name,
+        num_samples=args.num_samples or space.search.num_samples,
+        max_concurrent=args.max_concurrent or space.search.max_concurrent,
+        search_alg=SearchAlg(args.search_alg), scheduler=Scheduler(args.scheduler),
+        multi_objective=args.multi_objective or args.search_alg == SearchAlg.NSGA2,
+        seed=space.trial_config().seed, storage_path=storage, output_dir=str(output),
+        optuna_storage=f"sqlite:///{output / ARTIFACT.OPTUNA_DB}", mlflow_uri=mlflow_uri,
+        experiment=args.experiment or f"defense-search-{space.name}", address=address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures, trial_resources=trial_resources,
+        sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
+        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage)
+
+
+def _load_space(args: argparse.Namespace) -> Space:
+    """The space with its overrides, checked against its data set (whose files, if it reads
+    any, are read here, not first on the cluster's nodes)."""
     import spaces
-    from search.cluster import is_local_tracking
 
     overrides = list(args.overrides) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
     if args.seed is not None:
         overrides.append(f"fixed.seed={args.seed}")
     space = spaces.load(args.space, overrides)
     setup = space.setup()  # data directory, attacks vs data set, budgets
-    if setup.info.needs_data_dir:  # the files read here, not first on the cluster's nodes
+    if setup.info.needs_data_dir:
         from trainables.setting.data import load_dataset
 
         config = space.trial_config()
         load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed,
                      download=config.download)
+    return space
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag within its range."""
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
@@ -149,40 +209,19 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     if args.gpus_per_trial is not None and args.gpus_per_trial > 1 and \
             args.gpus_per_trial != int(args.gpus_per_trial):
         raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial}: above 1 it must be whole")
-    address = check_address(args.address)
-    trial_resources = parse_resources(args.trial_resource)
-    if address is None:  # Ray will start here: what it will find is known before it starts
-        from search.resources import check_request, local_offer, ray_request
 
-        check_request(ray_request({"cpu": args.cpus_per_trial or 1.0,
-                                   "gpu": args.gpus_per_trial or 0.0, **trial_resources}),
-                      [local_offer()])
-    storage = args.storage_path
-    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
-        storage = str(Path(storage).expanduser().resolve())
-        writable_folder(storage, "--storage-path")
-    name = resolve_name(args.name, space.name, storage, resume=args.resume)
-    output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
-              else DEFAULT_OUTPUT.resolve() / name)
+
+def _tracking_uri(args: argparse.Namespace, address: str | None) -> str:
+    """The MLflow store, checked (a server answers; a local store's folder is writable)."""
+    from search.cluster import is_local_tracking
+
     mlflow_uri = args.mlflow_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     check_tracking_uri(mlflow_uri)
     if address and address.startswith("ray://") and is_local_tracking(mlflow_uri):
         raise ConfigError(f"--address {address} runs Tune (and its MLflow logging) on the "
                           f"cluster's head, where --mlflow-uri {mlflow_uri} is not this "
                           "machine's file: pass --mlflow-uri http://HEAD:5000")
-    return SearchPlan(
-        space=space, name=name,
-        num_samples=args.num_samples or space.search.num_samples,
-        max_concurrent=args.max_concurrent or space.search.max_concurrent,
-        search_alg=SearchAlg(args.search_alg), scheduler=Scheduler(args.scheduler),
-        multi_objective=args.multi_objective or args.search_alg == SearchAlg.NSGA2,
-        seed=space.trial_config().seed, storage_path=storage, output_dir=str(output),
-        optuna_storage=f"sqlite:///{output / ARTIFACT.OPTUNA_DB}", mlflow_uri=mlflow_uri,
-        experiment=args.experiment or f"defense-search-{space.name}", address=address,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_failures=args.max_failures, trial_resources=trial_resources,
-        sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
-        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage)
+    return mlflow_uri
 
 
 def check_address(address: str | None) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -24,33 +23,32 @@ from search.journal import Journal
 from search.progress import trial_label
 from search.records import trial_status
 from search.stores import artifact_location
-from spaces import RECORD_KEY
-from trainables.attacks import attack_spec, list_families
-from trainables.config import RUNTIME_KEYS
-from trainables.errors import ConfigError
-from trainables.scoring.masking import raised_flags
-from trainables.attacks.threat import NORMS
-from trainables.vocab import (
+from search.vocab import (
     ARTIFACT,
     FAILURE_LINES,
     FAILURE_REASON,
-    MASKING,
-    MASKING_ANY,
     METRIC_PREFIXES,
     TAG,
-    Group,
-    Stat,
+    TRIAL_DEVICE,
+    TRIAL_NODE,
+    TRIAL_RESTARTED,
     TrialStatus,
 )
+from spaces import RECORD_KEY, TrialRecord
+from trainables.attacks import attack_spec, list_families
+from trainables.attacks.threat import NORMS
+from trainables.errors import ConfigError
+from trainables.scoring.masking import raised_flags
+from trainables.vocab import MASKING, MASKING_ANY, Group, Stat
 
-__all__ = ["MlflowTrialLogger", "masking_record", "open_experiment",
-           "params_of", "robustness_table", "trial_metrics"]
+__all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness_table",
+           "trial_metrics"]
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
 
 # MLflow 3's UI opens an experiment of this kind on its runs (not on the GenAI overview page)
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {TAG.EXPERIMENT_KIND: "custom_model_development"}
 
 
 def open_experiment(client: MlflowClient, name: str) -> str:
@@ -120,15 +118,6 @@ def failure_line(text: str) -> str:
     return (errors[-1] if errors else lines[0] if lines else "unknown")[:500]
 
 
-def params_of(record: Mapping[str, Any]) -> dict[str, str]:
-    """A trial's MLflow params, from its record: the config's values (where it ran left out),
-    then the searched values under the same keys on every run ('inactive' where a condition
-    did not apply)."""
-    params = {k: _param(v) for k, v in record["config"].items() if k not in RUNTIME_KEYS}
-    params.update({k: _param(v) for k, v in record["params"].items()})
-    return params
-
-
 def _batched(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -169,7 +158,7 @@ class MlflowTrialLogger(Callback):
         return self._journal
 
     # ---- runs
-    def run_id(self, trial_id: str, label: str, record: Mapping[str, Any]) -> str:
+    def run_id(self, trial_id: str, label: str, record: TrialRecord) -> str:
         """The trial's child run: created once, found again after a retry or a resume."""
         if trial_id in self._runs:
             return self._runs[trial_id]
@@ -182,16 +171,17 @@ class MlflowTrialLogger(Callback):
             return self._runs[trial_id]
         tags = {TAG.PARENT: self.parent_run_id, TAG.TRIAL_ID: trial_id,
                 TAG.SPACE: self.space_name, TAG.STATUS: TrialStatus.RUNNING,
-                **({TAG.BASELINE: record["baseline"]} if record.get("baseline") else {})}
+                **({TAG.BASELINE: record.baseline} if record.baseline else {})}
         run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
         self._runs[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[
-            Param(k, v) for k, v in sorted(params_of(record).items())])
+            Param(k, v) for k, v in sorted(record.mlflow_params().items())])
         return run.info.run_id
 
     def _event(self, kind: str, trial: Any, **payload: Any) -> None:
         self.journal.submit({"kind": kind, "trial": str(trial.trial_id),
-                             "label": trial_label(trial), "record": trial.config[RECORD_KEY],
+                             "label": trial_label(trial),
+                             "record": trial.config[RECORD_KEY].to_dict(),
                              **payload})
 
     # ---- Tune callback hooks: what to log, as events
@@ -200,9 +190,9 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        placement = {"ray_node_id": str(result.get("trial/node_id", "")),
-                     "ray_pid": str(result.get("pid", "")),
-                     "device": str(result.get("trial/device", ""))}
+        placement = {TAG.NODE: str(result.get(TRIAL_NODE, "")),
+                     TAG.PID: str(result.get("pid", "")),
+                     TAG.DEVICE: str(result.get(TRIAL_DEVICE, ""))}
         tags = {}
         if self._placement.get(trial.trial_id) != placement:  # first result, or moved
             self._placement[trial.trial_id] = placement
@@ -237,7 +227,7 @@ class MlflowTrialLogger(Callback):
     def _finish(self, trial: Any, status: str, state: str, result: Mapping[str, Any],
                 failure: str | None = None) -> None:
         self._event("finish", trial, status=status, state=state, failure=failure,
-                    restarted=bool(result.get("trial/restarted")),
+                    restarted=bool(result.get(TRIAL_RESTARTED)),
                     evaluations=int(result.get("training_iteration", 0)),
                     metrics=trial_metrics(result),
                     masking=masking_record(result) if MASKING_ANY in result else None)
@@ -245,7 +235,8 @@ class MlflowTrialLogger(Callback):
     # ---- events -> MLflow
     def apply(self, event: Mapping[str, Any]) -> None:
         """Logs one event (also a replayed one: every write is idempotent)."""
-        run_id = self.run_id(event["trial"], event["label"], event["record"])
+        run_id = self.run_id(event["trial"], event["label"],
+                             TrialRecord.from_dict(event["record"]))
         kind = event["kind"]
         if kind == "status":
             self.client.set_tag(run_id, TAG.STATUS, event["status"])
@@ -275,11 +266,3 @@ class MlflowTrialLogger(Callback):
         if event["masking"] is not None:
             self.client.log_dict(run_id, event["masking"], ARTIFACT.MASKING)
         self.client.set_terminated(run_id, event["state"])
-
-
-def _param(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "+".join(map(str, value)) or "-"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)

@@ -17,22 +17,23 @@ import ray
 import torch
 from ray import tune
 
-from spaces import RECORD_KEY, Space
-from trainables.config import TrialConfig
-from trainables.errors import ConfigError, TrialFailedError
-from trainables.defense.export import save_defended_model
-from trainables.defense.models import DefendedModel
-from trainables.setting.prepare import Shared
-from trainables.train import Points, run_trial
-from trainables.vocab import (
+from search.vocab import (
     ARTIFACT,
     FAILURE_LINES,
     FAILURE_REASON,
-    MASKING_ANY,
     OBJECTIVE,
-    POINTS,
-    Mode,
+    TRIAL_DEVICE,
+    TRIAL_NODE,
+    TRIAL_RESTARTED,
+    points_key,
 )
+from spaces import RECORD_KEY, Mode, Space, TrialRecord
+from trainables.defense.export import save_defended_model
+from trainables.defense.models import DefendedModel
+from trainables.errors import ConfigError, TrialFailedError
+from trainables.setting.prepare import Shared
+from trainables.train import Points, run_trial
+from trainables.vocab import EPOCH, MASKING_ANY
 
 __all__ = ["assigned_device", "objective_value", "train_recipe"]
 
@@ -81,17 +82,16 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
         raise
 
 
-def _train(record: dict[str, Any], space: Space, shared: Shared, cpus: float,
+def _train(record: TrialRecord, space: Space, shared: Shared, cpus: float,
            gpu_memory_fraction: float, lines: deque[str]) -> None:
     device, threads = _device_and_threads(cpus, gpu_memory_fraction)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    trial_config = TrialConfig.from_dict({**record["config"], "device": device,
-                                          "threads": threads})
+    trial_config = record.config.replace(device=device, threads=threads)
     resume, restarted = _resume_state(lines)
 
     def report(metrics: dict[str, float], points: Points, state: Callable[[], dict[str, Any]],
                model: DefendedModel) -> None:
-        final = metrics["epoch"] >= trial_config.epochs
+        final = metrics[EPOCH] >= trial_config.epochs
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state(), Path(folder) / ARTIFACT.STATE)
             if final:  # the driver exports the best one
@@ -99,18 +99,19 @@ def _train(record: dict[str, Any], space: Space, shared: Shared, cpus: float,
                 save_defended_model(
                     Path(folder) / ARTIFACT.MODEL, model, arch=setup.arch,
                     image_shape=setup.info.image_shape, num_classes=setup.info.num_classes,
-                    info={**record, "metrics": metrics, "threat_model": setup.threat.to_dict(),
-                          "space": space.name})
-            placement = {"trial/node_id": ray.get_runtime_context().get_node_id(),
-                         "trial/device": device, "trial/restarted": float(restarted)}
+                    info={**record.to_dict(), "metrics": metrics,
+                          "threat_model": setup.threat.to_dict(), "space": space.name})
+            placement = {TRIAL_NODE: ray.get_runtime_context().get_node_id(),
+                         TRIAL_DEVICE: device, TRIAL_RESTARTED: float(restarted)}
             metrics[OBJECTIVE] = objective_value(metrics, space)
             # the last evaluation's per-point values: paired comparisons with the baselines
-            per_point = ({f"{POINTS}/{key}": values.tolist() for key, values in points.items()}
+            per_point = ({points_key(key): values.tolist() for key, values in points.items()}
                          if final else {})
             tune.report({**metrics, **placement, **per_point},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    run_trial(trial_config, shared=shared, report=report, resume=resume, log=lines.append)
+    run_trial(trial_config, fidelity=record.fidelity, shared=shared, report=report,
+              resume=resume, log=lines.append)
 
 
 def _resume_state(lines: deque[str]) -> tuple[dict[str, Any] | None, bool]:

@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--cache-dir", default=None, help="teacher/target cache folder")
-    p.add_argument("--sealed", action="store_true",
-                   help="also score the test split against the sealed attacks (final report)")
+    p.add_argument("--final", "--sealed", dest="final", action="store_true",
+                   help="also run the final evaluation: the test split, the held-out and sealed "
+                        "attacks, AutoAttack")
     p.add_argument("--out", default=None, help="write the final metrics JSON here")
     p.add_argument("--save-model", default=None, help="write the defended model here (.pt)")
     return p
@@ -78,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainables.config import TrialConfig
     from trainables.defense.export import save_defended_model
+    from trainables.scoring.final import final_evaluation
     from trainables.train import run_trial
 
     overrides = list(args.overrides)
@@ -89,18 +90,22 @@ def _run(args: argparse.Namespace) -> int:
     values = {**space.default_values(), **parse_values(args.params, space)}
     record = space.record(values, seed=args.seed, device=args.device, threads=args.threads,
                           cache_dir=args.cache_dir)
-    config = TrialConfig.from_dict(record["config"])
+    config = record.config
     space.setup()
     print(f"space {space.name}: {config.dataset}, pool {'+'.join(config.pool)}, "
           f"held-out {'+'.join(config.heldout)}, {config.epochs} epochs", flush=True)
     start = time.perf_counter()
-    result = run_trial(config, sealed=args.sealed, log=lambda line: print(line, flush=True))
+    result = run_trial(config, fidelity=record.fidelity,
+                       log=lambda line: print(line, flush=True))
+    if args.final:
+        result.metrics.update(final_evaluation(result.model, result.shared, config,
+                                               log=lambda line: print(line, flush=True)).metrics)
     wall = time.perf_counter() - start
     for key in sorted(result.metrics):
         if key.startswith((f"{Split.VAL}/", f"{Split.TEST}/")):
             print(f"  {key:<34} {result.metrics[key]:.4f}")
     print(f"wall time {wall:.1f}s")
-    summary = {"space": space.name, **record, "metrics": result.metrics,
+    summary = {"space": space.name, **record.to_dict(), "metrics": result.metrics,
                "history": result.history, "wall_time_s": wall}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         save_defended_model(args.save_model, result.model, arch=setup.arch,
                             image_shape=setup.info.image_shape,
                             num_classes=setup.info.num_classes,
-                            info={**record, "threat_model": setup.threat.to_dict(),
+                            info={**record.to_dict(), "threat_model": setup.threat.to_dict(),
                                   "metrics": result.metrics, "space": space.name})
         print(f"defended model written to {args.save_model}")
     return 0

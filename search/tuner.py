@@ -19,9 +19,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.plan import SearchPlan
 from search.trainable import train_recipe
+from search.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
 from spaces import RECORD_KEY
 from trainables.setting.prepare import Shared
-from trainables.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
 
 __all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "restore_tuner"]
 
@@ -127,7 +127,8 @@ class BaselinesToTheEnd(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         action: str = super().on_trial_result(tune_controller, trial, result)
-        baseline = trial.config.get(RECORD_KEY, {}).get("baseline")
+        record = trial.config.get(RECORD_KEY)
+        baseline = record.baseline if record is not None else None
         if action == TrialScheduler.STOP and baseline and \
                 result.get("training_iteration", 0) < self._max_t:
             self._num_stopped -= 1

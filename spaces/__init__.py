@@ -17,6 +17,7 @@ import yaml
 from spaces._space import (
     INACTIVE,
     RECORD_KEY,
+    Mode,
     ParamSpec,
     PoolSpec,
     SearchSettings,
@@ -24,16 +25,19 @@ from spaces._space import (
     SpaceError,
     parse_space,
 )
+from spaces.record import TrialRecord
 from trainables.errors import ConfigError
 
 __all__ = [
     "INACTIVE",
     "RECORD_KEY",
+    "Mode",
     "ParamSpec",
     "PoolSpec",
     "SearchSettings",
     "Space",
     "SpaceError",
+    "TrialRecord",
     "apply_overrides",
     "list_spaces",
     "load",

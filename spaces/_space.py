@@ -11,11 +11,20 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
+from spaces.record import INACTIVE, TrialRecord
 from trainables.attacks import attack_spec
+from trainables.config import (
+    FIDELITY_FIELDS,
+    FIELDS,
+    RECIPE_FIELDS,
+    RENAMED,
+    Fidelity,
+    TrialConfig,
+)
 from trainables.defense.baselines import BASELINES, baseline_values
-from trainables.config import FIELDS, RECIPE_FIELDS, TrialConfig
 from trainables.errors import ConfigError
 from trainables.setting.setup import Setup, resolve_setup
 from trainables.vocab import (
@@ -24,15 +33,14 @@ from trainables.vocab import (
     HELDOUT_MEAN,
     Group,
     MetaOrder,
-    Mode,
     Split,
     attack_metric,
     group_metric,
     key_name,
 )
 
-__all__ = ["INACTIVE", "RECORD_KEY", "ParamSpec", "PoolSpec", "SearchSettings", "Space",
-           "SpaceError", "TrialLike"]
+__all__ = ["INACTIVE", "RECORD_KEY", "Mode", "ParamSpec", "PoolSpec", "SearchSettings", "Space",
+           "SpaceError", "TrialLike", "TrialRecord"]
 
 TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attacks",
             "craft_against", "budget", "fixed", "params", "search", "baselines"}
@@ -40,11 +48,17 @@ TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attac
 BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
 SPLIT_BY = ("family", "name")  # attacks.split_by: what the three attack sets may not share
 FIELD_DEFAULTS = TrialConfig().to_dict()
-BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "rung_samples",
-               "rung_strength", "rung_heldout_only", "test_samples", "autoattack_samples",
-               "eval_batch_size", "teacher_epochs", "masking_samples"}
-INACTIVE = "inactive"  # the logged value of a conditional parameter that did not apply
+BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "test_samples",
+               "autoattack_samples", "eval_batch_size", "teacher_epochs", "masking_samples",
+               *FIDELITY_FIELDS}
 RECORD_KEY = "trial"  # where a Tune trial's config holds the record Space.sample built
+
+
+class Mode(StrEnum):
+    """Whether the search objective is maximised or minimised."""
+
+    MAX = "max"
+    MIN = "min"
 
 
 class SpaceError(ConfigError):
@@ -66,6 +80,10 @@ def _require(mapping: Any, where: str) -> Mapping[str, Any]:
 
 
 def _no_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    renamed = sorted(set(mapping) & set(RENAMED))
+    if renamed:
+        raise SpaceError(f"{where}: " + ", ".join(f"{old} is now called {RENAMED[old]}"
+                                                  for old in renamed) + ": rename it")
     unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise SpaceError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -89,6 +107,8 @@ class ParamSpec:
         where = f"params.{name}"
         raw = _require(raw, where)
         _no_unknown(raw, {"type", "low", "high", "log", "choices", "default", "when"}, where)
+        if name in RENAMED:
+            raise SpaceError(f"{where}: {name} is now called {RENAMED[name]}: rename it")
         if name not in RECIPE_FIELDS:
             hint = " (a setup value: put it under budget/fixed)" if name in FIELDS else ""
             raise SpaceError(f"{where}: {name!r} is not a searchable recipe value{hint}; "
@@ -271,7 +291,8 @@ class Space:
     search: SearchSettings
     source: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    baselines: tuple[str, ...] = ()  # reference recipes enqueued first (trainables.defense.baselines)
+    baselines: tuple[str, ...] = ()  # reference recipes run first (defense/baselines.py)
+    fidelity: Fidelity = field(default_factory=Fidelity)  # of the evaluations before the last
 
     # ---- values <-> trial configs
     def default_values(self) -> dict[str, Any]:
@@ -310,7 +331,7 @@ class Space:
         values.update({k: v for k, v in recipe.items() if k in self.params})
         return values
 
-    def sample(self, trial: TrialLike) -> dict[str, Any]:
+    def sample(self, trial: TrialLike) -> dict[str, TrialRecord]:
         """Optuna's define-by-run function: suggests a trial's values and builds its record,
         once; Tune merges `{RECORD_KEY: record}` into the trial's config, where the trainable,
         MLflow, the checkpoint and the exported model all read it."""
@@ -349,24 +370,30 @@ class Space:
             out[name] = values.get(name) if spec.active(values) else INACTIVE
         return out
 
-    def record(self, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    def record(self, values: Mapping[str, Any], **extra: Any) -> TrialRecord:
         """A trial's resolved record, built once from its searched `values`: the config it
-        trains (`config`), its searched values with the same keys for every trial (`params`)
-        and the baseline it is, if any (`baseline`). This exact dict goes to the trainable,
-        MLflow, the checkpoint, the exported model and the best-config file."""
+        trains, its searched values with the same keys for every trial, the baseline it is,
+        if any, and the fidelity of its early evaluations."""
         config = self.trial_config(values, **extra)
-        recipe = {k: v for k, v in config.to_dict().items() if FIELDS[k].recipe or k == "pool"}
+        recipe = TrialRecord(config).recipe
         is_baseline = [name for name in self.baselines
-                       if recipe == {k: v for k, v in self.trial_config(
-                           self.baseline_values(name), **extra).to_dict().items() if k in recipe}]
-        return {"config": config.to_dict(), "params": self.logged_params(values),
-                "baseline": is_baseline[0] if is_baseline else None}
+                       if recipe == TrialRecord(self.trial_config(
+                           self.baseline_values(name), **extra)).recipe]
+        return TrialRecord(config, self.logged_params(values),
+                           is_baseline[0] if is_baseline else None, self.fidelity)
 
-    def values_of(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    def baseline_record(self, name: str, **extra: Any) -> TrialRecord:
+        """Baseline `name` trained in this space's setting (also one the space does not list,
+        which a final comparison may still add)."""
+        from trainables.defense.baselines import baseline_config
+
+        return TrialRecord(baseline_config(self.trial_config(**extra), name), {}, name,
+                           self.fidelity)
+
+    def values_of(self, record: TrialRecord) -> dict[str, Any]:
         """The searched values of a record (typed, inactive ones left out)."""
-        params = record["params"]
         flags = set(self.pool.flags(self.pool.candidates)) if self.pool.searched else set()
-        return {k: v for k, v in params.items()
+        return {k: v for k, v in record.params.items()
                 if (k in flags or k in self.params) and v != INACTIVE}
 
     def with_defaults(self, values: Mapping[str, Any], *, name: str, note: str
@@ -449,9 +476,15 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     if both:
         raise SpaceError(f"{both} are both searched (params) and fixed; keep one")
     _check_conditions(params, pool)
+    search = SearchSettings.parse(raw.get("search"))
     base = {"dataset": raw["dataset"], "heldout": list(heldout), "sealed": list(sealed),
+            "select_by": search.objective,
             **{k: raw[k] for k in ("data_dir", "threat_model", "craft_against") if k in raw},
-            **budget, **fixed}
+            **{k: v for k, v in budget.items() if k not in FIDELITY_FIELDS}, **fixed}
+    try:
+        fidelity = Fidelity.from_dict({k: v for k, v in budget.items() if k in FIDELITY_FIELDS})
+    except ConfigError as err:
+        raise SpaceError(f"budget: {err}") from None
     baselines = raw.get("baselines", [])
     if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
         raise SpaceError(f"baselines must be a list of names ({', '.join(BASELINES)}), got "
@@ -460,8 +493,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     if unknown:
         raise SpaceError(f"baselines {unknown} do not exist; choose from {', '.join(BASELINES)}")
     space = Space(name, str(raw.get("description", "")).strip(), base, pool, params,
-                  SearchSettings.parse(raw.get("search")), source, raw,
-                  tuple(dict.fromkeys(baselines)))
+                  search, source, raw, tuple(dict.fromkeys(baselines)), fidelity)
     _check_whole(space)
     _check_can_train(space)
     for baseline in space.baselines:

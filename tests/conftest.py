@@ -87,6 +87,6 @@ def at_model(smoke_space: spaces.Space) -> DefendedModel:
 
     config = smoke_space.trial_config(
         teacher_epochs=15, epochs=12, eval_every=12, batch_size=32, pool=["PGD"],
-        include_clean=False, meta="off", w_feat=0.0, w_cyc=0.0, pcl_weight=0.0, unig="off",
+        include_clean=False, meta="off", w_feat=0.0, w_cyc=0.0, w_pcl=0.0, unig="off",
         train_head=True, train_attack_steps=5, masking_samples=0)
     return run_trial(config, log=lambda _: None).model.eval()

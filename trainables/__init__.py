@@ -31,7 +31,8 @@ __all__ = [
     "save_defended_model",
 ]
 
-_LAZY = {"load_defended_model": "trainables.defense.export", "save_defended_model": "trainables.defense.export",
+_LAZY = {"load_defended_model": "trainables.defense.export",
+         "save_defended_model": "trainables.defense.export",
          "run_trial": "trainables.train", "TrialResult": "trainables.train"}
 
 

@@ -17,17 +17,22 @@ from typing import Any
 
 from trainables.errors import ConfigError
 from trainables.vocab import (
+    HELDOUT_FAMILY_MEAN,
     CraftAgainst,
     FeatLoss,
+    LrSchedule,
     MetaOrder,
+    Optimizer,
     PclLayers,
     PoolCombine,
     StudentInit,
+    TaskSide,
     TrainOn,
     UniGSize,
 )
 
-__all__ = ["FIELDS", "LOSS_WEIGHTS", "RECIPE_FIELDS", "RUNTIME_KEYS", "Field", "TrialConfig"]
+__all__ = ["FIDELITY_FIELDS", "FIELDS", "LOSS_WEIGHTS", "RECIPE_FIELDS", "RENAMED", "RUNTIME_KEYS",
+           "Fidelity", "Field", "TrialConfig", "plain"]
 
 # Where a trial runs, not what it trains: never part of a logged recipe.
 RUNTIME_KEYS = ("device", "threads", "cache_dir")
@@ -44,7 +49,13 @@ class Field:
     optional: bool = False  # None allowed
     doc: str = ""
     recipe: bool = False  # searchable: part of a defense recipe, not of the setting
-    loss: bool = False  # the weight of a loss term (a reference recipe leaves it at 0)
+    # a loss term's weight: the tasks its term is computed on (a reference recipe leaves every
+    # weight it does not name at 0); None for any other value
+    applies: TaskSide | None = None
+
+    @property
+    def loss(self) -> bool:
+        return self.applies is not None
 
     def check(self, name: str, value: Any) -> Any:
         """Returns the value in canonical form, or raises ConfigError naming what is allowed."""
@@ -110,11 +121,12 @@ def _kind_of(default: Any) -> tuple[str, type[StrEnum] | None]:
 
 
 def _value(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
-           recipe: bool = False, loss: bool = False, kind: str | None = None,
+           recipe: bool = False, applies: TaskSide | None = None, kind: str | None = None,
            optional: bool = False) -> Any:
     """A dataclass field whose metadata says how it is checked (kind inferred from default)."""
     inferred, choices = _kind_of(default)
-    spec = Field(kind or inferred, low, high, choices, optional, doc, recipe or loss, loss)
+    spec = Field(kind or inferred, low, high, choices, optional, doc,
+                 recipe or applies is not None, applies)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -122,9 +134,10 @@ def _recipe(default: Any, doc: str, **kwargs: Any) -> Any:
     return _value(default, doc, recipe=True, **kwargs)
 
 
-def _weight(default: float, doc: str) -> Any:
-    """The weight of one loss term: a recipe value in [0, 100]."""
-    return _value(default, doc, loss=True, low=0.0, high=100.0)
+def _weight(default: float, doc: str, applies: TaskSide = TaskSide.ALL) -> Any:
+    """The weight of one loss term (trainables/defense/losses.py computes it on the tasks of
+    `applies`): a recipe value in [0, 100]."""
+    return _value(default, doc, applies=applies, low=0.0, high=100.0)
 
 
 @dataclass(frozen=True)
@@ -151,12 +164,6 @@ class TrialConfig:
                              low=1, high=100000)
     eval_samples: int = _value(256, "validation points for robust accuracy; 0 = all",
                                low=0, high=10_000_000)
-    rung_samples: int = _value(0, "validation points of the evaluations before the last (ASHA's "
-                               "early rungs); 0 = eval_samples", low=0, high=10_000_000)
-    rung_strength: float = _value(1.0, "attack iterations and queries of those evaluations, as a "
-                                  "multiple of the attacks' own", low=0.05, high=10.0)
-    rung_heldout_only: bool = _value(False, "those evaluations score the held-out group (the "
-                                     "objective) only; pool and transfer groups at the last")
     test_samples: int = _value(0, "test points of the final evaluation; 0 = all",
                                low=0, high=10_000_000)
     autoattack_samples: int = _value(0, "of those, the first ones AutoAttack runs on (its cost "
@@ -167,6 +174,8 @@ class TrialConfig:
         128, "validation points for the final gradient-masking checks; 0 = off",
         low=0, high=100000)
     teacher_epochs: int = _value(30, "epochs of the teacher and target", low=1, high=100000)
+    select_by: str = _value(HELDOUT_FAMILY_MEAN, "the validation metric early stopping selects "
+                            "by (a search sets it to its objective)")
     seed: int = _value(0, "initialisation, batch order and attack seed", low=0, high=2**31 - 1)
     data_seed: int = _value(0, "data split, teacher, target and transfer-set seed (what every "
                             "trial of a search shares)", low=0, high=2**31 - 1)
@@ -178,9 +187,24 @@ class TrialConfig:
     fuse_tasks: bool = _value(True, "the tasks of a step share one forward pass (per-sample "
                               "results are the same; batch sums differ by float round-off)")
 
-    # ---- recipe: optimisation
+    # ---- recipe: optimisation and training hygiene (Rice et al. 2020, Pang et al. 2021,
+    # Gowal et al. 2020: early stopping, weight decay and weight averaging move robust
+    # accuracy as much as most algorithmic changes)
     # MID uses lr 1e-4 over 120 MNIST epochs; ours are ~100x fewer steps
-    lr: float = _recipe(1e-3, "outer Adam learning rate of the student", low=1e-6, high=1.0)
+    lr: float = _recipe(1e-3, "outer learning rate of the student", low=1e-6, high=1.0)
+    optimizer: Optimizer = _recipe(Optimizer.ADAM, "adam, adamw (decoupled weight decay) or sgd "
+                                   "(momentum 0.9, Nesterov)")
+    weight_decay: float = _recipe(0.0, "weight decay of the student's weights (L2 for adam and "
+                                  "sgd, decoupled for adamw)", low=0.0, high=0.1)
+    lr_schedule: LrSchedule = _recipe(LrSchedule.CONSTANT, "constant; cosine to 0 over the "
+                                      "updates; piecewise: x0.1 at half and at 3/4 of the epochs")
+    ema: float = _recipe(0.0, "decay of an exponential moving average of the student's weights, "
+                         "which is then the model evaluated and exported (0: off)",
+                         low=0.0, high=0.9999)
+    label_smoothing: float = _recipe(0.0, "label smoothing of the CE terms", low=0.0, high=0.5)
+    early_stopping: bool = _recipe(False, "keep the weights of the evaluation with the best "
+                                   "select_by value (evaluations every eval_every epochs), "
+                                   "score and export those")
     train_attack_steps: int = _recipe(5, "iterations of each pool attack per batch",
                                       low=1, high=100)
     train_on: TrainOn = _recipe(TrainOn.ADVERSARIAL,
@@ -192,14 +216,24 @@ class TrialConfig:
     pool_combine: PoolCombine = _recipe(
         PoolCombine.EACH, "each: one task per pool attack; worst: per sample, the pool example "
         "of highest loss (MSD's max)")
-    train_eps_scale: float = _recipe(1.0, "pool attacks craft at this times the budget",
+    train_eps_scale: float = _recipe(1.0, "pool attacks craft at this times their budget",
                                      low=0.25, high=4.0)
+    # L2 training at a larger budget is the strongest simple lever on ImageNet-UA's UA2
+    train_eps_scale_l2: float = _recipe(1.0, "L2 and L1 pool attacks craft at this times their "
+                                        "budget (on top of train_eps_scale)",
+                                        low=0.25, high=8.0)
     # ---- recipe: loss weights. MID's multi-consistency distillation (meta-train: CE + 1.5
     # KL_feat + 0.8 KL_cyc), TRADES' self-consistency, PCL (below)
-    w_ce: float = _weight(1.0, "prediction level: CE of the student on each x_adv")
-    w_ce_clean: float = _weight(1.0, "CE of the student on the clean task (include_clean)")
+    w_ce: float = _weight(1.0, "prediction level: CE of the student on each x_adv",
+                          TaskSide.ADVERSARIAL)
+    w_ce_clean: float = _weight(1.0, "CE of the student on the clean task (include_clean)",
+                                TaskSide.CLEAN)
     w_trades: float = _weight(0.0, "TRADES' beta: KL of the student's clean prediction to its "
-                              "prediction on x_adv")
+                              "prediction on x_adv", TaskSide.ADVERSARIAL)
+    # Dai et al. 2022: variation regularisation; +5.5 UA2 on top of PAT on ImageNet-100
+    w_vr: float = _weight(0.0, "variation regularisation: squared distance between the "
+                          "student's softmax outputs at x_adv and at a random point of the "
+                          "same threat region", TaskSide.ADVERSARIAL)
     w_pred_kl: float = _weight(0.0, "prediction level: KL to the teacher's prediction")
     w_feat: float = _weight(1.5, "feature level: teacher E(x) vs student E(x_adv)")
     feat_loss: FeatLoss = _recipe(FeatLoss.KL, "feature-level distance")
@@ -215,7 +249,7 @@ class TrialConfig:
                                      low=1, high=10)
     include_clean: bool = _recipe(True, "clean images are a meta-train task too")
     # ---- recipe: PCL
-    pcl_weight: float = _weight(1.0, "weight of the prototype conformity loss")
+    w_pcl: float = _weight(1.0, "weight of the prototype conformity loss")
     pcl_margin: float = _recipe(1.0, "polytope margin (RMS feature distance)",
                                 low=0.0, high=100.0)
     pcl_layers: PclLayers = _recipe(PclLayers.PENULTIMATE,
@@ -255,13 +289,14 @@ class TrialConfig:
             )
 
     def _check_it_trains(self) -> None:
-        """Some task has a loss term with a positive weight (else there is no gradient)."""
-        both = ("w_pred_kl", "w_feat", "w_cyc", "w_pix", "pcl_weight")
-        applies: tuple[str, ...] = ((*both, "w_ce", "w_trades")
-                                    if self.train_on == TrainOn.ADVERSARIAL else ())
+        """Some task has a loss term with a positive weight (else there is no gradient); which
+        weights apply follows from each weight's declared tasks (`_weight(..., applies)`)."""
+        sides = {TaskSide.ALL}
+        if self.train_on == TrainOn.ADVERSARIAL:
+            sides.add(TaskSide.ADVERSARIAL)
         if self.include_clean or self.train_on == TrainOn.CLEAN:
-            applies = (*applies, *both, "w_ce_clean")
-        applies = tuple(dict.fromkeys(applies))
+            sides.add(TaskSide.CLEAN)
+        applies = [name for name in LOSS_WEIGHTS if FIELDS[name].applies in sides]
         if not any(getattr(self, name) > 0 for name in applies):
             raise ConfigError(
                 f"the recipe trains nothing: with train_on={self.train_on.value} and "
@@ -270,6 +305,10 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialConfig:
+        renamed = sorted(set(data) & set(RENAMED))
+        if renamed:
+            raise ConfigError(", ".join(f"{old} is now called {RENAMED[old]}" for old in renamed)
+                              + ": rename it")
         unknown = sorted(set(data) - set(FIELDS))
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known keys: "
@@ -278,13 +317,45 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types: enums as their strings, attack sets as lists."""
-        return {k: _plain(v) for k, v in asdict(self).items()}
+        return {k: plain(v) for k, v in asdict(self).items()}
 
     def replace(self, **changes: Any) -> TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
 
-def _plain(value: Any) -> Any:
+@dataclass(frozen=True)
+class Fidelity:
+    """How the evaluations before a trial's last one (ASHA's early rungs) score it: cheaper
+    than the last one, which always uses every validation point of the config at full
+    strength. Not part of what a trial trains: the same recipe at another fidelity trains
+    bitwise the same model (evaluations draw from a fork of the RNG)."""
+
+    rung_samples: int = _value(0, "validation points of the evaluations before the last (ASHA's "
+                               "early rungs); 0 = eval_samples", low=0, high=10_000_000)
+    rung_strength: float = _value(1.0, "attack iterations and queries of those evaluations, as a "
+                                  "multiple of the attacks' own", low=0.05, high=10.0)
+    rung_heldout_only: bool = _value(False, "those evaluations score the held-out group (the "
+                                     "objective) only; pool and transfer groups at the last")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name,
+                               FIDELITY_FIELDS[f.name].check(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fidelity:
+        unknown = sorted(set(data) - set(FIDELITY_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown fidelity key(s) {unknown}; known keys: "
+                              f"{', '.join(FIDELITY_FIELDS)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plain(value: Any) -> Any:
+    """A value as plain JSON/YAML types: enums as their strings, tuples as lists."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, tuple):
@@ -293,5 +364,8 @@ def _plain(value: Any) -> Any:
 
 
 FIELDS: dict[str, Field] = {f.name: f.metadata["spec"] for f in fields(TrialConfig)}
+FIDELITY_FIELDS: dict[str, Field] = {f.name: f.metadata["spec"] for f in fields(Fidelity)}
+# old names of values, refused with the new one named (a space file written before a rename)
+RENAMED = {"pcl_weight": "w_pcl"}
 RECIPE_FIELDS: dict[str, Field] = {k: v for k, v in FIELDS.items() if v.recipe}
 LOSS_WEIGHTS: tuple[str, ...] = tuple(k for k, v in FIELDS.items() if v.loss)

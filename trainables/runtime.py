@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
+from trainables.vocab import time_key
 
 __all__ = ["Stopwatch", "resolve_device", "seed_everything", "set_threads"]
 
@@ -63,4 +64,4 @@ class Stopwatch:
             self.totals[name] += time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
-        return {f"time/{name}_s": seconds for name, seconds in self.totals.items()}
+        return {time_key(name): seconds for name, seconds in self.totals.items()}

@@ -1,8 +1,8 @@
-"""The project's vocabulary: closed choices as enums, and every shared name and default.
+"""A trial's vocabulary: its closed choices as enums, the metric keys it reports, its defaults.
 
-Metric keys, MLflow tags, artifact file names, trial statuses and default thresholds are
-spelled here once and imported wherever they are used. Imports nothing heavy (no torch), so
-the space validator can use it.
+Every metric key a trial reports is spelled here once and read through these names (the
+search's own words, its tags, artifacts and statuses, are in search/vocab.py). Imports nothing
+heavy (no torch), so the space validator can use it.
 
 Metric keys read `split/group/attack/acc` (`val/heldout/Square/acc`) or `split/group/stat`
 (`val/heldout/mean_acc`).
@@ -13,35 +13,61 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "ARTIFACT",
+    "BEST_EPOCH",
+    "CHANCE_MARGIN",
     "CLEAN_ACC",
+    "CRAFT_BATCH",
+    "DIVERGED_LOSS_FACTOR",
+    "EPOCH",
+    "EPOCH_SECONDS",
+    "EPOCH_SEED_STRIDE",
+    "FIDELITY_POINTS",
+    "FIDELITY_STRENGTH",
     "GROUP_STATS",
+    "HELDOUT_FAMILY_MEAN",
     "HELDOUT_MEAN",
+    "MASKING",
     "MASKING_ANY",
-    "OBJECTIVE",
-    "TAG",
+    "MASKING_DLR_GAP",
+    "MASKING_EPS_SWEEP",
+    "MASKING_FAMILY_GAP",
+    "MASKING_GAP",
+    "MASKING_INFORMATIONAL",
+    "MASKING_LARGE_EPS_ACC",
+    "MASKING_STEPS_GAP",
+    "MASKING_UNBOUNDED_SUCCESS",
+    "SEALED_STRENGTH",
+    "TEACHER_LR",
+    "TIME_AUTOATTACK",
+    "TIME_ELAPSED",
+    "TIME_FINAL",
+    "TIME_TOTAL",
+    "TIME_TRAIN",
+    "TRAIN_LOSS",
+    "TRANSFER_BATCH",
     "CraftAgainst",
     "FeatLoss",
     "Group",
     "Level",
+    "LrSchedule",
     "MetaOrder",
-    "Mode",
     "Norm",
+    "Optimizer",
     "PclLayers",
     "PoolCombine",
-    "Scheduler",
-    "SearchAlg",
     "Split",
     "Stat",
     "StudentInit",
+    "TaskSide",
     "TrainOn",
-    "TrialStatus",
     "UniGSize",
     "attack_metric",
     "group_metric",
     "high_key",
     "key_name",
     "low_key",
+    "time_key",
+    "train_key",
 ]
 
 
@@ -104,38 +130,31 @@ class PclLayers(StrEnum):
     BOTH = "both"
 
 
+class TaskSide(StrEnum):
+    """Which tasks of a training step a loss term is computed on."""
+
+    CLEAN = "clean"  # the clean images (include_clean, or clean training)
+    ADVERSARIAL = "adversarial"  # each pool attack's examples
+    ALL = "all"
+
+
+class Optimizer(StrEnum):
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class LrSchedule(StrEnum):
+    CONSTANT = "constant"
+    COSINE = "cosine"
+    PIECEWISE = "piecewise"
+
+
 class PoolCombine(StrEnum):
     """How a batch's pool attacks become training tasks."""
 
     EACH = "each"  # one task per pool attack (MID's meta-tasks; averaged without meta step)
     WORST = "worst"  # per sample, the pool example with the highest loss (MSD's "max")
-
-
-class SearchAlg(StrEnum):
-    TPE = "tpe"
-    RANDOM = "random"
-    NSGA2 = "nsga2"
-
-
-class Scheduler(StrEnum):
-    ASHA = "asha"
-    NONE = "none"
-
-
-class Mode(StrEnum):
-    MAX = "max"
-    MIN = "min"
-
-
-class TrialStatus(StrEnum):
-    """A child run's fate, in the STATUS tag."""
-
-    RUNNING = "running"
-    RETRYING = "retrying"
-    COMPLETED = "completed"
-    EARLY_STOPPED = "early-stopped"
-    FAILED = "failed"
-    BASELINE = "baseline"  # a reference recipe trained by `search.sealed --baselines`
 
 
 # ---------------------------------------------------------------- metric keys
@@ -152,10 +171,6 @@ class Group(StrEnum):
     POOL = "pool"
     HELDOUT = "heldout"
     SEALED = "sealed"
-    BASELINE = "baseline"  # the reference recipe a trial is (trainables/baselines.py)
-    VS_BASELINE = "vs_best_baseline"  # a trial's objective against the best baseline's
-    FAILURE = "failure"  # why a trial failed: exception type and message
-    RESTARTED = "restarted"  # a trial whose checkpoint could not be read started over
     TRANSFER = "transfer"  # held-out attacks crafted on the undefended target
     ADAPTIVE = "adaptive"  # attacks adapted to UniG (BPDA, module-free)
     AUTOATTACK = "autoattack"
@@ -202,63 +217,40 @@ def attack_metric(split: str, group: str, attack: str) -> str:
 
 CLEAN_ACC = group_metric(Split.VAL, Group.CLEAN, Stat.ACC)
 HELDOUT_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.MEAN)
-# What Tune optimises: the space's objective, zeroed for a trial that raised a masking flag.
-OBJECTIVE = "val/objective"
-POINTS = "points"  # a result's per-point values of its summary metrics: points/<metric>
-# a trial that failed for a reason a retry would meet again reports it (and is not retried)
-FAILURE_REASON = "failure/reason"
-FAILURE_LINES = "failure/last_lines"
-ORPHANED = "orphaned"  # Optuna user attribute of a trial a killed driver asked for, never ran
+HELDOUT_FAMILY_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.FAMILY_MEAN)
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
-# Metric namespaces a trial reports (what MLflow keeps; Tune's own keys are left out)
-METRIC_PREFIXES = ("val/", "train/", "test/", "time/", "masking/", "fidelity/")
+EPOCH = "epoch"  # the epoch an evaluation was made after (the step of its metrics)
 
 
-# ---------------------------------------------------------------- MLflow tags and artifacts
+def train_key(part: str) -> str:
+    """A training-loss part averaged over an epoch: `train/loss`, `train/ce`."""
+    return f"{Split.TRAIN}/{part}"
 
 
-class TAG:
-    STATUS = "trial_status"
-    MASKING_FLAGS = "masking_flags"
-    TRIAL_ID = "ray_trial_id"
-    PARENT = "mlflow.parentRunId"
-    SEARCH_NAME = "search_name"
-    SPACE = "space"
-    EVALUATIONS = "evaluations"
-    BEST_RUN = "best_run"
-    SEALED = "sealed"
-    BASELINE = "baseline"  # the reference recipe a trial is (trainables/baselines.py)
-    VS_BASELINE = "vs_best_baseline"  # a trial's objective against the best baseline's
-    FAILURE = "failure"  # why a trial failed: exception type and message
-    RESTARTED = "restarted"  # a trial whose checkpoint could not be read started over
+TRAIN_LOSS = train_key("loss")
+EPOCH_SECONDS = train_key("epoch_seconds")
+BEST_EPOCH = train_key("best_epoch")  # early stopping: the epoch whose weights were kept
 
 
-class ARTIFACT:
-    CONFIG = "config.json"  # a trial's resolved record: config + searched values
-    ROBUSTNESS = "robustness.csv"
-    MASKING = "masking.json"
-    FAILURE = "failure.txt"  # a failed trial's error and its last lines
-    MODEL = "model.pt"  # a trial's final defended model, in its last checkpoint
-    STATE = "state.pt"  # a trial's resumable state, in every checkpoint
-    LEADERBOARD = "leaderboard.csv"
-    SEALED = "sealed.csv"  # the final comparison, one row per recipe
-    FINAL_TABLE = "final.md"  # ... as the table a person reads
-    FINAL_JSON = "final.json"
-    BEST_CONFIG = "best_config.yaml"
-    BEST_MODEL = "best_model.pt"
-    SPACE = "space.yaml"
-    SEARCH_INFO = "search.json"
-    OPTUNA_DB = "optuna.db"
-    MLFLOW_JOURNAL = "mlflow-pending.jsonl"  # MLflow writes queued while the server was away
+def time_key(*parts: str) -> str:
+    """Seconds spent: `time/craft_s`, `time/val/heldout/Elastic.medium_s`."""
+    return "time/" + "/".join(parts) + "_s"
 
+
+TIME_ELAPSED = time_key("elapsed")  # since the trial started, at an evaluation
+TIME_TOTAL = time_key("total")  # the whole trial
+TIME_TRAIN = time_key("train")  # training a recipe again (the final comparison)
+TIME_FINAL = time_key("final")  # a model's final evaluation
+TIME_AUTOATTACK = time_key("autoattack")  # AutoAttack, inside the final evaluation
+# What an evaluation scored: how many points, at what attack strength
+FIDELITY_POINTS = "fidelity/points"
+FIDELITY_STRENGTH = "fidelity/strength"
 
 
 # ---------------------------------------------------------------- defaults and thresholds
 
 SEALED_STRENGTH = 2.0  # the final report runs attacks at twice their iterations and queries
-FINAL_SEEDS = 3  # the final comparison trains every recipe with this many seeds
-TRACKING_OUTAGE_S = 300.0  # how long a finished search waits for a lost tracking server
 TEACHER_LR = 1e-3  # Adam, for the teacher and the undefended target (clean training)
 CRAFT_BATCH = 512  # batch size when crafting train-set examples on the target once
 TRANSFER_BATCH = 256  # batch size when crafting the transfer sets on the target

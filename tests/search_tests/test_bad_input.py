@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import report, run, sealed, trial
+from search import final, report, run, trial
 from tests.processes import start_mlflow_server, stop_process
-from trainables.errors import ModelFileError
 from trainables.defense.export import load_defended_model, save_defended_model
 from trainables.defense.models import DefendedModel, build_arch
+from trainables.errors import ModelFileError
 
 Main = Callable[[Sequence[str] | None], int]
-RUN, TRIAL, REPORT, SEALED = run.main, trial.main, report.main, sealed.main
+RUN, TRIAL, REPORT, FINAL = run.main, trial.main, report.main, final.main
 
 S = ["--space", "smoke"]
 CASES: list[tuple[str, Main, list[str], str]] = [
@@ -142,16 +142,16 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("trial: unknown space", TRIAL, ["--space", "nope"], "unknown space 'nope'"),
     ("trial: unknown device", TRIAL, [*S, "--device", "tpu"], "tpu"),
     ("trial: negative threads", TRIAL, [*S, "--threads", "-2"], "threads=-2 is out of range"),
-    # ---- search.report and search.sealed on searches that are not there
+    # ---- search.report and search.final on searches that are not there
     ("report: no search here", REPORT, ["--storage-path", "{tmp}/results"],
      "no finished search"),
     ("report: store that does not exist", REPORT,
      ["--experiment", "x", "--mlflow-uri", "sqlite:///{tmp}/missing.db"],
      "there is no MLflow store"),
-    ("sealed: no search here", SEALED, ["--storage-path", "{tmp}/results"],
+    ("final: no search here", FINAL, ["--storage-path", "{tmp}/results"],
      "no finished search"),
-    ("sealed: zero seeds", SEALED, ["--seeds", "0"], "--seeds=0 must be >= 1"),
-    ("sealed: zero strength", SEALED, ["--strength", "0"], "--strength=0.0 must be > 0"),
+    ("final: zero seeds", FINAL, ["--seeds", "0"], "--seeds=0 must be >= 1"),
+    ("final: zero strength", FINAL, ["--strength", "0"], "--strength=0.0 must be > 0"),
 ]
 
 
@@ -163,7 +163,7 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "spaces").mkdir()
-    weights = ("w_ce", "w_ce_clean", "w_trades", "w_feat", "w_cyc", "pcl_weight")
+    weights = ("w_ce", "w_ce_clean", "w_trades", "w_feat", "w_cyc", "w_pcl")
     head = ("name: {}\ndataset: digits\nattacks:\n  pool: {{candidates: [PGD], min_size: 1, "
             "max_size: 1, default: [PGD]}}\n  heldout: [PGDL2]\n")
     for name, fixed, params in (

@@ -176,7 +176,7 @@ def test_trials_run_on_the_worker_and_log_to_the_server(cluster: Cluster) -> Non
         for name in ("val/heldout/mean_acc", "val/heldout/PGDL2/acc", "val/clean/acc"):
             assert 0.0 <= metrics[name] <= 1.0  # type: ignore[index]
     # Ray Tune's own per-trial records say the same
-    sealed = [r for r in children if r["tags"].get("sealed") == "true"]  # type: ignore[union-attr]
+    sealed = [r for r in children if r["tags"].get("final_comparison") == "true"]  # type: ignore[union-attr]
     # the final comparison: the best searched trial and smoke's two baselines
     assert len(sealed) == 3
     assert all("final/test/autoattack/acc" in r["metrics"] for r in sealed)  # type: ignore[operator]

@@ -17,9 +17,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.vocab import ORPHANED
 from tests.processes import session_members, start_mlflow_server, stop_process
 from tests.search_tests.conftest import REPO, run_module
-from trainables.vocab import ORPHANED
 
 
 def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -1,4 +1,4 @@
-"""`search.report` and `search.sealed` on a finished smoke search."""
+"""`search.report` and `search.final` on a finished smoke search."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 import spaces
 from search.trainable import objective_value
+from search.vocab import OBJECTIVE
 from tests.search_tests.conftest import FinishedSearch, run_module
-from trainables.vocab import OBJECTIVE
 
 
 def test_masking_flags_zero_the_objective() -> None:
@@ -66,7 +66,7 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
         smoke_search: FinishedSearch) -> None:
     """standard is not a baseline of the smoke space: the CLI trains it (2 seeds) beside the
     best searched recipe, reusing the search's seed-0 model of that one."""
-    proc = run_module("search.sealed", "--name", smoke_search.name, "--storage-path",
+    proc = run_module("search.final", "--name", smoke_search.name, "--storage-path",
                       str(smoke_search.storage), "--top-k", "1", "--seeds", "2",
                       "--baselines", "standard", "--format", "csv", cwd=smoke_search.cwd,
                       timeout=900)

@@ -13,9 +13,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.vocab import ORPHANED
 from tests.processes import stop_process
 from tests.search_tests.conftest import REPO, run_module
-from trainables.vocab import ORPHANED
 
 
 @pytest.mark.slow

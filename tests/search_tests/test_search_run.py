@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 import spaces
+from search.vocab import TAG
 from tests.search_tests.conftest import FinishedSearch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
                                                                   "fidelity/points")}
     assert points == {1: 64.0, 2: 64.0, 3: 64.0, 4: 64.0}
     # the final comparison: the best searched recipe and both baselines, 2 seeds each
-    final = [r for r in children if r.data.tags.get("sealed") == "true"]
+    final = [r for r in children if r.data.tags.get(TAG.FINAL) == "true"]
     assert len(final) == 3 and {r.data.tags.get("baseline") for r in final} == {
         None, "pgd-at", "trades"}
     for run in final:
@@ -105,7 +106,7 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
             "final.json", "space.yaml", "report"} <= parent_artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/pareto.png", "report/heatmap.png", "report/parallel.png"} <= plots
-    # the table the search printed and logged (search.sealed, run by test_report, may log a
+    # the table the search printed and logged (search.final, run by test_report, may log a
     # later one over final.md: compare with the table as the search printed it)
     printed = smoke_search.proc.stdout
     table = printed[printed.rindex("Test split, mean over"):printed.index("wall time:")]

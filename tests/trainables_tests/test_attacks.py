@@ -1,4 +1,4 @@
-"""Tests for trainables.attacks and trainables.attacks.threat: the registry, building and calling every
+"""Tests for trainables.attacks (threat model included): the registry, building and calling every
 attack, the data-set fit checks, training-safe crafting and the budget arithmetic."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from trainables.attacks import (
     list_lp_attacks,
 )
 from trainables.attacks.norms import perturbation_norm, project, within_budget
-from trainables.errors import ConfigError
 from trainables.attacks.threat import ThreatModel
+from trainables.errors import ConfigError
 
 ALL_ATTACKS = {  # the Lp attacks (torchattacks, and noise); the non-Lp families: test_unforeseen
     "FGSM", "FFGSM", "RFGSM", "BIM", "PGD", "EOTPGD", "UPGD", "TPGD", "Jitter", "MIFGSM",

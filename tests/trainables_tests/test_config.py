@@ -1,4 +1,4 @@
-"""Tests for trainables.config (TrialConfig validation) and trainables.setting.prepare.resolve_setup
+"""Tests for trainables.config (TrialConfig validation) and trainables.setting.setup
 (the data-set-dependent checks): every bad value gives a ConfigError naming it and what is
 allowed."""
 

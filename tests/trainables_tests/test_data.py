@@ -1,4 +1,4 @@
-"""Tests for trainables.setting.data: bundled sets, seeded splits, file-format loaders and their errors."""
+"""Tests for trainables.setting.data: bundled sets, seeded splits, file loaders, errors."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import scipy.io
 import torch
 
+from trainables.errors import ConfigError, DataError
 from trainables.setting.data import (
     DataSplits,
     list_loaders,
     load_dataset,
     split_indices,
 )
-from trainables.errors import ConfigError, DataError
 from trainables.setting.setup import dataset_info, list_datasets
 
 ALL_SETS = {"digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "svhn"}

@@ -6,6 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from trainables.attacks.threat import ThreatModel
+from trainables.defense.models import DefendedModel
+from trainables.defense.unig import UniG
 from trainables.scoring.masking import (
     CheckContext,
     MaskingReport,
@@ -14,9 +17,6 @@ from trainables.scoring.masking import (
     one_step_beats_iterative,
     run_masking_checks,
 )
-from trainables.defense.models import DefendedModel
-from trainables.attacks.threat import ThreatModel
-from trainables.defense.unig import UniG
 
 THREAT = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0})
 

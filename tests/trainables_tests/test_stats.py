@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from trainables.scoring.stats import mcnemar_p, mean_interval, paired_difference, seed_interval, wilson
+from trainables.scoring.stats import (
+    mcnemar_p,
+    mean_interval,
+    paired_difference,
+    seed_interval,
+    wilson,
+)
 
 
 def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -12,11 +12,12 @@ import torch
 
 import spaces
 from trainables import load_defended_model, run_trial
-from trainables.errors import ConfigError, ModelFileError
+from trainables.config import Fidelity
 from trainables.defense.export import save_defended_model
-from trainables.setting.prepare import Shared, prepare_shared
-from trainables.runtime import resolve_device
 from trainables.defense.unig import UniG
+from trainables.errors import ConfigError, ModelFileError
+from trainables.runtime import resolve_device
+from trainables.setting.prepare import Shared, prepare_shared
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def test_a_class_missing_from_the_training_set_trains(smoke_space: spaces.Space,
     keep = data.train_y != 9
     shared = dataclasses.replace(smoke_shared, data=dataclasses.replace(
         data, train_x=data.train_x[keep], train_y=data.train_y[keep]), target_examples={})
-    config = smoke_space.trial_config(epochs=1, eval_every=1, pcl_weight=1.0)
+    config = smoke_space.trial_config(epochs=1, eval_every=1, w_pcl=1.0)
     result = run_trial(config, shared=shared, log=_quiet)
     assert math.isfinite(result.metrics["train/loss"])
 
@@ -139,9 +140,10 @@ def test_mid_defaults_reach_the_promised_quality() -> None:
 
 # ---- speed levers give the same answers (issue: "a lever must not change what is measured")
 
-def _final_metrics(space: spaces.Space, shared: Shared, **values: Any) -> dict[str, float]:
+def _final_metrics(space: spaces.Space, shared: Shared, fidelity: Fidelity | None = None,
+                   **values: Any) -> dict[str, float]:
     config = space.trial_config(epochs=2, eval_every=1, **values)
-    metrics = run_trial(config, shared=shared, log=_quiet).metrics
+    metrics = run_trial(config, fidelity=fidelity, shared=shared, log=_quiet).metrics
     return {k: v for k, v in metrics.items()
             if not k.startswith("time/") and k != "train/epoch_seconds"}
 
@@ -150,14 +152,13 @@ def test_cheaper_early_evaluations_leave_training_and_the_last_evaluation_unchan
         smoke_space: spaces.Space, smoke_shared: Shared) -> None:
     # exact lever: evaluations draw no training randomness, so bitwise equal on CPU
     full = _final_metrics(smoke_space, smoke_shared)
-    cheap = _final_metrics(smoke_space, smoke_shared, rung_samples=16, rung_strength=0.5,
-                           rung_heldout_only=True)
+    rungs = Fidelity(rung_samples=16, rung_strength=0.5, rung_heldout_only=True)
+    cheap = _final_metrics(smoke_space, smoke_shared, rungs)
     assert cheap == full
     # and each evaluation names its fidelity: 16 points at half strength, then all 64
     reports: list[dict[str, float]] = []
-    config = smoke_space.trial_config(epochs=2, eval_every=1, rung_samples=16,
-                                      rung_strength=0.5, rung_heldout_only=True)
-    run_trial(config, shared=smoke_shared, log=_quiet,
+    config = smoke_space.trial_config(epochs=2, eval_every=1)
+    run_trial(config, fidelity=rungs, shared=smoke_shared, log=_quiet,
               report=lambda metrics, *_: reports.append(metrics))
     assert [(r["fidelity/points"], r["fidelity/strength"]) for r in reports] == [
         (16.0, 0.5), (64.0, 1.0)]

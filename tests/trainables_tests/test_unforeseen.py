@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from trainables.attacks import attack_spec, build_attack, check_attack_fits, list_families
-from trainables.attacks.unforeseen import FAMILIES, TransformAttack, warp
-from trainables.errors import ConfigError
-from trainables.defense.models import DefendedModel
-from trainables.setting.setup import dataset_info
 from trainables.attacks.threat import ThreatModel
+from trainables.attacks.unforeseen import FAMILIES, TransformAttack, warp
+from trainables.defense.models import DefendedModel
+from trainables.errors import ConfigError
+from trainables.setting.setup import dataset_info
 
 # Families that mean little on 8x8 digits (README, "Unforeseen attacks"): tested on mnist5k
 ON_MNIST = {"Blur"}

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.errors import ConfigError
 from trainables.defense.models import DefendedModel
 from trainables.defense.unig import UniG
+from trainables.errors import ConfigError
 
 
 def _input_gradients(model: DefendedModel, unig: UniG, x: torch.Tensor,

@@ -43,14 +43,16 @@ _DEFAULT_FALLBACK = "PGD"
 
 def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classes: int,
                  strength: float = 1.0, train_steps: int | None = None, seed: int = 0,
-                 budget: float | None = None, scale: float = 1.0, **overrides: Any) -> Attack:
+                 budget: float | None = None, scale: float = 1.0,
+                 feature_model: nn.Module | None = None, **overrides: Any) -> Attack:
     """Builds `name` against `model` at the threat model's budget for it (or `budget`).
 
     `strength` scales iterations, queries and restarts; `train_steps` sets the step count of
     a training-time attack, and gives an Lp attack a PGD fallback in its own norm, used to
     repair the points a returns-clean or unbounded attack could not turn into an example;
-    `scale` multiplies the budget (a family's ceiling still holds); `overrides` replace
-    arguments of the attack's row.
+    `scale` multiplies the budget (a family's ceiling still holds); `feature_model` is the
+    network whose features bound a perceptual attack (a trial's frozen teacher encoder; other
+    attacks ignore it); `overrides` replace arguments of the attack's row.
     """
     spec = attack_spec(name)
     budget = (attack_budget(name, threat) if budget is None else budget) * scale

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trainables.errors import ConfigError
 from trainables.attacks.threat import NORMS
+from trainables.errors import ConfigError
 
 __all__ = ["NORM_TOLERANCE", "perturbation_norm", "project", "within_budget"]
 

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.attacks.threat import ThreatModel
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.attacks.threat import ThreatModel
 from trainables.vocab import Level, Norm
 
 __all__ = [

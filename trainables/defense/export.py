@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from trainables.errors import ModelFileError
 from trainables.defense.models import DefendedModel, build_arch
 from trainables.defense.unig import UniG
+from trainables.errors import ModelFileError
 
 __all__ = ["load_defended_model", "save_defended_model"]
 

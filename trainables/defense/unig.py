@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.errors import ConfigError
 from trainables.defense.models import ClassifierHead
+from trainables.errors import ConfigError
 from trainables.vocab import UniGSize
 
 __all__ = ["UniG", "gradient_spread"]

@@ -19,9 +19,9 @@ from torch import nn
 from trainables.attacks import attack_spec, split_name
 from trainables.attacks.base import Attack
 from trainables.attacks.norms import within_budget
+from trainables.attacks.threat import ThreatModel
 from trainables.runtime import seed_everything
 from trainables.scoring.stats import Interval, mean_interval, wilson
-from trainables.attacks.threat import ThreatModel
 from trainables.vocab import (
     Group,
     Level,
@@ -31,6 +31,7 @@ from trainables.vocab import (
     high_key,
     key_name,
     low_key,
+    time_key,
 )
 
 __all__ = ["clean_correct", "evaluate_groups", "family_masks", "group_metrics", "group_points",
@@ -155,7 +156,7 @@ def evaluate_groups(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             masks[attack.name] = robust_mask(model, attack, x, y, correct,
                                              batch_size=batch_size, seed=seed)
             seconds = time.perf_counter() - start
-            metrics[f"time/{split}/{group}/{key_name(attack.name)}_s"] = seconds
+            metrics[time_key(split, group, key_name(attack.name))] = seconds
         metrics.update(group_metrics(split, group, masks))
         all_masks.update({f"{group}/{name}": m for name, m in masks.items()})
     return metrics, all_masks

@@ -1,4 +1,5 @@
-"""The sealed evaluation: a defended model's final report, on the test split.
+"""The final evaluation: a defended model's report on the test split (what the search's final
+comparison runs on every recipe and seed).
 
 The test split and the sealed attacks are never used while searching. The report holds:
 - `test/heldout/...` and `test/sealed/...`: those attacks at `strength` x their iterations,
@@ -26,7 +27,9 @@ import torch
 
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
+from trainables.attacks.threat import ThreatModel
 from trainables.config import TrialConfig
+from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import (
     clean_correct,
     evaluate_groups,
@@ -37,12 +40,12 @@ from trainables.scoring.evaluate import (
     transfer_masks,
 )
 from trainables.scoring.masking import StraightThrough, is_randomized
-from trainables.defense.models import DefendedModel
-from trainables.setting.prepare import Shared
 from trainables.scoring.stats import wilson
-from trainables.attacks.threat import ThreatModel
+from trainables.setting.prepare import Shared
 from trainables.vocab import (
     SEALED_STRENGTH,
+    TIME_AUTOATTACK,
+    TIME_FINAL,
     Group,
     Norm,
     Split,
@@ -52,7 +55,7 @@ from trainables.vocab import (
     low_key,
 )
 
-__all__ = ["Evaluation", "autoattack_robust", "sealed_evaluation"]
+__all__ = ["Evaluation", "autoattack_robust", "final_evaluation"]
 
 
 @dataclass
@@ -113,7 +116,7 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
     return masks
 
 
-def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
+def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
                       strength: float = SEALED_STRENGTH, autoattack: bool = True,
                       log: Callable[[str], None] = print) -> Evaluation:
     """The final report of one defended model (see the module docstring for the metrics)."""
@@ -159,11 +162,11 @@ def sealed_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig,
             metrics[group_metric(Split.TEST, Group.AUTOATTACK, "warnings")] = float(len(notes))
             for note in notes:
                 log(f"AutoAttack ({version}) warning: {note.splitlines()[0]}")
-        metrics["time/autoattack_s"] = time.perf_counter() - started
+        metrics[TIME_AUTOATTACK] = time.perf_counter() - started
     points = {key: mask.float().cpu().numpy() for key, mask in binary.items()}
     for name, group_masks in by_group.items():
         if group_masks:
             points.update({group_metric(Split.TEST, name, stat): values
                            for stat, values in group_points(group_masks).items()})
-    metrics["time/sealed_s"] = time.perf_counter() - start
+    metrics[TIME_FINAL] = time.perf_counter() - start
     return Evaluation(metrics, points)

@@ -24,11 +24,11 @@ from torch import nn
 
 from trainables.attacks import attack_spec, build_attack, split_name
 from trainables.attacks.base import Attack
-from trainables.errors import ConfigError
-from trainables.scoring.evaluate import clean_correct, robust_mask
-from trainables.defense.models import DefendedModel
-from trainables.registry import Registry
 from trainables.attacks.threat import ThreatModel
+from trainables.defense.models import DefendedModel
+from trainables.errors import ConfigError
+from trainables.registry import Registry
+from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.vocab import (
     MASKING,
     MASKING_ANY,
@@ -41,6 +41,7 @@ from trainables.vocab import (
     MASKING_STEPS_GAP,
     MASKING_UNBOUNDED_SUCCESS,
     Norm,
+    time_key,
 )
 
 __all__ = ["CheckContext", "MaskingReport", "StraightThrough", "is_randomized", "list_checks",
@@ -357,7 +358,7 @@ class MaskingReport:
         out = {f"{prefix}/{name}": float(raised) for name, raised in self.flags.items()}
         out.update({f"{prefix}/evidence/{k}": v for k, v in self.evidence.items()})
         out[f"{prefix}/any"] = float(self.masked)
-        out.update({f"time/{prefix}/{name}_s": s for name, s in self.seconds.items()})
+        out.update({time_key(prefix, name): s for name, s in self.seconds.items()})
         return out
 
 

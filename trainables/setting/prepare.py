@@ -21,10 +21,10 @@ from torch import nn
 from trainables.attacks import build_attack
 from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
-from trainables.setting.data import DataSplits, load_dataset
-from trainables.errors import ConfigError
 from trainables.defense.models import DefendedModel, ModelParts, build_arch
+from trainables.errors import ConfigError
 from trainables.runtime import resolve_device, seed_everything
+from trainables.setting.data import DataSplits, load_dataset
 from trainables.setting.setup import Setup, resolve_setup
 from trainables.vocab import (
     CRAFT_BATCH,

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.attacks.specs import attack_spec, check_attack_fits
+from trainables.attacks.threat import LEVELS, ThreatModel
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.attacks.threat import LEVELS, ThreatModel
 from trainables.vocab import CraftAgainst, Norm
 
 __all__ = ["ARCHITECTURES", "DEFAULT_BUDGETS", "DEFAULT_LEVELS", "DatasetInfo", "Setup",

@@ -1,0 +1,120 @@
+"""A trial's evaluation on the validation split: the white-box pool and held-out groups, the
+transfer group and the gradient-masking checks (the cheap ones at every evaluation, the whole
+list at the last one), at the fidelity of the evaluation (ASHA's early rungs score fewer
+points at a lower attack strength than the last one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainables.attacks import build_attack
+from trainables.attacks.base import Attack
+from trainables.config import Fidelity, TrialConfig
+from trainables.defense.models import DefendedModel
+from trainables.runtime import Stopwatch
+from trainables.scoring.evaluate import (
+    evaluate_groups,
+    group_metrics,
+    group_points,
+    transfer_masks,
+)
+from trainables.scoring.masking import run_masking_checks
+from trainables.setting.prepare import Shared
+from trainables.vocab import (
+    CLEAN_ACC,
+    FIDELITY_POINTS,
+    FIDELITY_STRENGTH,
+    MASKING,
+    Group,
+    Norm,
+    Split,
+    group_metric,
+)
+
+__all__ = ["Rung", "Rungs", "validate"]
+
+Points = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """What one evaluation scores: on which points, at what attack strength, which groups."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    strength: float
+    heldout_only: bool
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """The evaluations before the last (ASHA's early rungs), and the last one (the full one).
+    The early rungs' points are the first of the same seeded order: a subset of the last's."""
+
+    early: Rung
+    last: Rung
+
+    @classmethod
+    def of(cls, config: TrialConfig, fidelity: Fidelity, shared: Shared, device: torch.device
+           ) -> Rungs:
+        x, y = (t.to(device) for t in shared.points(Split.VAL, config))
+        last = Rung(x, y, 1.0, False)
+        if fidelity.rung_samples:
+            x, y = (t.to(device) for t in shared.split(Split.VAL, samples=fidelity.rung_samples,
+                                                       seed=config.data_seed))
+        return cls(Rung(x, y, fidelity.rung_strength, fidelity.rung_heldout_only), last)
+
+
+def validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: Rung, *,
+             final: bool, watch: Stopwatch) -> tuple[dict[str, float], Points]:
+    """The metrics of one evaluation, and the per-point values of clean accuracy and the
+    held-out statistics (what paired comparisons need).
+
+    It draws from a fork of the RNG: how much an evaluation scores (its points, strength,
+    masking checks) leaves the training stream, and so the model, as it was."""
+    device = rung.x.device
+    cuda = ([device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else [])
+    with torch.random.fork_rng(devices=cuda):
+        return _validate(model, shared, config, rung, final=final, watch=watch)
+
+
+def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: Rung, *,
+              final: bool, watch: Stopwatch) -> tuple[dict[str, float], Points]:
+    setup, x, y = shared.setup, rung.x, rung.y
+
+    def bind(names: tuple[str, ...]) -> list[Attack]:
+        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
+                             seed=config.seed, strength=rung.strength) for n in names]
+
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
+    if not rung.heldout_only:
+        groups = {Group.POOL: bind(config.pool), **groups}
+    with watch.phase("eval_attacks"):
+        metrics, masks = evaluate_groups(model, x, y, groups, split=Split.VAL,
+                                         batch_size=config.eval_batch_size, seed=config.seed)
+    metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
+    heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
+               if name.startswith(f"{Group.HELDOUT}/")}
+    points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
+              for stat, values in group_points(heldout).items()}
+    points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
+    transfer = shared.transfer.get(Split.VAL)
+    if transfer and not rung.heldout_only:  # crafted on the undefended target: apart
+        sets = {n: t[:len(y)] for n, t in transfer.items()}  # the same first points
+        metrics.update(group_metrics(Split.VAL, Group.TRANSFER, transfer_masks(
+            model, x, y, sets, setup.threat, batch_size=config.eval_batch_size)))
+    if config.masking_samples and setup.threat.norm in (Norm.LINF, Norm.L2):
+        count = min(config.masking_samples, len(y))
+        surrogate = shared.target.to(x.device) if shared.target is not None else None
+        with watch.phase("masking"):
+            report = run_masking_checks(model, x[:count], y[:count], setup.threat,
+                                        num_classes=setup.info.num_classes,
+                                        surrogate=surrogate, batch_size=config.eval_batch_size,
+                                        seed=config.seed, quick=not final,
+                                        attacks=(*config.pool, *config.heldout))
+        metrics.update(report.metrics(MASKING))
+    return metrics, points
