@@ -45,6 +45,7 @@ __all__ = [
     "TIME_TRAIN",
     "TRAIN_LOSS",
     "TRANSFER_BATCH",
+    "Arch",
     "CraftAgainst",
     "FeatLoss",
     "Group",
@@ -72,6 +73,13 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- closed vocabularies
+
+
+class Arch(StrEnum):
+    """The architectures trainables/defense/models.py builds."""
+
+    SMALL_CNN = "small_cnn"
+    RESNET = "resnet"
 
 
 class Norm(StrEnum):

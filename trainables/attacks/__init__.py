@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.attacks.specs import (
     FAMILY_MAX_BUDGET,
+    Access,
     AttackContext,
+    AttackKind,
     AttackSpec,
+    Impl,
     attack_budget,
     attack_spec,
     check_attack_fits,
@@ -33,8 +36,9 @@ if TYPE_CHECKING:
 
     from trainables.attacks.base import Attack
 
-__all__ = ["AttackContext", "AttackSpec", "attack_budget", "attack_spec", "build_attack",
-           "check_attack_fits", "list_attacks", "list_families", "list_lp_attacks", "split_name"]
+__all__ = ["Access", "AttackContext", "AttackKind", "AttackSpec", "Impl", "attack_budget",
+           "attack_spec", "build_attack", "check_attack_fits", "list_attacks", "list_families",
+           "list_lp_attacks", "split_name"]
 
 # The attacks that repair what another attack could not turn into a training example
 _FALLBACKS = {"L2": "PGDL2"}
@@ -59,12 +63,12 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
     budget = min(budget, FAMILY_MAX_BUDGET.get(spec.family, budget))
     ctx = AttackContext(budget, num_classes, strength, train_steps, seed)
     args = {**resolve_args(spec.args, ctx), **overrides}
-    if spec.unforeseen is not None:
+    if spec.impl == Impl.CORRUPTION:
         from trainables.attacks.unforeseen import TransformAttack, family
 
-        return TransformAttack(spec, model, family(spec.unforeseen, ctx.budget), seed=seed,
+        return TransformAttack(spec, model, family(spec.target, ctx.budget), seed=seed,
                                name=name, **args)
-    if spec.impl == "noise:uniform":
+    if spec.impl == Impl.NOISE:
         from trainables.attacks.base import UniformNoise
 
         return UniformNoise(spec, model, ctx.budget)

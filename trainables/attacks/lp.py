@@ -8,7 +8,7 @@ import torchattacks as ta
 from torch import nn
 
 from trainables.attacks.base import CallableAttack
-from trainables.attacks.specs import AttackContext, AttackSpec, resolve_args
+from trainables.attacks.specs import AttackContext, AttackSpec, Impl, resolve_args
 
 __all__ = ["torchattack"]
 
@@ -17,8 +17,7 @@ def torchattack(spec: AttackSpec, model: nn.Module, ctx: AttackContext,
                 args: dict[str, Any] | None = None) -> CallableAttack:
     """The torchattacks object of `spec`'s row against `model`, its symbolic arguments filled
     in from `ctx` (or `args`, already resolved), behind the one attack interface."""
-    package, _, cls_name = spec.impl.partition(":")
-    if package != "torchattacks":
-        raise ValueError(f"{spec.name}: {spec.impl!r} is not a torchattacks row")
+    if spec.impl != Impl.TORCHATTACKS:
+        raise ValueError(f"{spec.name}: its implementation is {spec.impl}, not torchattacks")
     args = resolve_args(spec.args, ctx) if args is None else args
-    return CallableAttack(spec, model, ctx.budget, getattr(ta, cls_name)(model, **args))
+    return CallableAttack(spec, model, ctx.budget, getattr(ta, spec.target)(model, **args))

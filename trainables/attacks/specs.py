@@ -1,6 +1,6 @@
 """Every attack the project knows, as data: what it is, what it needs, how it is built.
 
-A row names the implementation (`torchattacks:PGD`) and its keyword arguments, where symbolic
+A row names the implementation (torchattacks' `PGD`) and its keyword arguments, where symbolic
 values (EPS, Steps(20), Alpha(2.5), ...) are filled in when the attack is built against a model
 and a budget (trainables/attacks/lp.py). The table itself imports nothing heavy, so a space is
 checked without torch.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from trainables.attacks.threat import ThreatModel
@@ -28,10 +29,14 @@ from trainables.registry import Registry
 from trainables.vocab import Level, Norm
 
 __all__ = [
+    "CORRUPTIONS",
     "EPS",
+    "Access",
     "Alpha",
     "AttackContext",
+    "AttackKind",
     "AttackSpec",
+    "Impl",
     "Scaled",
     "Steps",
     "attack_budget",
@@ -156,117 +161,163 @@ def resolve_args(args: Mapping[str, Any], ctx: AttackContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- the table
 
 
+class AttackKind(StrEnum):
+    """How an attack works, which says how it is scored and checked."""
+
+    SINGLE_STEP = "single-step"
+    ITERATIVE = "iterative"
+    MIN_NORM = "min-norm"  # unbounded: a success counts only inside the budget
+    SCORE_BASED = "score-based"  # queries output scores only
+    SPARSE = "sparse"  # L0
+    ENSEMBLE = "ensemble"
+    TRANSFORM = "transform"  # a non-Lp family's gradient attack on its corruption's latents
+    SEARCH = "search"  # a non-Lp family's gradient-free companion (random or grid search)
+    NOISE = "noise"  # no attack: random noise at the budget
+
+
+class Impl(StrEnum):
+    """Where an attack's code comes from."""
+
+    TORCHATTACKS = "torchattacks"  # `target` is the torchattacks class
+    CORRUPTION = "corruption"  # trainables/attacks/unforeseen.py; `target` is the family
+    NOISE = "noise"  # trainables/attacks/base.py's UniformNoise
+
+
+class Access(StrEnum):
+    """What an attacker needs from the model: its gradients, its output scores (a query
+    budget), its labels only, or nothing (transferred from another model)."""
+
+    WHITE_BOX = "white-box"
+    SCORES = "scores"
+    DECISIONS = "decisions"
+    TRANSFER = "transfer"
+
+
+_GRADIENT_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_NORM,
+                   AttackKind.TRANSFORM)
+_BOUNDED_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.SCORE_BASED,
+                  AttackKind.TRANSFORM, AttackKind.SEARCH, AttackKind.NOISE)
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
     norm: Norm | None  # an Lp attack's norm, whose budget bounds (or thresholds) it; else None
-    kind: str  # single-step | iterative | min-norm | score-based | sparse | ensemble | transform
-    #            | search (a non-Lp family's gradient-free companion)
-    impl: str  # "torchattacks:<Class>" | "unforeseen:<Family>"
+    kind: AttackKind
+    impl: Impl
+    target: str  # the implementation's class (torchattacks) or corruption family
     args: Mapping[str, Any] = field(default_factory=dict)
     returns_clean: bool = False  # returns the clean input for points it fails to flip
     needs_rgb: bool = False
     min_classes: int = 2
     exact_classes: int | None = None
     heavy: bool = False  # too slow to craft on every training batch
-    unforeseen: str | None = None  # the non-Lp family (threat model) a transform attack belongs to
+    corruption: str | None = None  # the non-Lp family (threat model) of a corruption attack
+    access: Access = Access.WHITE_BOX
 
     @property
     def family(self) -> str:
         """The threat model the attack belongs to: its norm, or its non-Lp family."""
-        return self.unforeseen if self.unforeseen is not None else str(self.norm)
+        return self.corruption if self.corruption is not None else str(self.norm)
 
     @property
     def bounded(self) -> bool:
         """True when the attack itself keeps to the budget (no post-hoc threshold needed)."""
-        return self.kind in ("single-step", "iterative", "score-based", "transform", "search",
-                             "noise")
+        return self.kind in _BOUNDED_KINDS
 
     @property
     def gradient_based(self) -> bool:
-        return self.kind in ("single-step", "iterative", "min-norm", "transform")
+        return self.kind in _GRADIENT_KINDS
 
 
 _ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
-def _row(name: str, norm: Norm, kind: str, impl: str, /, **args: Any) -> None:
+def _row(name: str, norm: Norm, kind: AttackKind, cls: str, /, **args: Any) -> None:
+    """A torchattacks attack: `cls` built with `args` (symbolic values filled in later)."""
     flags = {k: args.pop(k) for k in ("returns_clean", "needs_rgb", "min_classes",
                                       "exact_classes", "heavy") if k in args}
-    _ATTACKS.add(name, AttackSpec(name, norm, kind, f"torchattacks:{impl}", args, **flags))
+    access = Access.SCORES if kind in (AttackKind.SCORE_BASED, AttackKind.SPARSE) and \
+        cls in ("Square", "SPSA", "OnePixel", "Pixle") else Access.WHITE_BOX
+    _ATTACKS.add(name, AttackSpec(name, norm, kind, Impl.TORCHATTACKS, cls, args,
+                                  access=access, **flags))
 
 
 LINF, L2, L1, L0 = Norm.LINF, Norm.L2, Norm.L1, Norm.L0
+SINGLE, ITER, MINNORM = AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_NORM
+SCORE, SPARSE, ENSEMBLE = AttackKind.SCORE_BASED, AttackKind.SPARSE, AttackKind.ENSEMBLE
 # ---- Linf, single step / iterative
-_row("FGSM", LINF, "single-step", "FGSM", eps=EPS)
-_row("FFGSM", LINF, "single-step", "FFGSM", eps=EPS, alpha=Scaled(1.25))
-_row("RFGSM", LINF, "iterative", "RFGSM", eps=EPS, alpha=Scaled(0.5), steps=Steps(10))
-_row("BIM", LINF, "iterative", "BIM", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
-_row("PGD", LINF, "iterative", "PGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
-_row("EOTPGD", LINF, "iterative", "EOTPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5),
+_row("FGSM", LINF, SINGLE, "FGSM", eps=EPS)
+_row("FFGSM", LINF, SINGLE, "FFGSM", eps=EPS, alpha=Scaled(1.25))
+_row("RFGSM", LINF, ITER, "RFGSM", eps=EPS, alpha=Scaled(0.5), steps=Steps(10))
+_row("BIM", LINF, ITER, "BIM", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
+_row("PGD", LINF, ITER, "PGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
+_row("EOTPGD", LINF, ITER, "EOTPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5),
      eot_iter=2)
 # margin loss and a random start: a differently-shaped loss than the CE family
-_row("UPGD", LINF, "iterative", "UPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5),
+_row("UPGD", LINF, ITER, "UPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5),
      random_start=True, loss="margin", decay=0.0)
-_row("TPGD", LINF, "iterative", "TPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
-_row("Jitter", LINF, "iterative", "Jitter", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
-_row("MIFGSM", LINF, "iterative", "MIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0))
-_row("NIFGSM", LINF, "iterative", "NIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0))
-_row("SINIFGSM", LINF, "iterative", "SINIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0),
+_row("TPGD", LINF, ITER, "TPGD", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
+_row("Jitter", LINF, ITER, "Jitter", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
+_row("MIFGSM", LINF, ITER, "MIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0))
+_row("NIFGSM", LINF, ITER, "NIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0))
+_row("SINIFGSM", LINF, ITER, "SINIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0),
      m=5)
-_row("VMIFGSM", LINF, "iterative", "VMIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0))
-_row("VNIFGSM", LINF, "iterative", "VNIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0))
+_row("VMIFGSM", LINF, ITER, "VMIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0))
+_row("VNIFGSM", LINF, ITER, "VNIFGSM", eps=EPS, steps=Steps(10), alpha=Alpha(2.0))
 # resize_rate < 1 keeps DIFGSM's random resize range non-empty even at 8x8
-_row("DIFGSM", LINF, "iterative", "DIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0),
+_row("DIFGSM", LINF, ITER, "DIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0),
      decay=1.0, resize_rate=0.9)
-_row("TIFGSM", LINF, "iterative", "TIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0),
+_row("TIFGSM", LINF, ITER, "TIFGSM", eps=EPS, steps=Steps(20), alpha=Alpha(2.0),
      decay=1.0, len_kernel=5, needs_rgb=True)
-_row("PIFGSM", LINF, "iterative", "PIFGSM", max_epsilon=EPS, num_iter_set=Steps(10),
+_row("PIFGSM", LINF, ITER, "PIFGSM", max_epsilon=EPS, num_iter_set=Steps(10),
      needs_rgb=True)
-_row("PIFGSMPP", LINF, "iterative", "PIFGSMPP", max_epsilon=EPS, num_iter_set=Steps(10),
+_row("PIFGSMPP", LINF, ITER, "PIFGSMPP", max_epsilon=EPS, num_iter_set=Steps(10),
      needs_rgb=True)
-_row("APGD", LINF, "iterative", "APGD", norm="Linf", eps=EPS, steps=Steps(50),
+_row("APGD", LINF, ITER, "APGD", norm="Linf", eps=EPS, steps=Steps(50),
      n_restarts=RESTARTS, loss="ce", seed=SEED, returns_clean=True)
-_row("APGD-DLR", LINF, "iterative", "APGD", norm="Linf", eps=EPS, steps=Steps(50),
+_row("APGD-DLR", LINF, ITER, "APGD", norm="Linf", eps=EPS, steps=Steps(50),
      n_restarts=RESTARTS, loss="dlr", seed=SEED, returns_clean=True, min_classes=3)
-_row("APGDT", LINF, "iterative", "APGDT", norm="Linf", eps=EPS, steps=Steps(50),
+_row("APGDT", LINF, ITER, "APGDT", norm="Linf", eps=EPS, steps=Steps(50),
      n_restarts=RESTARTS, seed=SEED, n_classes=CLASSES, returns_clean=True, min_classes=4,
      heavy=True)
-_row("FAB", LINF, "min-norm", "FAB", norm="Linf", eps=EPS, steps=Steps(20),
+_row("FAB", LINF, MINNORM, "FAB", norm="Linf", eps=EPS, steps=Steps(20),
      n_restarts=RESTARTS, seed=SEED, n_classes=CLASSES, returns_clean=True, heavy=True)
-_row("Square", LINF, "score-based", "Square", norm="Linf", eps=EPS, n_queries=Steps(1000),
+_row("Square", LINF, SCORE, "Square", norm="Linf", eps=EPS, n_queries=Steps(1000),
      n_restarts=1, p_init=0.3, seed=SEED, returns_clean=True, heavy=True)
-_row("SPSA", LINF, "score-based", "SPSA", eps=EPS, delta=0.01, lr=Scaled(0.25),
+_row("SPSA", LINF, SCORE, "SPSA", eps=EPS, delta=0.01, lr=Scaled(0.25),
      nb_iter=Steps(20), nb_sample=32, max_batch_size=256, heavy=True)
 # torchattacks' AutoAttack (10-iteration APGD/APGDT/FAB + Square), not the reference one
-_row("AutoAttack", LINF, "ensemble", "AutoAttack", norm="Linf", eps=EPS, version="standard",
+_row("AutoAttack", LINF, ENSEMBLE, "AutoAttack", norm="Linf", eps=EPS, version="standard",
      n_classes=CLASSES, seed=SEED, returns_clean=True, min_classes=4, heavy=True)
 # ---- L2
-_row("PGDL2", L2, "iterative", "PGDL2", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
-_row("APGD-L2", L2, "iterative", "APGD", norm="L2", eps=EPS, steps=Steps(50),
+_row("PGDL2", L2, ITER, "PGDL2", eps=EPS, steps=Steps(20), alpha=Alpha(2.5))
+_row("APGD-L2", L2, ITER, "APGD", norm="L2", eps=EPS, steps=Steps(50),
      n_restarts=RESTARTS, loss="ce", seed=SEED, returns_clean=True)
-_row("FAB-L2", L2, "min-norm", "FAB", norm="L2", eps=EPS, steps=Steps(20),
+_row("FAB-L2", L2, MINNORM, "FAB", norm="L2", eps=EPS, steps=Steps(20),
      n_restarts=RESTARTS, seed=SEED, n_classes=CLASSES, returns_clean=True, heavy=True)
-_row("Square-L2", L2, "score-based", "Square", norm="L2", eps=EPS, n_queries=Steps(1000),
+_row("Square-L2", L2, SCORE, "Square", norm="L2", eps=EPS, n_queries=Steps(1000),
      n_restarts=1, p_init=0.3, seed=SEED, returns_clean=True, heavy=True)
 # c >= 1, 100 steps, lr 0.05: the strongest setting inside an L2 budget on digits (probe)
-_row("CW", L2, "min-norm", "CW", c=1.0, kappa=0.0, steps=Steps(100), lr=0.05,
+_row("CW", L2, MINNORM, "CW", c=1.0, kappa=0.0, steps=Steps(100), lr=0.05,
      returns_clean=True, heavy=True)
-_row("DeepFool", L2, "min-norm", "DeepFool", steps=Steps(50), overshoot=0.02, heavy=True)
+_row("DeepFool", L2, MINNORM, "DeepFool", steps=Steps(50), overshoot=0.02, heavy=True)
 # ---- no attack: noise at the budget (what a masking check compares gradient attacks with)
-_ATTACKS.add("Noise", AttackSpec("Noise", LINF, "noise", "noise:uniform"))
-_ATTACKS.add("Noise-L2", AttackSpec("Noise-L2", L2, "noise", "noise:uniform"))
+_ATTACKS.add("Noise", AttackSpec("Noise", LINF, AttackKind.NOISE, Impl.NOISE, "uniform",
+                                 access=Access.SCORES))
+_ATTACKS.add("Noise-L2", AttackSpec("Noise-L2", L2, AttackKind.NOISE, Impl.NOISE, "uniform",
+                                    access=Access.SCORES))
 # ---- L1 and L0
-_row("EADL1", L1, "min-norm", "EADL1", kappa=0, lr=0.01, binary_search_steps=Steps(5),
+_row("EADL1", L1, MINNORM, "EADL1", kappa=0, lr=0.01, binary_search_steps=Steps(5),
      max_iterations=100, initial_const=0.1, beta=0.01, heavy=True)
-_row("EADEN", L1, "min-norm", "EADEN", kappa=0, lr=0.01, binary_search_steps=Steps(5),
+_row("EADEN", L1, MINNORM, "EADEN", kappa=0, lr=0.01, binary_search_steps=Steps(5),
      max_iterations=100, initial_const=0.1, beta=0.01, heavy=True)
-_row("JSMA", L0, "sparse", "JSMA", theta=1.0, gamma=0.1, exact_classes=10, heavy=True)
-_row("SparseFool", L0, "sparse", "SparseFool", steps=Steps(10), lam=3, overshoot=0.02,
+_row("JSMA", L0, SPARSE, "JSMA", theta=1.0, gamma=0.1, exact_classes=10, heavy=True)
+_row("SparseFool", L0, SPARSE, "SparseFool", steps=Steps(10), lam=3, overshoot=0.02,
      heavy=True)
-_row("OnePixel", L0, "sparse", "OnePixel", pixels=PIXELS, steps=Steps(10), popsize=10,
+_row("OnePixel", L0, SPARSE, "OnePixel", pixels=PIXELS, steps=Steps(10), popsize=10,
      heavy=True)
-_row("Pixle", L0, "sparse", "Pixle", x_dimensions=PATCH_SIDE, y_dimensions=PATCH_SIDE,
+_row("Pixle", L0, SPARSE, "Pixle", x_dimensions=PATCH_SIDE, y_dimensions=PATCH_SIDE,
      restarts=Steps(20), max_iterations=10, heavy=True)
 
 
@@ -275,25 +326,27 @@ _row("Pixle", L0, "sparse", "Pixle", x_dimensions=PATCH_SIDE, y_dimensions=PATCH
 # (`<Family>-RS`: random search over the same latents with as many model evaluations);
 # Spatial also has `Spatial-Grid`, the worst-of-k grid of Engstrom et al. 2019, which beats
 # first-order attacks on rotations and translations (their loss is far from concave)
-FAMILY_MAX_BUDGET: dict[str, float] = {}  # families whose budget has a ceiling (a mixing weight)
+# The non-Lp families, and the budget ceiling of those whose budget is a mixing weight
+CORRUPTIONS: dict[str, float | None] = {
+    "Spatial": None, "Flow": None, "Elastic": None, "JPEG": None, "Contrast": None,
+    "Fog": None, "Snow": None, "Gabor": None, "Blur": 1.0}
+FAMILY_MAX_BUDGET: dict[str, float] = {k: v for k, v in CORRUPTIONS.items() if v is not None}
 
 
-def _family(name: str, *, steps: int = 20, max_budget: float | None = None) -> None:
-    impl = f"unforeseen:{name}"
-    _ATTACKS.add(name, AttackSpec(name, None, "transform", impl, {"steps": Steps(steps)},
-                                  unforeseen=name))
-    _ATTACKS.add(f"{name}-RS", AttackSpec(f"{name}-RS", None, "search", impl,
+def _family(name: str, *, steps: int = 20) -> None:
+    _ATTACKS.add(name, AttackSpec(name, None, AttackKind.TRANSFORM, Impl.CORRUPTION, name,
+                                  {"steps": Steps(steps)}, corruption=name))
+    _ATTACKS.add(f"{name}-RS", AttackSpec(f"{name}-RS", None, AttackKind.SEARCH,
+                                          Impl.CORRUPTION, name,
                                           {"steps": Steps(steps), "search": "random"},
-                                          unforeseen=name))
-    if max_budget is not None:
-        FAMILY_MAX_BUDGET[name] = max_budget
+                                          corruption=name, access=Access.SCORES))
 
 
-for _name in ("Spatial", "Flow", "Elastic", "JPEG", "Contrast", "Fog", "Snow", "Gabor"):
+for _name in CORRUPTIONS:
     _family(_name)
-_family("Blur", max_budget=1.0)
-_ATTACKS.add("Spatial-Grid", AttackSpec("Spatial-Grid", None, "search", "unforeseen:Spatial",
-                                        {"search": "grid"}, unforeseen="Spatial"))
+_ATTACKS.add("Spatial-Grid", AttackSpec("Spatial-Grid", None, AttackKind.SEARCH,
+                                        Impl.CORRUPTION, "Spatial", {"search": "grid"},
+                                        corruption="Spatial", access=Access.SCORES))
 
 
 def list_attacks() -> list[str]:
@@ -307,8 +360,7 @@ def list_lp_attacks() -> list[str]:
 
 def list_families() -> list[str]:
     """The non-Lp families."""
-    return sorted({spec.unforeseen for spec in map(_ATTACKS.get, _ATTACKS.names())
-                   if spec.unforeseen is not None})
+    return sorted(CORRUPTIONS)
 
 
 def split_name(name: str) -> tuple[str, Level | None]:
@@ -328,10 +380,10 @@ def attack_spec(name: str) -> AttackSpec:
     an Lp attack takes none (its budget is the threat model's eps for its norm)."""
     base, level = split_name(name)
     spec = _ATTACKS.get(base)
-    if spec.unforeseen is not None and level is None:
+    if spec.corruption is not None and level is None:
         raise ConfigError(f"attack {name!r} needs a distortion level: "
                           f"{', '.join(f'{name}@{lv.value}' for lv in Level)}")
-    if spec.unforeseen is None and level is not None:
+    if spec.corruption is None and level is not None:
         raise ConfigError(f"attack {name!r}: an Lp attack takes no level; its budget is "
                           f"threat_model.eps.{spec.norm}")
     return spec
@@ -343,8 +395,8 @@ def attack_budget(name: str, threat: ThreatModel) -> float:
     if spec.norm is not None:
         return threat.budget(spec.norm)
     level = split_name(name)[1]
-    assert level is not None and spec.unforeseen is not None
-    return threat.level_budget(spec.unforeseen, level)
+    assert level is not None and spec.corruption is not None
+    return threat.level_budget(spec.corruption, level)
 
 
 def check_attack_fits(name: str, *, channels: int, num_classes: int, threat: ThreatModel,

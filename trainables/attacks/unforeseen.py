@@ -31,7 +31,7 @@ from kornia.geometry import create_meshgrid
 from torch import nn
 
 from trainables.attacks.base import Attack
-from trainables.attacks.specs import AttackSpec
+from trainables.attacks.specs import CORRUPTIONS, AttackSpec
 
 __all__ = ["FAMILIES", "Box", "Family", "TransformAttack", "family"]
 
@@ -335,8 +335,12 @@ def _odd(n: int) -> int:
     return max(3, n | 1)
 
 
-FAMILIES: dict[str, type[Family]] = {cls.__name__: cls for cls in (
-    Spatial, Flow, Elastic, Blur, JPEG, Contrast, Fog, Snow, Gabor)}
+# every Family subclass above, by name; the table of attacks (specs.CORRUPTIONS, torch-free)
+# names the same families, and a family missing from either is an error here, at import
+FAMILIES: dict[str, type[Family]] = {cls.__name__: cls for cls in Family.__subclasses__()}
+if set(FAMILIES) != set(CORRUPTIONS):
+    raise ImportError(f"corruption families {sorted(FAMILIES)} and the attack table's "
+                      f"{sorted(CORRUPTIONS)} differ: add the missing one to both")
 
 
 def family(name: str, budget: float) -> Family:

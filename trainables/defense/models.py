@@ -16,6 +16,7 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.registry import Registry
+from trainables.vocab import Arch
 
 __all__ = [
     "ClassifierHead",
@@ -170,3 +171,8 @@ class DefendedModel(nn.Module):
         """Encoder features and penultimate features (no UniG): what PCL constrains."""
         z = self.encoder(x)
         return z, self.head.penultimate(z)
+
+
+if set(list_archs()) != {a.value for a in Arch}:
+    raise ImportError(f"architectures {list_archs()} and the vocabulary's "
+                      f"{[a.value for a in Arch]} differ: build each one here")

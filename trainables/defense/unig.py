@@ -22,7 +22,7 @@ from trainables.defense.models import ClassifierHead
 from trainables.errors import ConfigError
 from trainables.vocab import UniGSize
 
-__all__ = ["UniG", "gradient_spread"]
+__all__ = ["UniG", "feature_gradients"]
 
 
 class UniG(nn.Module):
@@ -118,12 +118,3 @@ def feature_gradients(features: torch.Tensor, multiplier: torch.Tensor,
     loss = F.cross_entropy(rest(multiplier * leaf), labels, reduction="sum")
     (grads,) = torch.autograd.grad(loss, leaf, create_graph=True)
     return grads.flatten(1)
-
-
-def gradient_spread(grads: torch.Tensor) -> float:
-    """Mean pairwise cosine distance between per-sample gradients (0 = all alike)."""
-    unit = F.normalize(grads.flatten(1), dim=1)
-    cosine = unit @ unit.T
-    n = cosine.shape[0]
-    off_diagonal = cosine.sum() - cosine.diagonal().sum()
-    return float(1 - off_diagonal / (n * (n - 1)))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import attack_spec, build_attack, split_name
+from trainables.attacks import AttackKind, attack_spec, build_attack, split_name
 from trainables.attacks.base import Attack
 from trainables.attacks.threat import ThreatModel
 from trainables.defense.models import DefendedModel
@@ -395,8 +395,8 @@ def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     families: dict[str, str] = {}
     for name in attacks:
         spec = attack_spec(name)
-        if spec.kind == "transform" and spec.unforeseen is not None:
-            families.setdefault(spec.unforeseen, name)
+        if spec.kind == AttackKind.TRANSFORM and spec.corruption is not None:
+            families.setdefault(spec.corruption, name)
     ctx = CheckContext(model, x, y, threat, num_classes, base, surrogate, batch_size, seed,
                        tuple(families.values()), quick)
     flags: dict[str, bool] = {}

@@ -18,11 +18,10 @@ import torch
 
 from trainables.errors import ConfigError, DataError
 from trainables.registry import Registry
-from trainables.setting.setup import DatasetInfo, dataset_info
+from trainables.setting.setup import DatasetInfo, dataset_info, list_datasets
 
 __all__ = [
     "DataSplits",
-    "list_loaders",
     "load_dataset",
     "register_loader",
     "split_indices",
@@ -76,10 +75,6 @@ def register_loader(name: str) -> Callable[[Loader], Loader]:
         return load
 
     return decorate
-
-
-def list_loaders() -> list[str]:
-    return _LOADERS.names()
 
 
 def load_dataset(
@@ -365,3 +360,9 @@ def _svhn_mat(path: Path) -> Arrays:
 def svhn(data_dir: Path | None, download: bool) -> RawData:
     paths = _locate("svhn", data_dir, ("svhn", ""), _SVHN_FILES, _fetch_svhn if download else None)
     return RawData(255.0, _svhn_mat(paths["train_32x32.mat"]), _svhn_mat(paths["test_32x32.mat"]))
+
+
+# every data set the setup knows (setting/setup.py, torch-free) has a loader here
+if set(_LOADERS.names()) != set(list_datasets()):
+    raise ImportError(f"data sets {sorted(list_datasets())} and loaders {_LOADERS.names()} "
+                      "differ: register a loader for each data set")

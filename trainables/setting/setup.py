@@ -14,13 +14,12 @@ from trainables.attacks.threat import LEVELS, ThreatModel
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.vocab import CraftAgainst, Norm
+from trainables.vocab import Arch, CraftAgainst, Norm
 
 __all__ = ["ARCHITECTURES", "DEFAULT_BUDGETS", "DEFAULT_LEVELS", "DatasetInfo", "Setup",
            "dataset_info", "list_datasets", "resolve_setup"]
 
-# The architectures trainables.defense.models registers (a test keeps the two lists equal).
-ARCHITECTURES = ("small_cnn", "resnet")
+ARCHITECTURES = tuple(a.value for a in Arch)  # what trainables/defense/models.py builds
 
 # Default threat models: budgets per data set (pixels in [0, 1]; L0 counts pixel positions)
 PRIMARY_NORM = Norm.LINF
