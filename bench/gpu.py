@@ -57,10 +57,11 @@ def synthetic_shared(config: TrialConfig, *, train: int, points: int) -> Shared:
 def one_trial(space_name: str, overrides: list[str], device: str, train: int, points: int,
               sealed: bool) -> dict[str, float]:
     """One epoch, one evaluation (and the sealed evaluation): the phase times."""
-    from trainables import trial
+    from trainables import train
+    from trainables.scoring.final import final_evaluation
 
     # random labels leave nothing to learn: the chance-accuracy stop would end a timing run
-    trial._check_clean = lambda *_: None  # type: ignore[assignment]
+    train._check_clean = lambda *_: None  # type: ignore[assignment]
     space = spaces.load(space_name, overrides)
     config = space.trial_config(device=device, threads=1 if device == "cpu" else 0,
                                 epochs=1, eval_every=1, eval_samples=points,
@@ -68,7 +69,10 @@ def one_trial(space_name: str, overrides: list[str], device: str, train: int, po
                                 autoattack_samples=min(points, 100))
     shared = synthetic_shared(config, train=train, points=points)
     start = time.perf_counter()
-    result = trial.run_trial(config, shared=shared, log=lambda _: None, sealed=sealed)
+    result = train.run_trial(config, fidelity=space.fidelity, shared=shared, log=lambda _: None)
+    if sealed:
+        result.metrics.update(final_evaluation(result.model, shared, config,
+                                               log=lambda _: None).metrics)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     metrics = dict(result.metrics)
@@ -140,7 +144,7 @@ def cost_model(space: spaces.Space, metrics: dict[str, float], points: int) -> l
     per_image = (metrics["time/craft_s"] + metrics["time/step_s"]) / metrics["train_images"]
     per_eval_point = (metrics["time/eval_attacks_s"] + metrics.get("time/masking_s", 0.0)) \
         / points
-    per_sealed_point = metrics.get("time/sealed_s", 0.0) / points
+    per_sealed_point = metrics.get("time/final_s", 0.0) / points
     eval_points = config.eval_samples or 5000
     test_points = config.test_samples or 10_000
     evaluations = config.epochs // config.eval_every
@@ -194,7 +198,7 @@ def main() -> None:
     print(f"one trial: training {rate:.1f} images/s (crafting {metrics['time/craft_s']:.2f}s, "
           f"step {metrics['time/step_s']:.2f}s), evaluation {metrics['time/eval_attacks_s']:.2f}s"
           f" + masking {metrics.get('time/masking_s', 0.0):.2f}s on {args.points} points, "
-          f"sealed {metrics.get('time/sealed_s', 0.0):.2f}s", flush=True)
+          f"sealed {metrics.get("time/final_s", 0.0):.2f}s", flush=True)
     for count in args.sharing:
         total, busy = sharing(args, device, count)
         print(f"{count} trial(s) at once: {total:.1f} training images/s in all, busy "

@@ -104,7 +104,7 @@ def _run(space_name: str, overrides: list[str], lever: Lever, seed: int
     space = spaces.load(space_name, overrides)
     config = space.trial_config(_values(space, lever), seed=seed, threads=1)
     start = time.perf_counter()
-    result = run_trial(config, log=lambda _: None)
+    result = run_trial(config, fidelity=space.fidelity, log=lambda _: None)
     return lever.name, seed, result.metrics, result.points, time.perf_counter() - start
 
 

@@ -19,17 +19,19 @@ from collections import defaultdict
 import torch
 
 import spaces
-from trainables.config import TrialConfig
+from trainables.config import Fidelity, TrialConfig
 from trainables.defense.baselines import baseline_config
 from trainables.setting.prepare import prepare_shared
 from trainables.train import run_trial
 
 
-def _phases(config: TrialConfig, shared: object, repeats: int) -> dict[str, list[float]]:
+def _phases(config: TrialConfig, fidelity: Fidelity, shared: object, repeats: int
+            ) -> dict[str, list[float]]:
     found: dict[str, list[float]] = defaultdict(list)
     for _ in range(repeats):
         start = time.perf_counter()
-        result = run_trial(config, shared=shared, log=lambda _: None)  # type: ignore[arg-type]
+        result = run_trial(config, fidelity=fidelity, shared=shared,  # type: ignore[arg-type]
+                           log=lambda _: None)
         wall = time.perf_counter() - start
         found["total (wall)"].append(wall)
         totals = {k: v for k, v in result.metrics.items() if k.startswith("time/")
@@ -69,7 +71,7 @@ def main() -> None:
     for label, config in recipes.items():
         print(f"\n{label}: pool {'+'.join(config.pool)}, {config.epochs} epochs, batch "
               f"{config.batch_size}, evaluation every {config.eval_every}")
-        for phase, values in _phases(config, shared, args.repeats).items():
+        for phase, values in _phases(config, space.fidelity, shared, args.repeats).items():
             print(f"  {phase:<44} {min(values):7.2f} {statistics.median(values):7.2f} "
                   f"{max(values):7.2f}")
 

@@ -309,10 +309,7 @@ class TrialConfig:
         if renamed:
             raise ConfigError(", ".join(f"{old} is now called {RENAMED[old]}" for old in renamed)
                               + ": rename it")
-        unknown = sorted(set(data) - set(FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: "
-                              f"{', '.join(sorted(FIELDS))}")
+        _known_keys(data, FIELDS, "config")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,14 +341,18 @@ class Fidelity:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fidelity:
-        unknown = sorted(set(data) - set(FIDELITY_FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown fidelity key(s) {unknown}; known keys: "
-                              f"{', '.join(FIDELITY_FIELDS)}")
+        _known_keys(data, FIDELITY_FIELDS, "fidelity")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _known_keys(data: Mapping[str, Any], known: Mapping[str, Field], what: str) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s) {unknown}; known keys: "
+                          f"{', '.join(sorted(known))}")
 
 
 def plain(value: Any) -> Any:
