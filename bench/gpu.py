@@ -198,7 +198,7 @@ def main() -> None:
     print(f"one trial: training {rate:.1f} images/s (crafting {metrics['time/craft_s']:.2f}s, "
           f"step {metrics['time/step_s']:.2f}s), evaluation {metrics['time/eval_attacks_s']:.2f}s"
           f" + masking {metrics.get('time/masking_s', 0.0):.2f}s on {args.points} points, "
-          f"sealed {metrics.get("time/final_s", 0.0):.2f}s", flush=True)
+          f"final evaluation {metrics.get('time/final_s', 0.0):.2f}s", flush=True)
     for count in args.sharing:
         total, busy = sharing(args, device, count)
         print(f"{count} trial(s) at once: {total:.1f} training images/s in all, busy "

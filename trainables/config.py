@@ -186,6 +186,9 @@ class TrialConfig:
     # ---- speed switches (what they change is stated; tests bound it)
     fuse_tasks: bool = _value(True, "the tasks of a step share one forward pass (per-sample "
                               "results are the same; batch sums differ by float round-off)")
+    stack_pool: bool = _value(True, "the pool's iterative attacks are crafted in lockstep, one "
+                              "pass per step over all of them, and the worst of the pool is "
+                              "picked in one pass (the same up to float round-off)")
 
     # ---- recipe: optimisation and training hygiene (Rice et al. 2020, Pang et al. 2021,
     # Gowal et al. 2020: early stopping, weight decay and weight averaging move robust

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
+from trainables.attacks.stacked import StackedPool
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.defense.student import Defense, Parts
@@ -95,6 +96,7 @@ class _Run:
     defense: Defense
     rungs: Rungs
     pool: list[Attack]  # crafted against the student on every batch ([]: none)
+    stacked: StackedPool | None  # the same pool, crafted in lockstep (stack_pool)
     on_target: dict[str, torch.Tensor] | None  # MID's protocol: crafted once on the target
     report: Report | None
     log: Log
@@ -163,8 +165,9 @@ def _prepare(config: TrialConfig, fidelity: Fidelity, shared: Shared | None,
                  if config.craft_against == CraftAgainst.TARGET and adversarial else None)
     pool = (_pool_attacks(config, shared, defense) if on_target is None and adversarial
             else [])
+    stacked = StackedPool(pool, defense.model) if pool and config.stack_pool else None
     run = _Run(config, shared, device, defense, Rungs.of(config, fidelity, shared, device),
-               pool, on_target, report, log, random.Random(config.seed))
+               pool, stacked, on_target, report, log, random.Random(config.seed))
     if resume is not None:
         _restore(run, resume)
     return run
@@ -245,20 +248,29 @@ def _craft(run: _Run, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
         return []
     student = run.defense.student
     student.eval()
-    examples = [attack.craft(x, y) for attack in run.pool]
+    if run.stacked is not None:
+        examples = run.stacked.craft(x, y)
+    else:
+        examples = [attack.craft(x, y) for attack in run.pool]
     if run.config.pool_combine == PoolCombine.WORST and len(examples) > 1:
-        examples = [_worst(run.defense.model, examples, y)]
+        examples = [_worst(run.defense.model, examples, y, stacked=run.stacked is not None)]
     student.train()
     return examples
 
 
 @torch.no_grad()
-def _worst(model: torch.nn.Module, candidates: list[torch.Tensor], y: torch.Tensor
-           ) -> torch.Tensor:
-    """Per sample, the candidate of highest CE loss (MSD's "max" strategy over the pool)."""
-    losses = torch.stack([F.cross_entropy(model(c), y, reduction="none") for c in candidates])
-    stacked = torch.stack(candidates)
-    return stacked[losses.argmax(0), torch.arange(len(y), device=y.device)]
+def _worst(model: torch.nn.Module, candidates: list[torch.Tensor], y: torch.Tensor, *,
+           stacked: bool) -> torch.Tensor:
+    """Per sample, the candidate of highest CE loss (MSD's "max" strategy over the pool);
+    `stacked`: all candidates in one forward pass."""
+    if stacked:
+        logits = model(torch.cat(candidates))
+        losses = F.cross_entropy(logits, y.repeat(len(candidates)), reduction="none")
+        losses = losses.view(len(candidates), len(y))
+    else:
+        losses = torch.stack([F.cross_entropy(model(c), y, reduction="none")
+                              for c in candidates])
+    return torch.stack(candidates)[losses.argmax(0), torch.arange(len(y), device=y.device)]
 
 
 def _check_training(loss: float, first: float, epoch: int) -> None:

@@ -60,14 +60,15 @@ class Attack(ABC):
         return within_budget(x_adv - x, self.norm, self.budget)
 
     def craft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples safe to train on: inside the budget, never the clean input.
+        """Adversarial examples safe to train on: inside the budget, never the clean input."""
+        return self.finish(x, y, self(x, y))
 
-        Points the attack left (numerically) unchanged or pushed outside the budget (unbounded
-        attacks, after projection for Linf/L2) are replaced by the fallback attack: PGD-L2 for
-        L2 attacks, Linf PGD otherwise (torchattacks has no L1/L0 PGD, so repaired rows of L1
-        and L0 attacks lie inside the Linf budget instead).
-        """
-        x_adv = self(x, y)
+    def finish(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """`x_adv` made safe to train on. Points the attack left (numerically) unchanged or
+        pushed outside the budget (unbounded attacks, after projection for Linf/L2) are
+        replaced by the fallback attack: PGD-L2 for L2 attacks, Linf PGD otherwise
+        (torchattacks has no L1/L0 PGD, so repaired rows of L1 and L0 attacks lie inside the
+        Linf budget instead)."""
         x_adv = (x + project(x_adv - x, self.norm, self.budget)).clamp(0, 1)
         unchanged = perturbation_norm(x_adv - x, "L0") == 0
         bad = unchanged | ~self.within_budget(x, x_adv)
