@@ -30,6 +30,7 @@ from trainables.attacks.specs import (
     split_name,
 )
 from trainables.attacks.threat import ThreatModel
+from trainables.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,6 +69,17 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
 
         return TransformAttack(spec, model, family(spec.target, ctx.budget), seed=seed,
                                name=name, **args)
+    if spec.impl == Impl.PERCEPTUAL:
+        from trainables.attacks.perceptual import PerceptualAttack
+
+        if feature_model is None:
+            raise ConfigError(f"attack {name} bounds the change of a frozen network's features "
+                              "(a trial's teacher encoder) and none was given: it can only "
+                              "be a pool attack of a trial")
+        # one step's pixel length: the threat model's L2 budget (its scale for these images)
+        return PerceptualAttack(spec, model, ctx.budget, feature_model,
+                                pixel_step=2.5 * threat.budgets.get("L2", 1.0), name=name,
+                                **args)
     if spec.impl == Impl.NOISE:
         from trainables.attacks.base import UniformNoise
 

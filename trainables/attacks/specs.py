@@ -31,6 +31,7 @@ from trainables.vocab import Level, Norm
 __all__ = [
     "CORRUPTIONS",
     "EPS",
+    "PERCEPTUAL",
     "Access",
     "Alpha",
     "AttackContext",
@@ -173,6 +174,8 @@ class AttackKind(StrEnum):
     TRANSFORM = "transform"  # a non-Lp family's gradient attack on its corruption's latents
     SEARCH = "search"  # a non-Lp family's gradient-free companion (random or grid search)
     NOISE = "noise"  # no attack: random noise at the budget
+    RANDOM = "random"  # one random corruption inside the family's box (augmentation)
+    PERCEPTUAL = "perceptual"  # bounded in a frozen network's feature space (PAT's idea)
 
 
 class Impl(StrEnum):
@@ -181,6 +184,7 @@ class Impl(StrEnum):
     TORCHATTACKS = "torchattacks"  # `target` is the torchattacks class
     CORRUPTION = "corruption"  # trainables/attacks/unforeseen.py; `target` is the family
     NOISE = "noise"  # trainables/attacks/base.py's UniformNoise
+    PERCEPTUAL = "perceptual"  # trainables/attacks/perceptual.py
 
 
 class Access(StrEnum):
@@ -191,12 +195,14 @@ class Access(StrEnum):
     SCORES = "scores"
     DECISIONS = "decisions"
     TRANSFER = "transfer"
+    NONE = "none"  # a random corruption: it never looks at the model
 
 
 _GRADIENT_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_NORM,
-                   AttackKind.TRANSFORM)
+                   AttackKind.TRANSFORM, AttackKind.PERCEPTUAL)
 _BOUNDED_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.SCORE_BASED,
-                  AttackKind.TRANSFORM, AttackKind.SEARCH, AttackKind.NOISE)
+                  AttackKind.TRANSFORM, AttackKind.SEARCH, AttackKind.NOISE, AttackKind.RANDOM,
+                  AttackKind.PERCEPTUAL)
 
 
 @dataclass(frozen=True)
@@ -212,13 +218,13 @@ class AttackSpec:
     min_classes: int = 2
     exact_classes: int | None = None
     heavy: bool = False  # too slow to craft on every training batch
-    corruption: str | None = None  # the non-Lp family (threat model) of a corruption attack
+    non_lp: str | None = None  # the non-Lp family (threat model) the attack belongs to
     access: Access = Access.WHITE_BOX
 
     @property
     def family(self) -> str:
         """The threat model the attack belongs to: its norm, or its non-Lp family."""
-        return self.corruption if self.corruption is not None else str(self.norm)
+        return self.non_lp if self.non_lp is not None else str(self.norm)
 
     @property
     def bounded(self) -> bool:
@@ -335,18 +341,27 @@ FAMILY_MAX_BUDGET: dict[str, float] = {k: v for k, v in CORRUPTIONS.items() if v
 
 def _family(name: str, *, steps: int = 20) -> None:
     _ATTACKS.add(name, AttackSpec(name, None, AttackKind.TRANSFORM, Impl.CORRUPTION, name,
-                                  {"steps": Steps(steps)}, corruption=name))
+                                  {"steps": Steps(steps)}, non_lp=name))
     _ATTACKS.add(f"{name}-RS", AttackSpec(f"{name}-RS", None, AttackKind.SEARCH,
                                           Impl.CORRUPTION, name,
                                           {"steps": Steps(steps), "search": "random"},
-                                          corruption=name, access=Access.SCORES))
+                                          non_lp=name, access=Access.SCORES))
+    # a random corruption (no optimisation): augmentation the search can weigh against attacks
+    _ATTACKS.add(f"{name}-Rand", AttackSpec(f"{name}-Rand", None, AttackKind.RANDOM,
+                                            Impl.CORRUPTION, name, {"search": "draw"},
+                                            non_lp=name, access=Access.NONE))
 
 
 for _name in CORRUPTIONS:
     _family(_name)
 _ATTACKS.add("Spatial-Grid", AttackSpec("Spatial-Grid", None, AttackKind.SEARCH,
                                         Impl.CORRUPTION, "Spatial", {"search": "grid"},
-                                        corruption="Spatial", access=Access.SCORES))
+                                        non_lp="Spatial", access=Access.SCORES))
+# PAT's idea (Laidlaw et al. 2021) with the trial's frozen teacher encoder as the perceptual
+# network: the budget bounds the relative change of the teacher's features, not pixels
+PERCEPTUAL = "Perceptual"
+_ATTACKS.add(PERCEPTUAL, AttackSpec(PERCEPTUAL, None, AttackKind.PERCEPTUAL, Impl.PERCEPTUAL,
+                                    PERCEPTUAL, {"steps": Steps(10)}, non_lp=PERCEPTUAL))
 
 
 def list_attacks() -> list[str]:
@@ -359,8 +374,8 @@ def list_lp_attacks() -> list[str]:
 
 
 def list_families() -> list[str]:
-    """The non-Lp families."""
-    return sorted(CORRUPTIONS)
+    """The non-Lp families: the corruptions and the perceptual threat model."""
+    return sorted([*CORRUPTIONS, PERCEPTUAL])
 
 
 def split_name(name: str) -> tuple[str, Level | None]:
@@ -380,10 +395,10 @@ def attack_spec(name: str) -> AttackSpec:
     an Lp attack takes none (its budget is the threat model's eps for its norm)."""
     base, level = split_name(name)
     spec = _ATTACKS.get(base)
-    if spec.corruption is not None and level is None:
+    if spec.non_lp is not None and level is None:
         raise ConfigError(f"attack {name!r} needs a distortion level: "
                           f"{', '.join(f'{name}@{lv.value}' for lv in Level)}")
-    if spec.corruption is None and level is not None:
+    if spec.non_lp is None and level is not None:
         raise ConfigError(f"attack {name!r}: an Lp attack takes no level; its budget is "
                           f"threat_model.eps.{spec.norm}")
     return spec
@@ -395,8 +410,8 @@ def attack_budget(name: str, threat: ThreatModel) -> float:
     if spec.norm is not None:
         return threat.budget(spec.norm)
     level = split_name(name)[1]
-    assert level is not None and spec.corruption is not None
-    return threat.level_budget(spec.corruption, level)
+    assert level is not None and spec.non_lp is not None
+    return threat.level_budget(spec.non_lp, level)
 
 
 def check_attack_fits(name: str, *, channels: int, num_classes: int, threat: ThreatModel,

@@ -352,9 +352,10 @@ def family(name: str, budget: float) -> Family:
 
 class TransformAttack(Attack):
     """Optimises a family's latents against a model: `search` is "gradient" (projected
-    signed-gradient ascent on the CE loss), "random" (random search) or "grid" (Spatial's
-    worst-of-k grid). Each sample keeps the first latents that fool the model, else those of
-    the highest loss seen."""
+    signed-gradient ascent on the CE loss), "random" (random search), "grid" (Spatial's
+    worst-of-k grid) or "draw" (one random corruption, no optimisation: augmentation). Each
+    sample keeps the first latents that fool the model, else those of the highest loss
+    seen."""
 
     def __init__(self, spec: AttackSpec, model: nn.Module, corruption: Family, *, steps: int = 0,
                  search: str = "gradient", step_factor: float = 2.5, seed: int = 0,
@@ -389,6 +390,10 @@ class TransformAttack(Attack):
         corruption = self.corruption
         corruption.prepare(x, generator)
         best = _Best(self.model, corruption, x, y)
+        if self.search == "draw":  # one random corruption: the model is never asked
+            self.last_latents = corruption.sample(len(x), x.device, generator)
+            with torch.no_grad():
+                return corruption.apply(x, self.last_latents)
         if self.search == "grid":
             for latents in self._grid(len(x), x.device):
                 best.judge(latents)

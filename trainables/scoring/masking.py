@@ -395,8 +395,8 @@ def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     families: dict[str, str] = {}
     for name in attacks:
         spec = attack_spec(name)
-        if spec.kind == AttackKind.TRANSFORM and spec.corruption is not None:
-            families.setdefault(spec.corruption, name)
+        if spec.kind == AttackKind.TRANSFORM and spec.non_lp is not None:
+            families.setdefault(spec.non_lp, name)
     ctx = CheckContext(model, x, y, threat, num_classes, base, surrogate, batch_size, seed,
                        tuple(families.values()), quick)
     flags: dict[str, bool] = {}

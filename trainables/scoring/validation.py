@@ -5,12 +5,13 @@ points at a lower attack strength than the last one)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from trainables.attacks import build_attack
+from trainables.attacks import AttackKind, attack_spec, build_attack
 from trainables.attacks.base import Attack
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
@@ -85,10 +86,14 @@ def validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: Ru
 def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: Rung, *,
               final: bool, watch: Stopwatch) -> tuple[dict[str, float], Points]:
     setup, x, y = shared.setup, rung.x, rung.y
+    teacher = (copy.deepcopy(shared.teacher.encoder).to(x.device)  # a perceptual attack's
+               if any(attack_spec(n).kind == AttackKind.PERCEPTUAL for n in config.pool)
+               else None)
 
     def bind(names: tuple[str, ...]) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                             seed=config.seed, strength=rung.strength) for n in names]
+                             seed=config.seed, strength=rung.strength, feature_model=teacher)
+                for n in names]
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
     if not rung.heldout_only:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.attacks.specs import attack_spec, check_attack_fits
+from trainables.attacks.specs import AttackKind, attack_spec, check_attack_fits
 from trainables.attacks.threat import LEVELS, ThreatModel
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
@@ -39,11 +39,13 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 _LEVELS_8PX = {  # digits, 8x8: Blur means little at this size (see the README)
     "Spatial": (10, 20, 30), "Flow": (0.15, 0.25, 0.4), "Elastic": (0.07, 0.12, 0.2),
     "JPEG": (0.4, 0.8, 1.5), "Contrast": (0.25, 0.5, 0.8), "Fog": (0.2, 0.4, 0.7),
-    "Snow": (0.25, 0.5, 0.8), "Blur": (0.5, 0.8, 1.0), "Gabor": (0.2, 0.35, 0.5)}
+    "Snow": (0.25, 0.5, 0.8), "Blur": (0.5, 0.8, 1.0), "Gabor": (0.2, 0.35, 0.5),
+    "Perceptual": (0.15, 0.3, 0.5)}
 _LEVELS_28PX = {  # mnist5k, mnist, fashion_mnist: 28x28
     "Spatial": (10, 20, 30), "Flow": (0.3, 0.5, 0.8), "Elastic": (0.07, 0.12, 0.2),
     "JPEG": (0.4, 0.8, 1.5), "Contrast": (0.4, 0.8, 1.2), "Fog": (0.3, 0.5, 0.8),
-    "Snow": (0.4, 0.7, 1.0), "Blur": (0.6, 0.9, 1.0), "Gabor": (0.2, 0.35, 0.5)}
+    "Snow": (0.4, 0.7, 1.0), "Blur": (0.6, 0.9, 1.0), "Gabor": (0.2, 0.35, 0.5),
+    "Perceptual": (0.15, 0.3, 0.5)}
 # cifar10, svhn (32x32 RGB): not calibrated here (no CIFAR files offline); scaled from the 28x28
 # levels toward ImageNet-UA's CIFAR-10 ones (JPEG 1/255..6/255 per coefficient, Elastic 0.1..0.5)
 _LEVELS_32PX_RGB = {**_LEVELS_28PX, "JPEG": (0.1, 0.25, 0.5), "Gabor": (0.02, 0.04, 0.08),
@@ -135,6 +137,7 @@ def resolve_setup(config: TrialConfig, *, extra_attacks: Sequence[str] = (),
     for name in (*config.pool, *config.heldout, *config.sealed, *extra_attacks):
         check_attack_fits(name, channels=channels, num_classes=info.num_classes, threat=threat,
                           dataset=config.dataset)
+    _check_perceptual(config)
     if config.craft_against == CraftAgainst.STUDENT:
         slow = [name for name in (*config.pool, *extra_attacks) if attack_spec(name).heavy]
         if slow:
@@ -143,3 +146,19 @@ def resolve_setup(config: TrialConfig, *, extra_attacks: Sequence[str] = (),
                 "batch; move them to heldout/sealed, or set craft_against: target (crafted once "
                 "on the fixed target model)")
     return Setup(info, arch, threat)
+
+
+def _check_perceptual(config: TrialConfig) -> None:
+    """The perceptual attack measures its bound with the trial's teacher encoder: it can train
+    a student (a pool attack crafted against it), nothing else has that teacher."""
+    scored = [n for n in (*config.heldout, *config.sealed)
+              if attack_spec(n).kind == AttackKind.PERCEPTUAL]
+    if scored:
+        raise ConfigError(f"{scored} bound the change of the trial's teacher features, so they "
+                          "have no teacher to measure with in the held-out or sealed groups: "
+                          "use them in the pool only")
+    if config.craft_against == CraftAgainst.TARGET and any(
+            attack_spec(n).kind == AttackKind.PERCEPTUAL for n in config.pool):
+        raise ConfigError("a perceptual pool attack needs the student's teacher to bound it, "
+                          "but craft_against: target crafts the pool once on the target: "
+                          "set craft_against: student")
