@@ -292,6 +292,8 @@ class Space:
     source: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     baselines: tuple[str, ...] = ()  # reference recipes run first (defense/baselines.py)
+    # a baseline's own values tuned for this space (its budget, its TRADES beta...)
+    baseline_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fidelity: Fidelity = field(default_factory=Fidelity)  # of the evaluations before the last
 
     # ---- values <-> trial configs
@@ -323,10 +325,15 @@ class Space:
             return 1
         return int(config.get("meta_test_attacks", FIELD_DEFAULTS["meta_test_attacks"])) + 1
 
+    def baseline_recipe(self, name: str) -> dict[str, Any]:
+        """Baseline `name`'s recipe values and pool in this space, its own settings applied."""
+        return {**baseline_values(name, candidates=self.pool.candidates,
+                                  default_pool=self.pool.default),
+                **self.baseline_settings.get(name, {})}
+
     def baseline_values(self, name: str) -> dict[str, Any]:
         """Baseline `name` as this space's searched values (pool flags and parameters)."""
-        recipe = baseline_values(name, candidates=self.pool.candidates,
-                                 default_pool=self.pool.default)
+        recipe = self.baseline_recipe(name)
         values: dict[str, Any] = dict(self.pool.flags(recipe.pop("pool")))
         values.update({k: v for k, v in recipe.items() if k in self.params})
         return values
@@ -385,6 +392,8 @@ class Space:
     def baseline_record(self, name: str, **extra: Any) -> TrialRecord:
         """Baseline `name` trained in this space's setting (also one the space does not list,
         which a final comparison may still add)."""
+        if name in self.baselines:
+            return self.record(self.baseline_values(name), **extra)
         from trainables.defense.baselines import baseline_config
 
         return TrialRecord(baseline_config(self.trial_config(**extra), name), {}, name,
@@ -485,15 +494,9 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
         fidelity = Fidelity.from_dict({k: v for k, v in budget.items() if k in FIDELITY_FIELDS})
     except ConfigError as err:
         raise SpaceError(f"budget: {err}") from None
-    baselines = raw.get("baselines", [])
-    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
-        raise SpaceError(f"baselines must be a list of names ({', '.join(BASELINES)}), got "
-                         f"{baselines!r}")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise SpaceError(f"baselines {unknown} do not exist; choose from {', '.join(BASELINES)}")
+    baselines, settings = _parse_baselines(raw.get("baselines", []))
     space = Space(name, str(raw.get("description", "")).strip(), base, pool, params,
-                  search, source, raw, tuple(dict.fromkeys(baselines)), fidelity)
+                  search, source, raw, baselines, settings, fidelity)
     _check_whole(space)
     _check_can_train(space)
     for baseline in space.baselines:
@@ -526,11 +529,32 @@ def _check_disjoint(pool: Sequence[str], heldout: Sequence[str], sealed: Sequenc
                                  "(or set attacks.split_by: name to split by attack only)")
 
 
+def _parse_baselines(raw: Any) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """`baselines`: a list of names, or a mapping of names to their own recipe values tuned
+    for the space (`pgd-l2-at: {train_eps_scale_l2: 2.0}`)."""
+    names = list(raw) if isinstance(raw, (list, Mapping)) else None
+    if names is None or not all(isinstance(b, str) for b in names):
+        raise SpaceError(f"baselines must be a list of names ({', '.join(BASELINES)}) or a "
+                         f"mapping of names to their own values, got {raw!r}")
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise SpaceError(f"baselines {unknown} do not exist; choose from {', '.join(BASELINES)}")
+    settings: dict[str, dict[str, Any]] = {}
+    for name in names if isinstance(raw, Mapping) else ():
+        values = _require(raw[name] or {}, f"baselines.{name}")
+        bad = sorted(set(values) - set(RECIPE_FIELDS) - {"pool"})
+        if bad:
+            raise SpaceError(f"baselines.{name}: {bad} are not recipe values; a baseline can "
+                             f"set: {', '.join(RECIPE_FIELDS)}")
+        settings[name] = {k: RECIPE_FIELDS[k].check(f"baselines.{name}.{k}", v)
+                          if k != "pool" else v for k, v in values.items()}
+    return tuple(dict.fromkeys(names)), settings
+
+
 def _check_baseline(space: Space, name: str) -> None:
     """Baseline `name` is a point of the space: each searched value in its range, each fixed
     one equal to what the baseline needs."""
-    recipe = baseline_values(name, candidates=space.pool.candidates,
-                             default_pool=space.pool.default)
+    recipe = space.baseline_recipe(name)
     pool = recipe.pop("pool")
     if space.pool.searched and not space.pool.min_size <= len(pool) <= space.pool.max_size:
         raise SpaceError(f"baseline {name} trains on {len(pool)} pool attack(s) "

@@ -39,6 +39,10 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
              values={**_PLAIN, "train_on": TrainOn.CLEAN, "include_clean": True}),
     Baseline("pgd-at", "PGD adversarial training (Madry et al. 2018): CE on PGD examples",
              {"w_ce": 1.0}, ("PGD",), {**_PLAIN, "include_clean": False}),
+    Baseline("pgd-l2-at", "PGD adversarial training at the L2 budget (Madry et al. 2018): CE "
+             "on PGD-L2 examples; L2 training is the strongest simple lever on ImageNet-UA's "
+             "UA2 and MultiRobustBench", {"w_ce": 1.0}, ("PGDL2",),
+             {**_PLAIN, "include_clean": False}),
     Baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + 6 KL(clean || "
              "adversarial), examples from TRADES' KL attack (TPGD)",
              {"w_ce_clean": 1.0, "w_trades": 6.0}, ("TPGD",),
