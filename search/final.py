@@ -10,8 +10,10 @@ trained with `seeds` seeds and evaluated on the test split: held-out and sealed 
 `strength`, the transfer group, AutoAttack (trainables/scoring/final.py). Seed 0's model is the
 search's own when its trial completed; the others are trained again, all as parallel Ray tasks
 with a trial's resources. Every number is a mean over seeds with a 95% t interval, and the best
-recipe is compared with each baseline by the paired difference of their per-point values
-(averaged over seeds) on the same test points, with a paired bootstrap interval.
+recipe is compared with each baseline by the difference of their means on the same test
+points, whose 95% interval holds both the point sampling (a paired bootstrap) and the training
+randomness (the seed-to-seed spread pooled over the candidates): the verdict says "better"
+only when it excludes 0.
 """
 
 from __future__ import annotations
@@ -56,7 +58,13 @@ from trainables.defense.baselines import BASELINES
 from trainables.defense.export import load_defended_model
 from trainables.errors import ConfigError
 from trainables.scoring.final import Evaluation, final_evaluation
-from trainables.scoring.stats import Interval, paired_difference, seed_interval
+from trainables.scoring.stats import (
+    Interval,
+    paired_difference,
+    pooled_seed_variance,
+    seed_interval,
+    seeded_difference,
+)
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     SEALED_STRENGTH,
@@ -98,10 +106,10 @@ class Candidate:
         values = [e.metrics[metric] for e in self.evaluations.values() if metric in e.metrics]
         return seed_interval(values, bounds=(0.0, 1.0)) if values else None
 
-    def points(self, metric: str) -> np.ndarray | None:
-        """Per-point values averaged over seeds."""
-        found = [e.points[metric] for e in self.evaluations.values() if metric in e.points]
-        return np.mean(found, axis=0) if found else None
+    def per_seed(self, metric: str) -> list[np.ndarray]:
+        """Each seed's per-point values of `metric` (seeds in order)."""
+        return [self.evaluations[s].points[metric] for s in sorted(self.evaluations)
+                if metric in self.evaluations[s].points]
 
 
 @dataclass
@@ -129,9 +137,9 @@ class FinalReport:
             kind = "baseline" if c.baseline else "searched"
             lines.append(f"| {c.label} ({kind}) | " + " | ".join(cells) + " |")
         if best is not None and self.differences:
-            lines += ["", f"Paired difference, {best.label} minus each baseline, on the same "
-                      "test points (per-point values averaged over seeds) [95% paired "
-                      "bootstrap interval]", "",
+            lines += ["", f"Difference, {best.label} minus each baseline, on the same test "
+                      "points, mean over seeds [95% interval: paired bootstrap over points "
+                      "and t over seeds (seed spread pooled over the recipes)]", "",
                       "| baseline | " + " | ".join(f"Δ {t}" for t, _ in COLUMNS)
                       + " | verdict (sealed mean) |", "|---|" + "---|" * (len(COLUMNS) + 1)]
             for name, diffs in self.differences.items():
@@ -361,16 +369,20 @@ def versus_baselines(entries: Sequence[Entry], results: Any, objective: str
 
 
 def _differences(candidates: Sequence[Candidate]) -> dict[str, dict[str, Interval]]:
+    """The best recipe minus each baseline, per column: over the same test points and over
+    the seeds, the training randomness pooled over every candidate (stats.seeded_difference)."""
     best = next((c for c in candidates if not c.baseline), None)
     if best is None:
         return {}
     out: dict[str, dict[str, Interval]] = {}
-    for baseline in (c for c in candidates if c.baseline):
-        out[baseline.label] = {}
-        for _, metric in COLUMNS:
-            a, b = best.points(metric), baseline.points(metric)
-            if a is not None and b is not None:
-                out[baseline.label][metric] = paired_difference(a, b)
+    for _, metric in COLUMNS:
+        spread = pooled_seed_variance([[float(p.mean()) for p in c.per_seed(metric)]
+                                       for c in candidates])
+        for baseline in (c for c in candidates if c.baseline):
+            a, b = best.per_seed(metric), baseline.per_seed(metric)
+            if a and b:
+                out.setdefault(baseline.label, {})[metric] = seeded_difference(
+                    a, b, seed_variance=spread)
     return out
 
 

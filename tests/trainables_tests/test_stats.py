@@ -90,3 +90,43 @@ def test_seed_interval_is_a_t_interval() -> None:
     assert (interval.low, interval.high) == pytest.approx((0.42 - half, 0.42 + half))
     one = seed_interval([0.5])
     assert one.low == one.high == 0.5
+
+
+def test_seeded_difference_adds_the_seed_spread_to_the_point_sampling() -> None:
+    from trainables.scoring.stats import pooled_seed_variance, seeded_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.random(500) < 0.6
+    same = [base.astype(float)] * 3  # three seeds that agree exactly: points only
+    other = [(rng.random(500) < 0.5).astype(float)] * 3
+    spread = pooled_seed_variance([[p.mean() for p in same], [p.mean() for p in other]])
+    assert spread == (0.0, 4)
+    assert seeded_difference(same, other, seed_variance=spread) == paired_difference(
+        np.mean(same, axis=0), np.mean(other, axis=0))
+    # seeds that disagree: the same estimate, a wider interval
+    noisy = [(rng.random(500) < p).astype(float) for p in (0.55, 0.62, 0.68)]
+    spread = pooled_seed_variance([[p.mean() for p in noisy], [p.mean() for p in other]])
+    wide = seeded_difference(noisy, other, seed_variance=spread)
+    narrow = paired_difference(np.mean(noisy, axis=0), np.mean(other, axis=0))
+    assert wide.value == pytest.approx(narrow.value)
+    assert wide.low < narrow.low and wide.high > narrow.high
+
+
+def test_seeded_difference_covers_the_truth_when_training_is_random() -> None:
+    """Two recipes equally good on average, each seed a random shift of a recipe's accuracy:
+    a point-only interval calls a difference far more often than 5% of the time, the seeded
+    one about 5%."""
+    from trainables.scoring.stats import pooled_seed_variance, seeded_difference
+
+    rng = np.random.default_rng(1)
+    point_only = seeded = 0
+    trials = 200
+    for _ in range(trials):
+        recipes = [[(rng.random(400) < 0.6 + rng.normal(0, 0.03)).astype(float)
+                    for _ in range(3)] for _ in range(4)]
+        spread = pooled_seed_variance([[p.mean() for p in r] for r in recipes])
+        a, b = recipes[0], recipes[1]
+        point_only += paired_difference(np.mean(a, axis=0), np.mean(b, axis=0)).excludes_zero
+        seeded += seeded_difference(a, b, seed_variance=spread).excludes_zero
+    assert point_only / trials > 0.12  # measured 0.19: 4x the nominal 5%
+    assert seeded / trials < 0.10

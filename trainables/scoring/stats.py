@@ -7,7 +7,11 @@ mean over attacks for a group's mean, the AND over attacks for its union. So:
 - two models on the same points are compared by the paired difference of their per-point
   outcomes, with a paired bootstrap interval, and McNemar's exact test for 0/1 outcomes
   (a binomial test on the discordant pairs);
-- over seeds (retrained models), the mean and a t interval of the per-seed values.
+- over seeds (retrained models), the mean and a t interval of the per-seed values;
+- two recipes trained over seeds and scored on the same points, by `seeded_difference`: its
+  interval adds the training randomness (seed-to-seed spread, pooled over every recipe of
+  the comparison) to the point sampling (a paired bootstrap), so a verdict does not hang on
+  which seeds happened to train well.
 All at 95% unless asked otherwise; the bootstrap is seeded, so a report is repeatable.
 """
 
@@ -21,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["CONFIDENCE", "Interval", "mcnemar_p", "mean_interval", "paired_difference",
-           "seed_interval", "wilson"]
+           "pooled_seed_variance", "seed_interval", "seeded_difference", "wilson"]
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -118,3 +122,36 @@ def seed_interval(values: Sequence[float], *, confidence: float = CONFIDENCE,
     half = float(stats.t.ppf((1 + confidence) / 2, data.size - 1)) * float(
         data.std(ddof=1)) / math.sqrt(data.size)
     return Interval(mean, max(bounds[0], mean - half), min(bounds[1], mean + half))
+
+
+def pooled_seed_variance(per_seed: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The seed-to-seed variance of a metric pooled over recipes (each recipe's values over
+    its seeds, around its own mean), and its degrees of freedom: one-way ANOVA's within-group
+    variance, on the assumption that retraining varies every recipe about as much."""
+    squares, dof = 0.0, 0
+    for values in per_seed:
+        data = np.asarray(values, dtype=float)
+        if data.size >= 2:
+            squares += float(((data - data.mean()) ** 2).sum())
+            dof += data.size - 1
+    return (squares / dof if dof else 0.0), dof
+
+
+def seeded_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *,
+                      seed_variance: tuple[float, int], confidence: float = CONFIDENCE
+                      ) -> Interval:
+    """Recipe a minus recipe b, each trained with several seeds (one array of per-point values
+    per seed, all on the same points). The estimate is the difference of the means; its
+    interval widens the paired bootstrap over points (of the seed-averaged values) by the
+    training randomness: a t interval on the pooled seed variance `(variance, dof)`, the two
+    half-widths added in quadrature (independent sources)."""
+    first, second = np.mean(a, axis=0), np.mean(b, axis=0)
+    points = paired_difference(first, second, confidence=confidence)
+    variance, dof = seed_variance
+    if dof == 0 or variance == 0:
+        return points
+    spread = math.sqrt(variance / len(a) + variance / len(b))
+    half = float(stats.t.ppf((1 + confidence) / 2, dof)) * spread
+    return Interval(points.value,
+                    points.value - math.hypot(points.value - points.low, half),
+                    points.value + math.hypot(points.high - points.value, half))
