@@ -19,6 +19,7 @@ from search.final import (
     verdict,
     versus_baselines,
 )
+from search.headstart import HeadStart
 from search.journal import Journal, TrackingOutageError, quick_failures
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
 from search.plan import SearchPlan
@@ -126,10 +127,12 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
             _write_search_info(plan, experiment_id, parent_id, resources, cache_dir)
             client.log_artifact(parent_id, str(Path(plan.output_dir) / ARTIFACT.SPACE))
             clock.lap("prepare")
-            results = _fit(plan, shared, resources, experiment_id, parent_id, resume=resume)
+            results, head = _fit(plan, shared, resources, experiment_id, parent_id,
+                                 resume=resume)
             _compare_with_baselines(client, experiment_id, parent_id, results, plan)
             clock.lap("search")
-            report = _final(plan, shared, resources, client, experiment_id, parent_id, results)
+            report = _final(plan, shared, resources, client, experiment_id, parent_id, results,
+                            head)
             clock.lap("final comparison")
         except BaseException as err:
             if parent_id is not None and not isinstance(err, TrackingOutageError):
@@ -185,8 +188,9 @@ def _start(plan: SearchPlan) -> dict[str, float]:
 
 
 def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experiment_id: str,
-         parent_id: str, *, resume: bool) -> Any:
-    """Runs (or resumes) the trials; every write to MLflow goes through the journal."""
+         parent_id: str, *, resume: bool) -> tuple[Any, HeadStart | None]:
+    """Runs (or resumes) the trials; every write to MLflow goes through the journal. A new
+    search starts its baselines' final tasks as they complete (search/headstart.py)."""
     journal = Path(plan.output_dir) / ARTIFACT.MLFLOW_JOURNAL
     logger = MlflowTrialLogger(tracking_uri=plan.mlflow_uri, experiment_id=experiment_id,
                                parent_run_id=parent_id, space_name=plan.space.name,
@@ -198,18 +202,23 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     progress = ProgressPrinter(num_samples=plan.num_samples, max_t=plan.space.max_evaluations,
                                objective=plan.objective, epochs=plan.space.trial_config().epochs)
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
+    head = (HeadStart(shared=shared, resources=resources, seeds=plan.final_seed_list,
+                      strength=plan.sealed_strength, max_t=plan.space.max_evaluations)
+            if plan.sealed_top_k and not resume else None)
     tuner = (restore_tuner(plan, shared, resources, path) if resume
-             else build_tuner(plan, shared, resources, [logger, progress]))
+             else build_tuner(plan, shared, resources,
+                              [logger, progress, *([head] if head is not None else [])]))
     results = tuner.fit()
     if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
         print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
               "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
     _drain_journal(plan, logger, journal)
-    return results
+    return results, head
 
 
 def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client: Any,
-           experiment_id: str, parent_id: str, results: Any) -> FinalReport | None:
+           experiment_id: str, parent_id: str, results: Any, head: HeadStart | None
+           ) -> FinalReport | None:
     if not plan.sealed_top_k:
         return None
     space = plan.space
@@ -221,8 +230,9 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
                        candidates=candidates_of(space, entries, results,
                                                 top_k=plan.sealed_top_k),
                        client=client, parent_id=parent_id, resources=resources,
-                       seeds=[plan.seed + i for i in range(plan.final_seeds)],
-                       strength=plan.sealed_strength, out=Path(plan.output_dir))
+                       seeds=plan.final_seed_list, strength=plan.sealed_strength,
+                       out=Path(plan.output_dir),
+                       started=head.started if head is not None else None)
 
 
 def _drain_journal(plan: SearchPlan, logger: MlflowTrialLogger, path: Path) -> None:

@@ -79,7 +79,7 @@ from trainables.vocab import (
     low_key,
 )
 
-__all__ = ["COLUMNS", "Candidate", "FinalReport", "candidates_of", "final_stage", "main",
+__all__ = ["COLUMNS", "Candidate", "FinalReport", "Tasks", "candidates_of", "final_stage", "main",
            "verdict",
            "versus_baselines"]
 
@@ -277,12 +277,34 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
     return out
 
 
+class Tasks:
+    """The final comparison's Ray tasks: train (unless a model is given) and evaluate one
+    recipe and seed, with a trial's resources."""
+
+    def __init__(self, shared: Shared, resources: Mapping[str, float], strength: float) -> None:
+        import ray
+
+        self.task = ray.remote(max_retries=1)(_evaluate)
+        self.options = {"num_cpus": resources.get("cpu", 1),
+                        "num_gpus": resources.get("gpu", 0),
+                        "resources": {k: v for k, v in resources.items()
+                                      if k not in ("cpu", "gpu")}}
+        self.threads = max(1, int(resources.get("cpu", 1)))
+        self.shared_ref, self.strength = ray.put(shared), strength
+
+    def submit(self, record: TrialRecord, payload: bytes | None) -> Any:
+        return self.task.options(**self.options).remote(self.shared_ref, record, payload,
+                                                        self.strength, self.threads)
+
+
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
                 parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
-                strength: float, out: Path | None = None) -> FinalReport:
-    """Evaluates every candidate over `seeds` (parallel Ray tasks) and returns the report,
-    written to `out` first, then logged to the MLflow parent run and the candidates' runs."""
-    _evaluate_all(candidates, shared, resources, seeds, strength)
+                strength: float, out: Path | None = None,
+                started: Mapping[tuple[str, int], Any] | None = None) -> FinalReport:
+    """Evaluates every candidate over `seeds` (parallel Ray tasks; `started`: the baselines'
+    tasks search/headstart.py began during the search) and returns the report, written to `out`
+    first, then logged to the MLflow parent run and the candidates' runs."""
+    _evaluate_all(candidates, shared, resources, seeds, strength, started or {})
     report = FinalReport(candidates, list(seeds), _differences(candidates))
     if out is not None:
         (out / ARTIFACT.FINAL_TABLE).write_text(report.markdown() + "\n")
@@ -293,25 +315,25 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
 
 
 def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mapping[str, float],
-                  seeds: Sequence[int], strength: float) -> None:
-    """Every candidate and seed as a Ray task with a trial's resources; each evaluation is
-    kept on its candidate as it arrives."""
+                  seeds: Sequence[int], strength: float,
+                  started: Mapping[tuple[str, int], Any]) -> None:
+    """Every candidate and seed as a Ray task with a trial's resources (or the task already
+    started for it); each evaluation is kept on its candidate as it arrives."""
     import ray
 
-    task = ray.remote(max_retries=1)(_evaluate)
-    options = {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0),
-               "resources": {k: v for k, v in resources.items() if k not in ("cpu", "gpu")}}
-    threads = max(1, int(resources.get("cpu", 1)))
-    shared_ref = ray.put(shared)
+    tasks = Tasks(shared, resources, strength)
     pending = {}
     for candidate in candidates:
         for index, seed in enumerate(seeds):
-            payload = candidate.model if index == 0 else None
-            record = candidate.record.with_config(seed=seed)
-            pending[task.options(**options).remote(shared_ref, record, payload, strength,
-                                                   threads)] = (candidate, seed)
+            ref = started.get((candidate.label, seed)) if candidate.baseline else None
+            if ref is None:
+                ref = tasks.submit(candidate.record.with_config(seed=seed),
+                                   candidate.model if index == 0 else None)
+            pending[ref] = (candidate, seed)
+    early = sum(1 for c in candidates for s in seeds if c.baseline and (c.label, s) in started)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
-          f"({sum(c.model is not None for c in candidates)} models reused from the search)",
+          f"({early} started during the search; "
+          f"{sum(c.model is not None for c in candidates)} models reused from the search)",
           flush=True)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

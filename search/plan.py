@@ -52,6 +52,11 @@ class SearchPlan:
     def mode(self) -> Mode:
         return self.space.search.mode
 
+    @property
+    def final_seed_list(self) -> list[int]:
+        """The seeds of the final comparison: the search's own first."""
+        return [self.seed + i for i in range(self.final_seeds)]
+
     def metrics(self) -> list[str] | str:
         return [self.objective, CLEAN_ACC] if self.multi_objective else self.objective
 

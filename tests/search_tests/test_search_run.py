@@ -110,7 +110,10 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     # later one over final.md: compare with the table as the search printed it)
     printed = smoke_search.proc.stdout
     table = printed[printed.rindex("Test split, mean over"):printed.index("wall time:")]
-    assert "| pgd-at (baseline) |" in table and "Paired difference" in table
+    assert "| pgd-at (baseline) |" in table and "Difference, " in table
+    # the baselines' final tasks started while the search ran (search/headstart.py)
+    assert "final: pgd-at's 2 seeds started while the search runs" in printed
+    assert "(4 started during the search;" in printed
 
     # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
     storage = f"sqlite:///{smoke_search.output / 'optuna.db'}"

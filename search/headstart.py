@@ -1,0 +1,65 @@
+"""The final comparison's head start: a baseline's recipe does not depend on the search's
+winner, so as soon as its trial completes, its seed-0 model is evaluated and its other seeds
+are trained, as Ray tasks that take a core whenever one is free, while the search still runs.
+The search's tail then no longer leaves a core idle, and the final comparison has less left
+to do when the search ends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from search.final import Tasks
+from search.records import trial_status
+from search.vocab import ARTIFACT, TrialStatus
+from spaces import RECORD_KEY, TrialRecord
+from trainables.setting.prepare import Shared
+
+__all__ = ["HeadStart"]
+
+
+class HeadStart(Callback):
+    """A Tune callback: starts a completed baseline trial's final tasks (every seed)."""
+
+    def __init__(self, *, shared: Shared | None, resources: Mapping[str, float],
+                 seeds: Sequence[int], strength: float, max_t: int) -> None:
+        self.shared, self.resources, self.seeds = shared, dict(resources), list(seeds)
+        self.strength, self.max_t = strength, max_t
+        self.started: dict[tuple[str, int], Any] = {}  # (baseline, seed) -> Ray object ref
+        self._tasks: Tasks | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state: no data there, and Ray's object
+        # refs would not survive a restart (a resumed search starts its final tasks at the end)
+        return {**self.__dict__, "shared": None, "started": {}, "_tasks": None}
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        record: TrialRecord | None = trial.config.get(RECORD_KEY)
+        result = trial.last_result or {}
+        if record is None or not record.baseline or self.shared is None or \
+                trial_status(result, self.max_t) != TrialStatus.COMPLETED:
+            return
+        if self._tasks is None:
+            self._tasks = Tasks(self.shared, self.resources, self.strength)
+        payload = _checkpoint_model(trial)
+        for index, seed in enumerate(self.seeds):
+            key = (record.baseline, seed)
+            if key not in self.started:
+                self.started[key] = self._tasks.submit(
+                    record.with_config(seed=seed), payload if index == 0 else None)
+        print(f"final: {record.baseline}'s {len(self.seeds)} seeds started while the search "
+              "runs", flush=True)
+
+
+def _checkpoint_model(trial: Any) -> bytes | None:
+    """The defended model a finished trial saved in its last checkpoint."""
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / ARTIFACT.MODEL
+        return path.read_bytes() if path.exists() else None
