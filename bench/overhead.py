@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from reference import plain_pgd_at
 
 import spaces
-from trainables.attacks.specs import attack_budget
 from trainables.config import TrialConfig
 from trainables.defense.baselines import baseline_config
-from trainables.defense.models import build_arch
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial
 
@@ -66,35 +64,6 @@ def in_search(space: str, overrides: list[str], folder: Path) -> tuple[float, fl
     results = list((folder / "ray" / name).glob("*/result.json"))
     last = json.loads(results[0].read_text().splitlines()[-1])
     return float(last["time_total_s"]), wall
-
-
-def plain_pgd_at(config: TrialConfig, shared: Shared) -> float:
-    """The loop a user writes: torchattacks PGD on each batch, CE on it, Adam."""
-    import torchattacks
-
-    torch.manual_seed(config.seed)
-    setup = shared.setup
-    parts = build_arch(setup.arch, setup.info.image_shape, setup.info.num_classes)
-    model = torch.nn.Sequential(parts.encoder, parts.head)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    eps = attack_budget("PGD", setup.threat)
-    steps = config.train_attack_steps
-    attack = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
-                              random_start=True)
-    x_all, y_all = shared.data.train_x, shared.data.train_y
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch))
-        for index in order.split(config.batch_size):
-            x, y = x_all[index], y_all[index]
-            model.eval()
-            adversarial = attack(x, y)
-            model.train()
-            loss = F.cross_entropy(model(adversarial), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return time.perf_counter() - start
 
 
 def _row(label: str, values: list[float]) -> str:

@@ -1,12 +1,16 @@
-"""Where a trial's time goes: per phase, for the space's default recipe and for PGD-AT.
+"""Where a trial's and a final comparison's time goes, per phase and per attack, as seconds and
+as ratios to the plain PGD-AT loop (bench/reference.py) timed in the same run.
 
-    python bench/trial_cost.py                       # mid, 1 thread, 3 repeats
-    python bench/trial_cost.py --space smoke --repeats 1
+    python bench/trial_cost.py                                # mid, 1 thread, 3 repeats
+    python bench/trial_cost.py --space mnist5k --repeats 1 --final
+    python bench/trial_cost.py --space smoke --repeats 1 --set budget.epochs=1
 
 Each trial runs standalone (no Ray) on a warm cache (the teacher and transfer sets prepared
-once first) with one torch thread, and prints min / median / max seconds over the repeats of:
-pool crafting, the training step (losses, meta step, update), evaluation attacks (per attack,
-summed over the evaluations), masking checks, and the whole trial.
+once first) with one torch thread: pool crafting, the training step (losses, meta step,
+update), evaluation attacks (per attack, summed over the evaluations), masking checks, the
+whole trial. `--final` adds the final evaluation of each trained model on the test split
+(per attack, AutoAttack at several point counts with the interval each gives) and a cost
+model of the final comparison: recipes x seeds tasks (train + evaluate) over the cores.
 """
 
 from __future__ import annotations
@@ -17,28 +21,33 @@ import time
 from collections import defaultdict
 
 import torch
+from reference import plain_pgd_at
 
 import spaces
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.baselines import baseline_config
-from trainables.setting.prepare import prepare_shared
+from trainables.defense.models import DefendedModel
+from trainables.scoring.final import autoattack_robust, final_evaluation
+from trainables.scoring.stats import wilson
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial
+from trainables.vocab import TIME_AUTOATTACK, TIME_FINAL, Split
+
+PHASES = ("craft", "step", "eval_attacks", "masking")
 
 
-def _phases(config: TrialConfig, fidelity: Fidelity, shared: object, repeats: int
-            ) -> dict[str, list[float]]:
+def _phases(config: TrialConfig, fidelity: Fidelity, shared: Shared, repeats: int
+            ) -> tuple[dict[str, list[float]], DefendedModel]:
     found: dict[str, list[float]] = defaultdict(list)
+    model = None
     for _ in range(repeats):
         start = time.perf_counter()
-        result = run_trial(config, fidelity=fidelity, shared=shared,  # type: ignore[arg-type]
-                           log=lambda _: None)
+        result = run_trial(config, fidelity=fidelity, shared=shared, log=lambda _: None)
         wall = time.perf_counter() - start
+        model = result.model
         found["total (wall)"].append(wall)
-        totals = {k: v for k, v in result.metrics.items() if k.startswith("time/")
-                  and k.endswith("_s") and k.count("/") == 1 and k != "time/total_s"
-                  and k != "time/elapsed_s"}
-        for key, seconds in totals.items():
-            found[key.removeprefix("time/").removesuffix("_s")].append(seconds)
+        for phase in PHASES:
+            found[phase].append(result.metrics.get(f"time/{phase}_s", 0.0))
         # the per-attack times of every evaluation, summed over the evaluations
         per_attack: dict[str, float] = defaultdict(float)
         for report in result.history:
@@ -47,33 +56,94 @@ def _phases(config: TrialConfig, fidelity: Fidelity, shared: object, repeats: in
                     per_attack[key.removeprefix("time/").removesuffix("_s")] += seconds
         for key, seconds in per_attack.items():
             found[f"  {key}"].append(seconds)
-        found["other (wall - phases)"].append(
-            wall - sum(totals.get(f"time/{p}_s", 0.0)
-                       for p in ("craft", "step", "eval_attacks", "masking")))
-    return found
+        found["other (wall - phases)"].append(wall - sum(found[p][-1] for p in PHASES))
+    assert model is not None
+    return found, model
+
+
+def _row(label: str, values: list[float], reference: float | None = None) -> str:
+    ratio = f"  {statistics.median(values) / reference:6.2f}x" if reference else ""
+    return (f"  {label:<46} {min(values):8.2f} {statistics.median(values):8.2f} "
+            f"{max(values):8.2f}{ratio}")
+
+
+def _final(model: DefendedModel, shared: Shared, config: TrialConfig,
+           counts: list[int]) -> dict[str, float]:
+    """The final evaluation's seconds per attack, and AutoAttack at each point count."""
+    evaluation = final_evaluation(model, shared, config, log=lambda _: None)
+    times = {k.removeprefix("time/").removesuffix("_s"): v
+             for k, v in evaluation.metrics.items() if k.startswith("time/test/")}
+    times["AutoAttack (configured points)"] = evaluation.metrics.get(TIME_AUTOATTACK, 0.0)
+    times["whole final evaluation"] = evaluation.metrics[TIME_FINAL]
+    x, y = shared.points(Split.TEST, config)
+    threat, classes = shared.setup.threat, shared.setup.info.num_classes
+    for count in counts:
+        start = time.perf_counter()
+        found = autoattack_robust(model, x[:count], y[:count], threat, num_classes=classes,
+                                  seed=config.seed, batch_size=config.eval_batch_size)
+        if found is None:
+            break
+        interval = wilson(found[0].cpu().numpy())
+        times[f"AutoAttack on {count} points (acc {interval.value:.3f} +-"
+              f"{(interval.high - interval.low) / 2:.3f})"] = time.perf_counter() - start
+    return times
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--space", default="mid")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--final", action="store_true", help="also the final evaluation's cost")
+    p.add_argument("--aa-points", default="100,250,500",
+                   help="point counts AutoAttack is timed on (with --final)")
+    p.add_argument("--cores", type=int, default=2, help="cores the final comparison runs on")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="space override, e.g. budget.rung_samples=128 (repeatable)")
+                   help="space override, e.g. budget.epochs=2 (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     space = spaces.load(args.space, args.overrides)
     default = space.trial_config(threads=args.threads)
     shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
     recipes = {"default recipe": default, "pgd-at": baseline_config(default, "pgd-at")}
-    print(f"space {space.name} ({args.overrides or 'as shipped'}), {args.threads} thread(s), "
-          f"{args.repeats} repeat(s); seconds min / median / max")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {space.name} "
+          f"({args.overrides or 'as shipped'}), {args.threads} thread(s), {args.repeats} "
+          "repeat(s); seconds min / median / max, and the median over the reference")
+    reference = [plain_pgd_at(recipes["pgd-at"], shared) for _ in range(args.repeats)]
+    base = statistics.median(reference)
+    print(_row("reference: plain PGD-AT loop (training only)", reference, base))
+    trained: dict[str, tuple[float, DefendedModel]] = {}
     for label, config in recipes.items():
         print(f"\n{label}: pool {'+'.join(config.pool)}, {config.epochs} epochs, batch "
               f"{config.batch_size}, evaluation every {config.eval_every}")
-        for phase, values in _phases(config, space.fidelity, shared, args.repeats).items():
-            print(f"  {phase:<44} {min(values):7.2f} {statistics.median(values):7.2f} "
-                  f"{max(values):7.2f}")
+        found, model = _phases(config, space.fidelity, shared, args.repeats)
+        for phase, values in found.items():
+            print(_row(phase, values, base if phase == "total (wall)" else None))
+        trained[label] = statistics.median(found["total (wall)"]), model
+    if args.final:
+        _final_report(space, shared, recipes, trained, args, base)
+
+
+def _final_report(space: spaces.Space, shared: Shared, recipes: dict[str, TrialConfig],
+                  trained: dict[str, tuple[float, DefendedModel]], args: argparse.Namespace,
+                  base: float) -> None:
+    counts = [int(c) for c in args.aa_points.split(",") if c]
+    evaluations = []
+    for label, config in recipes.items():
+        times = _final(trained[label][1], shared, config.replace(masking_samples=0), counts)
+        print(f"\nfinal evaluation of the {label} (test split, strength 2)")
+        for key, seconds in times.items():
+            print(f"  {key:<62} {seconds:8.2f}")
+        evaluations.append(times["whole final evaluation"])
+    tasks = (len(space.baselines) + 1) * 3  # the best recipe and each baseline, 3 seeds
+    train = statistics.mean(t for t, _ in trained.values())
+    evaluate = statistics.mean(evaluations)
+    retrained = tasks - (len(space.baselines) + 1)  # seed 0's models come from the search
+    total = (retrained * train + tasks * evaluate) / args.cores
+    print(f"\nfinal comparison cost model: {tasks} tasks ({len(space.baselines)} baselines + "
+          f"the best recipe, 3 seeds), {retrained} retrained at ~{train:.0f}s and {tasks} "
+          f"evaluated at ~{evaluate:.0f}s, over {args.cores} cores: ~{total / 60:.1f} min "
+          f"({total / base:.1f}x the reference loop)")
 
 
 if __name__ == "__main__":
