@@ -178,9 +178,15 @@ def main() -> None:
     print("\n" + table)
     if args.out:
         Path(args.out).write_text(table + "\n")
+        # the recipes with their validation values: what `search.run --warm-start` reads
+        recipes = {lv.name: {"values": space.point(_values(space, lv)),
+                             "objective": [m[objective] for m, _, _ in runs[lv.name]]}
+                   for lv in levers}
         Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
-             for name, rows in runs.items()}, indent=1))
+            {"space": space.name, "dataset": space.base["dataset"], "objective": objective,
+             "seeds": args.seeds, "levers": recipes,
+             "runs": {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
+                      for name, rows in runs.items()}}, indent=1, default=str))
         print(f"written to {args.out} (+ .json)")
 
 

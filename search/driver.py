@@ -39,6 +39,7 @@ from search.vocab import (
     phase_key,
     trials_key,
 )
+from search.warmstart import seed_study
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     CLEAN_ACC,
@@ -205,6 +206,11 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     head = (HeadStart(shared=shared, resources=resources, seeds=plan.final_seed_list,
                       strength=plan.sealed_strength, max_t=plan.space.max_evaluations)
             if plan.sealed_top_k and not resume else None)
+    if not resume:  # the defaults, the baselines and any warm start, before Tune opens it
+        warm = seed_study(plan)
+        if warm is not None:
+            print(f"warm start: {warm.describe()}", flush=True)
+            logger.client.set_tag(parent_id, TAG.WARM_START, warm.describe())
     tuner = (restore_tuner(plan, shared, resources, path) if resume
              else build_tuner(plan, shared, resources,
                               [logger, progress, *([head] if head is not None else [])]))

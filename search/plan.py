@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from search.vocab import FINAL_SEEDS, OBJECTIVE, TRACKING_OUTAGE_S, Scheduler, SearchAlg
-from spaces import Mode, Space
+from search.vocab import FINAL_SEEDS, OBJECTIVE, TRACKING_OUTAGE_S, Scheduler
+from spaces import Mode, SearchAlg, Space
 from trainables.vocab import CLEAN_ACC, SEALED_STRENGTH
 
 __all__ = ["SearchPlan"]
@@ -38,6 +38,8 @@ class SearchPlan:
     sealed_strength: float = SEALED_STRENGTH
     final_seeds: int = FINAL_SEEDS
     tracking_outage_s: float = TRACKING_OUTAGE_S
+    startup_trials: int = 10
+    warm_start: str | None = None  # an earlier search or a lever table (search/warmstart.py)
 
     @property
     def objective(self) -> str:

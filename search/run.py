@@ -19,8 +19,8 @@ from search.cluster import REMOTE_SCHEMES
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
 from search.stores import check_tracking_uri, writable_folder
-from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler, SearchAlg
-from spaces import Space
+from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler
+from spaces import SearchAlg, Space
 from trainables.errors import ConfigError
 from trainables.vocab import SEALED_STRENGTH
 
@@ -59,8 +59,15 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
                    help="trials to run (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials running at once (default: the space's search.max_concurrent)")
-    p.add_argument("--search-alg", choices=[a.value for a in SearchAlg], default=SearchAlg.TPE,
-                   help="Optuna sampler; nsga2 searches the clean vs held-out Pareto front")
+    p.add_argument("--search-alg", choices=[a.value for a in SearchAlg], default=None,
+                   help="Optuna sampler (default: the space's search.sampler): tpe, tpe-mv "
+                        "(multivariate TPE over the values that appear together), gp "
+                        "(Gaussian process), random; nsga2 searches the clean vs held-out "
+                        "Pareto front")
+    p.add_argument("--warm-start", default=None, metavar="SOURCE",
+                   help="start from an earlier search's folder (its trials become results "
+                        "when the space and data set match, proposals otherwise) or a lever "
+                        "table written by bench/levers.py (its recipes become proposals)")
     p.add_argument("--multi-objective", action="store_true",
                    help="optimise held-out and clean accuracy together (implied by nsga2)")
     p.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=Scheduler.ASHA,
@@ -155,19 +162,27 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
               else DEFAULT_OUTPUT.resolve() / name)
     mlflow_uri = _tracking_uri(args, address)
+    alg = SearchAlg(args.search_alg or space.search.sampler)
+    warm = None
+    if args.warm_start is not None:
+        from search.warmstart import load_warm_start
+
+        warm = args.warm_start
+        load_warm_start(warm, space)  # checked now: a mismatch is refused before Ray
     return SearchPlan(
         space=space, name=name,
         num_samples=args.num_samples or space.search.num_samples,
         max_concurrent=args.max_concurrent or space.search.max_concurrent,
-        search_alg=SearchAlg(args.search_alg), scheduler=Scheduler(args.scheduler),
-        multi_objective=args.multi_objective or args.search_alg == SearchAlg.NSGA2,
+        search_alg=alg, scheduler=Scheduler(args.scheduler),
+        multi_objective=args.multi_objective or alg == SearchAlg.NSGA2,
         seed=space.trial_config().seed, storage_path=storage, output_dir=str(output),
         optuna_storage=f"sqlite:///{output / ARTIFACT.OPTUNA_DB}", mlflow_uri=mlflow_uri,
         experiment=args.experiment or f"defense-search-{space.name}", address=address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures, trial_resources=trial_resources,
         sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
-        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage)
+        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage,
+        startup_trials=space.search.startup_trials, warm_start=warm)
 
 
 def _load_space(args: argparse.Namespace) -> Space:

@@ -171,7 +171,8 @@ class MlflowTrialLogger(Callback):
             return self._runs[trial_id]
         tags = {TAG.PARENT: self.parent_run_id, TAG.TRIAL_ID: trial_id,
                 TAG.SPACE: self.space_name, TAG.STATUS: TrialStatus.RUNNING,
-                **({TAG.BASELINE: record.baseline} if record.baseline else {})}
+                **({TAG.BASELINE: record.baseline} if record.baseline else {}),
+                **({TAG.ORIGIN: record.origin} if record.origin else {})}
         run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
         self._runs[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[

@@ -19,11 +19,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.plan import SearchPlan
 from search.trainable import train_recipe
-from search.vocab import FAILURE_REASON, ORPHANED, Scheduler, SearchAlg
-from spaces import RECORD_KEY
+from search.vocab import FAILURE_REASON, ORPHANED, Scheduler
+from spaces import RECORD_KEY, SearchAlg
 from trainables.setting.prepare import Shared
 
-__all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "restore_tuner"]
+__all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "make_sampler",
+           "restore_tuner"]
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -85,23 +86,31 @@ def fail_orphans(storage: str, study_name: str) -> int:
     return len(running)
 
 
-def _sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
-    if plan.search_alg == SearchAlg.RANDOM:
-        return optuna.samplers.RandomSampler(seed=plan.seed)
-    if plan.search_alg == SearchAlg.NSGA2:
-        return optuna.samplers.NSGAIISampler(seed=plan.seed)
-    return optuna.samplers.TPESampler(seed=plan.seed)
+def make_sampler(alg: SearchAlg, *, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler for `alg`; the model-based ones sample `startup` trials at random
+    first (the enqueued defaults, baselines and warm-start points count among them)."""
+    if alg == SearchAlg.RANDOM:
+        return optuna.samplers.RandomSampler(seed=seed)
+    if alg == SearchAlg.NSGA2:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if alg == SearchAlg.GP:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
+                                         warn_independent_sampling=False)
+    # constant_liar: parallel proposals do not all pile onto the same promising region
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
+                                      multivariate=alg == SearchAlg.TPE_MV,
+                                      group=alg == SearchAlg.TPE_MV,
+                                      warn_independent_sampling=False)
 
 
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     space = plan.space
     searcher = PruneAwareOptunaSearch(
         # define-by-run: the space suggests each trial's values and builds its record
+        # the study holds the space's defaults, its baselines and any warm start already
+        # (search/warmstart.py enqueues them, each marked with its origin)
         space.sample, metric=plan.metrics(), mode=plan.modes(),
-        # the papers' defaults, then the baselines: a search starts from the best simple answer
-        points_to_evaluate=[space.point(space.default_values()),
-                            *(space.point(space.baseline_values(b)) for b in space.baselines)],
-        sampler=_sampler(plan),
+        sampler=make_sampler(plan.search_alg, seed=plan.seed, startup=plan.startup_trials),
         study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage),
         max_t=space.max_evaluations)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)

@@ -24,7 +24,6 @@ __all__ = [
     "TRIAL_RESTARTED",
     "VS_BEST_BASELINE",
     "Scheduler",
-    "SearchAlg",
     "TrialStatus",
     "best_key",
     "final_delta_key",
@@ -33,12 +32,6 @@ __all__ = [
     "points_key",
     "trials_key",
 ]
-
-
-class SearchAlg(StrEnum):
-    TPE = "tpe"
-    RANDOM = "random"
-    NSGA2 = "nsga2"
 
 
 class Scheduler(StrEnum):
@@ -133,6 +126,8 @@ class TAG:
     SEALED = "sealed_attacks"
     POOL = "pool_candidates"
     EXPERIMENT_KIND = "mlflow.experimentKind"
+    ORIGIN = "origin"  # where a trial's recipe came from: default, baseline, warm start
+    WARM_START = "warm_start"  # on the parent run: what the study started from
 
 
 class ARTIFACT:

@@ -20,20 +20,23 @@ from spaces._space import (
     Mode,
     ParamSpec,
     PoolSpec,
+    SearchAlg,
     SearchSettings,
     Space,
     SpaceError,
     parse_space,
 )
-from spaces.record import TrialRecord
+from spaces.record import ORIGIN, TrialRecord
 from trainables.errors import ConfigError
 
 __all__ = [
     "INACTIVE",
+    "ORIGIN",
     "RECORD_KEY",
     "Mode",
     "ParamSpec",
     "PoolSpec",
+    "SearchAlg",
     "SearchSettings",
     "Space",
     "SpaceError",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from spaces.record import INACTIVE, TrialRecord
+from spaces.record import INACTIVE, ORIGIN, TrialRecord
 from trainables.attacks import attack_spec
 from trainables.config import (
     FIDELITY_FIELDS,
@@ -39,7 +39,8 @@ from trainables.vocab import (
     key_name,
 )
 
-__all__ = ["INACTIVE", "RECORD_KEY", "Mode", "ParamSpec", "PoolSpec", "SearchSettings", "Space",
+__all__ = ["INACTIVE", "RECORD_KEY", "Mode", "ParamSpec", "PoolSpec", "SearchAlg",
+           "SearchSettings", "Space",
            "SpaceError", "TrialLike", "TrialRecord"]
 
 TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attacks",
@@ -59,6 +60,18 @@ class Mode(StrEnum):
 
     MAX = "max"
     MIN = "min"
+
+
+class SearchAlg(StrEnum):
+    """Optuna's sampler: TPE (independent per value), multivariate TPE over groups of values
+    that appear together (Optuna's `group`), the Gaussian-process sampler, random sampling,
+    or NSGA-II for the clean vs held-out front."""
+
+    TPE = "tpe"
+    TPE_MV = "tpe-mv"
+    GP = "gp"
+    RANDOM = "random"
+    NSGA2 = "nsga2"
 
 
 class SpaceError(ConfigError):
@@ -263,22 +276,29 @@ class SearchSettings:
     grace_period: int = 1  # ASHA, in evaluations (one every budget.eval_every epochs)
     reduction_factor: int = 3
     penalize_flags: bool = True  # gradient-masking flags zero a trial's objective
+    sampler: SearchAlg = SearchAlg.TPE  # the default of --search-alg
+    startup_trials: int = 10  # trials a model-based sampler samples at random first
 
     @classmethod
     def parse(cls, raw: Any) -> SearchSettings:
         raw = _require(raw or {}, "search")
         _no_unknown(raw, set(cls.__dataclass_fields__), "search")
         settings = cls(**raw)
-        for key in ("num_samples", "max_concurrent", "grace_period"):
+        for key in ("num_samples", "max_concurrent", "grace_period", "startup_trials"):
             value = getattr(settings, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpaceError(f"search.{key}={value!r} must be a whole number >= 1")
         if not isinstance(settings.reduction_factor, int) or settings.reduction_factor < 2:
             raise SpaceError(f"search.reduction_factor={settings.reduction_factor!r} must be >= 2")
         try:
-            return replace(settings, mode=Mode(settings.mode))
+            settings = replace(settings, mode=Mode(settings.mode))
         except ValueError:
             raise SpaceError(f"search.mode={settings.mode!r}; choose max or min") from None
+        try:
+            return replace(settings, sampler=SearchAlg(settings.sampler))
+        except ValueError:
+            raise SpaceError(f"search.sampler={settings.sampler!r}; choose one of "
+                             f"{', '.join(a.value for a in SearchAlg)}") from None
 
 
 @dataclass(frozen=True)
@@ -341,8 +361,32 @@ class Space:
     def sample(self, trial: TrialLike) -> dict[str, TrialRecord]:
         """Optuna's define-by-run function: suggests a trial's values and builds its record,
         once; Tune merges `{RECORD_KEY: record}` into the trial's config, where the trainable,
-        MLflow, the checkpoint and the exported model all read it."""
-        return {RECORD_KEY: self.record(self.suggest(trial))}
+        MLflow, the checkpoint and the exported model all read it. An enqueued point (the
+        defaults, a baseline, a warm start) carries its origin in the Optuna trial."""
+        record = self.record(self.suggest(trial))
+        ot_trial = getattr(trial, "ot_trial", None)  # Ray's wrapper of the Optuna trial
+        origin = getattr(ot_trial, "user_attrs", {}).get(ORIGIN)
+        return {RECORD_KEY: replace(record, origin=origin) if origin else record}
+
+    def distributions(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """Optuna's distribution of each suggested value in `point` (to add known results to
+        a study as completed trials)."""
+        import optuna.distributions as od
+
+        out: dict[str, Any] = {}
+        for name in point:
+            spec = self.params.get(name)
+            if spec is None:  # a pool flag
+                out[name] = od.CategoricalDistribution([True, False])
+            elif spec.choices is not None:
+                out[name] = od.CategoricalDistribution(list(spec.choices))
+            elif spec.type == "int":
+                out[name] = od.IntDistribution(int(spec.low or 0), int(spec.high or 0),
+                                               log=spec.log)
+            else:
+                out[name] = od.FloatDistribution(float(spec.low or 0), float(spec.high or 0),
+                                                 log=spec.log)
+        return out
 
     def point(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """`values` as Optuna enqueues them: only those a trial of this space would suggest

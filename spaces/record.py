@@ -14,22 +14,25 @@ from typing import Any
 
 from trainables.config import FIELDS, RUNTIME_KEYS, Fidelity, TrialConfig, plain
 
-__all__ = ["INACTIVE", "TrialRecord"]
+__all__ = ["INACTIVE", "ORIGIN", "TrialRecord"]
 
 INACTIVE = "inactive"  # the logged value of a conditional parameter that did not apply
+ORIGIN = "origin"  # the Optuna user attribute naming where an enqueued or added point came from
 
 
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial: the config it trains, its searched values (the same keys for every trial
     of a space: each searched value, `inactive` where a condition did not apply, one
-    `pool.<attack>` flag per candidate and the pool), the baseline it is (if any) and the
-    fidelity of its early evaluations."""
+    `pool.<attack>` flag per candidate and the pool), the baseline it is (if any), the
+    fidelity of its early evaluations, and where it came from (`default`, `baseline:<name>`,
+    `warm-start:<source>`; None: the sampler proposed it)."""
 
     config: TrialConfig
     params: Mapping[str, Any] = field(default_factory=dict)
     baseline: str | None = None
     fidelity: Fidelity = field(default_factory=Fidelity)
+    origin: str | None = None
 
     def __post_init__(self) -> None:  # searched values as plain types, whoever built them
         object.__setattr__(self, "params", {k: plain(v) for k, v in self.params.items()})
@@ -37,12 +40,14 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (enums as strings, tuples as lists)."""
         return {"config": self.config.to_dict(), "params": dict(self.params),
-                "baseline": self.baseline, "fidelity": self.fidelity.to_dict()}
+                "baseline": self.baseline, "fidelity": self.fidelity.to_dict(),
+                "origin": self.origin}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         return cls(TrialConfig.from_dict(data["config"]), dict(data.get("params", {})),
-                   data.get("baseline"), Fidelity.from_dict(data.get("fidelity", {})))
+                   data.get("baseline"), Fidelity.from_dict(data.get("fidelity", {})),
+                   data.get("origin"))
 
     def mlflow_params(self) -> dict[str, str]:
         """The trial's MLflow params: the config's values (where it ran left out), then the

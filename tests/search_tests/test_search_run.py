@@ -121,7 +121,9 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early-stopped")
     assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("completed")
-    # the first trials are the papers' defaults, then the baselines' recipes
+    # the first trials are the papers' defaults, then the baselines' recipes, marked so
+    assert {"default", "baseline:pgd-at", "baseline:trades"} <= {
+        r.data.tags.get(TAG.ORIGIN) for r in children}
     space = spaces.load("smoke")
     first = sorted(study.trials, key=lambda t: t.number)[:3]
     assert first[0].params == space.point(space.default_values())

@@ -1,0 +1,90 @@
+"""A search's study before its first trial: the defaults and baselines enqueued, and a warm
+start from a lever table or an earlier search, as results or proposals, each marked."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import spaces
+from search import run
+from search.warmstart import seed_study
+from trainables.errors import ConfigError
+
+
+def _plan(tmp_path: Path, *extra: str) -> Any:
+    args = run.build_parser().parse_args(
+        ["--space", "smoke", "--storage-path", str(tmp_path / "ray"), "--name", "warm",
+         "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+    plan = run.make_plan(args)
+    Path(plan.output_dir).mkdir(parents=True)
+    return plan
+
+
+def _levers(tmp_path: Path, space: spaces.Space, *, dataset: str = "digits",
+            **changes: Any) -> Path:
+    values = {**space.baseline_values("pgd-at"), **changes}
+    table = {"space": space.name, "dataset": dataset, "objective": space.search.objective,
+             "levers": {"pgd-at": {"values": space.point(values), "objective": [0.4, 0.5]},
+                        "defaults": {"values": space.point(space.default_values()),
+                                     "objective": [0.6]}}}
+    path = tmp_path / "levers.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def _origins(study: optuna.Study, state: optuna.trial.TrialState) -> list[str]:
+    return [t.user_attrs.get("origin", "") for t in study.get_trials(states=(state,))]
+
+
+def test_the_study_starts_with_the_defaults_and_the_baselines(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    assert seed_study(plan) is None
+    study = optuna.load_study(study_name="warm", storage=plan.optuna_storage)
+    assert _origins(study, optuna.trial.TrialState.WAITING) == [
+        "default", "baseline:pgd-at", "baseline:trades"]
+
+
+def test_a_matching_lever_table_gives_results_marked_as_a_warm_start(tmp_path: Path) -> None:
+    space = spaces.load("smoke")
+    plan = _plan(tmp_path, "--warm-start", str(_levers(tmp_path, space)))
+    warm = seed_study(plan)
+    assert warm is not None and len(warm.results) == 2 and not warm.proposals
+    study = optuna.load_study(study_name="warm", storage=plan.optuna_storage)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.value for t in done) == pytest.approx([0.45, 0.6])
+    assert {t.user_attrs["origin"] for t in done} == {"warm-start:levers.json"}
+    assert done[0].params == space.point(space.baseline_values("pgd-at"))
+
+
+def test_another_data_sets_table_gives_proposals_not_results(tmp_path: Path) -> None:
+    space = spaces.load("smoke")
+    plan = _plan(tmp_path, "--warm-start", str(_levers(tmp_path, space, dataset="mnist5k")))
+    warm = seed_study(plan)
+    assert warm is not None and not warm.results and len(warm.proposals) == 2
+    study = optuna.load_study(study_name="warm", storage=plan.optuna_storage)
+    assert not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert _origins(study, optuna.trial.TrialState.WAITING)[-2:] == [
+        "warm-start:levers.json"] * 2
+
+
+def test_an_incompatible_warm_start_is_refused_in_one_line_before_ray(tmp_path: Path) -> None:
+    space = spaces.load("smoke")
+    source = _levers(tmp_path, space, w_feat=2.9)  # smoke's w_feat goes to 3.0: make it fail
+    table = json.loads(source.read_text())
+    table["levers"]["pgd-at"]["values"]["w_feat"] = 50.0
+    source.write_text(json.dumps(table))
+    with pytest.raises(ConfigError, match=r"does not fit space 'smoke': .*w_feat=50\.0 is "
+                                          r"outside the space's range \[0, 3\]"):
+        _plan(tmp_path, "--warm-start", str(source))
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = run.main(["--space", "smoke", "--warm-start", str(tmp_path / "nothing.json")])
+    assert code == 2 and err.getvalue().count("\n") == 1
+    assert "is neither a search's output folder" in err.getvalue()
