@@ -1,21 +1,33 @@
-"""Does Optuna's TPE find better recipes than random sampling with the same budget?
+"""Does the search earn its keep? Each sampler against random search and against the space's
+own default recipe, at the same budget, over several search seeds.
 
-    python bench/search_efficiency.py                          # mid, 16 trials, seeds 0 1 2
-    python bench/search_efficiency.py --trials 12 --set budget.epochs=6
+    python bench/search_efficiency.py                                  # mid, 4 samplers x 3
+    python bench/search_efficiency.py --samplers tpe random --seeds 0 1 2 --trials 16
+    python bench/search_efficiency.py --space mnist5k --samplers tpe --warm-start LEVERS.json
 
-Runs the space's search with `--search-alg tpe` and `--search-alg random` for each seed (the
-same trials budget, ASHA on, no baselines, no final comparison) and plots the best full-length
-objective found after each finished trial (mean over seeds, band: min to max) to
-bench/results/search-efficiency-<space>.png; prints the curves' end points.
+Each search is the space's own (`python -m search.run`, its baselines and default recipe
+included, ASHA on) without the final comparison. Per search it records, after each finished
+trial: the best full-length objective found by a *searched* recipe (not the default, not a
+baseline), against the trial count and against wall time; and at the end, the paired
+difference of that best recipe with the default recipe on the same validation points. It
+prints a table (mean over seeds with a t interval; per seed whether the best searched recipe
+beats the default with a paired interval above 0) and plots both curves per sampler to
+bench/results/search-efficiency-<space>.png, with the default recipe's value and the best
+recipe of a lever study (`--levers`, written by bench/levers.py) as lines: does the search
+beat a person?
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,69 +37,171 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+import spaces
+from search.vocab import OBJECTIVE, TAG, TrialStatus, points_key
+from trainables.scoring.stats import Interval, paired_difference, seed_interval
+
 REPO = Path(__file__).resolve().parents[1]
-OBJECTIVE = "val/objective"
 
 
-def best_so_far(space: str, algorithm: str, seed: int, trials: int,
-                overrides: list[str]) -> list[float]:
+@dataclass
+class Search:
+    """One search's curve and its end: the best searched recipe against the default."""
+
+    sampler: str
+    seed: int
+    by_trial: list[float]  # best searched objective after each finished trial
+    by_time: list[tuple[float, float]]  # (minutes since the start, best so far)
+    default: float  # the default recipe's objective
+    versus_default: Interval | None  # best searched minus default, paired on val points
+    wall_min: float
+
+
+def run_search(space: str, sampler: str, seed: int, trials: int, overrides: list[str],
+               warm: str | None) -> Search:
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/mlflow.db"
         command = [sys.executable, "-m", "search.run", "--space", space, "--num-samples",
-                   str(trials), "--search-alg", algorithm, "--seed", str(seed),
-                   "--sealed-top-k", "0", "--set", "baselines=[]", "--name", "efficiency",
-                   "--storage-path", f"{folder}/ray", "--mlflow-uri", uri,
-                   "--experiment", "efficiency"]
+                   str(trials), "--search-alg", sampler, "--seed", str(seed),
+                   "--sealed-top-k", "0", "--name", "efficiency", "--storage-path",
+                   f"{folder}/ray", "--mlflow-uri", uri, "--experiment", "efficiency",
+                   *(["--warm-start", warm] if warm else [])]
         for override in overrides:
             command += ["--set", override]
+        start = time.time()
         proc = subprocess.run(command, cwd=folder, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        wall = (time.time() - start) / 60
         if proc.returncode not in (0, 1):  # 1: no trial completed (all stopped or failed)
             raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("efficiency")
-        assert experiment is not None
-        runs = [r for r in client.search_runs([experiment.experiment_id], max_results=500)
-                if "mlflow.parentRunId" in r.data.tags]
+        return _read(Path(folder), uri, sampler, seed, trials, start, wall,
+                     spaces.load(space, overrides).search.objective)
+
+
+def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: float,
+          wall: float, objective: str) -> Search:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("efficiency")
+    assert experiment is not None
+    runs = [r for r in client.search_runs([experiment.experiment_id], max_results=500)
+            if TAG.PARENT in r.data.tags]
     runs.sort(key=lambda r: r.info.end_time or 0)
-    curve, best = [], 0.0
+    points = {}  # the per-point values of the objective at each trial's last evaluation
+    for path in (folder / "ray" / "efficiency").glob("*/result.json"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        points[last["trial_id"]] = last.get(points_key(objective))
+    by_trial, by_time, best, best_run = [], [], 0.0, None
+    default, default_run = 0.0, None
     for run in runs:
-        if run.data.tags.get("trial_status") == "completed":
-            best = max(best, run.data.metrics.get(OBJECTIVE, 0.0))
-        curve.append(best)
-    return curve + [best] * (trials - len(curve))
+        origin = run.data.tags.get(TAG.ORIGIN, "")
+        value = run.data.metrics.get(OBJECTIVE, 0.0)
+        if run.data.tags.get(TAG.STATUS) == TrialStatus.COMPLETED:
+            if origin == "default":
+                default, default_run = value, run
+            elif not origin.startswith("baseline") and value > best:
+                best, best_run = value, run
+        by_trial.append(best)
+        by_time.append((((run.info.end_time or 0) / 1000 - start) / 60, best))
+    versus = None
+    if best_run is not None and default_run is not None:
+        a = points.get(best_run.data.tags[TAG.TRIAL_ID])
+        b = points.get(default_run.data.tags[TAG.TRIAL_ID])
+        if a is not None and b is not None:
+            versus = paired_difference(np.asarray(a), np.asarray(b))
+    by_trial += [best] * (trials - len(by_trial))
+    return Search(sampler, seed, by_trial, by_time, default, versus, wall)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--space", default="mid")
-    p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
-    out = Path(args.out or REPO / "bench" / "results" / f"search-efficiency-{args.space}.png")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    print(f"space {args.space}, {args.trials} trials, seeds {args.seeds}; best full-length "
-          f"{OBJECTIVE} after the last trial (per seed) and mean")
-    for algorithm, colour in (("tpe", "tab:blue"), ("random", "tab:orange")):
-        curves = np.array([best_so_far(args.space, algorithm, seed, args.trials,
-                                       args.overrides) for seed in args.seeds])
-        x = np.arange(1, args.trials + 1)
-        ax.plot(x, curves.mean(0), color=colour, label=f"{algorithm} (mean of "
-                                                       f"{len(args.seeds)} seeds)")
-        ax.fill_between(x, curves.min(0), curves.max(0), color=colour, alpha=0.2)
-        print(f"  {algorithm:<7} {' '.join(f'{c[-1]:.3f}' for c in curves)}  mean "
-              f"{curves[:, -1].mean():.3f}; after half the budget "
-              f"{curves[:, args.trials // 2 - 1].mean():.3f}", flush=True)
-    ax.set_xlabel("trials finished")
-    ax.set_ylabel(f"best full-length {OBJECTIVE}")
-    ax.set_title(f"TPE vs random sampling on {args.space} (band: min to max over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+def _lever_best(path: str | None) -> tuple[str, float] | None:
+    if path is None:
+        return None
+    table = json.loads(Path(path).read_text())["levers"]
+    name = max(table, key=lambda n: statistics.fmean(table[n]["objective"]))
+    return name, statistics.fmean(table[name]["objective"])
+
+
+def _table(found: dict[str, list[Search]], reference: str) -> list[str]:
+    lines = ["| sampler | best searched objective, mean [95% t over seeds] | per seed | vs "
+             "the default recipe (paired, per seed) | beats it in | vs "
+             f"{reference} (mean of seeds) | wall min/search |", "|---|---|---|---|---|---|---|"]
+    ref = [s.by_trial[-1] for s in found.get(reference, [])]
+    for sampler, searches in found.items():
+        ends = [s.by_trial[-1] for s in searches]
+        wins = sum(1 for s in searches if s.versus_default and s.versus_default.low > 0)
+        versus = "; ".join(f"{s.versus_default.value:+.3f} [{s.versus_default.low:+.3f}, "
+                           f"{s.versus_default.high:+.3f}]" if s.versus_default else "-"
+                           for s in searches)
+        gap = (seed_interval([a - b for a, b in zip(ends, ref, strict=True)])
+               if ref and sampler != reference and len(ref) == len(ends) else None)
+        lines.append(
+            f"| {sampler} | {seed_interval(ends)} | {' '.join(f'{e:.3f}' for e in ends)} | "
+            f"{versus} | {wins} of {len(searches)} | "
+            f"{'-' if gap is None else f'{gap.value:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]'}"
+            f" | {statistics.fmean(s.wall_min for s in searches):.1f} |")
+    return lines
+
+
+def _plot(found: dict[str, list[Search]], lever: tuple[str, float] | None, out: Path,
+          title: str) -> None:
+    fig, (by_n, by_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for sampler, searches in found.items():
+        colour = next(colours)
+        curves = np.array([s.by_trial for s in searches])
+        x = np.arange(1, curves.shape[1] + 1)
+        by_n.plot(x, curves.mean(0), color=colour, label=f"{sampler} ({len(searches)} seeds)")
+        by_n.fill_between(x, curves.min(0), curves.max(0), color=colour, alpha=0.15)
+        for search in searches:
+            times, values = zip(*search.by_time, strict=True)
+            by_t.step(times, values, where="post", color=colour, alpha=0.7)
+    defaults = [s.default for searches in found.values() for s in searches]
+    for ax in (by_n, by_t):
+        ax.axhline(statistics.fmean(defaults), color="black", linestyle="--",
+                   label="the space's default recipe")
+        if lever is not None:
+            ax.axhline(lever[1], color="tab:red", linestyle=":",
+                       label=f"lever study's best ({lever[0]})")
+        ax.set_ylabel(f"best searched full-length {OBJECTIVE}")
+        ax.grid(alpha=0.3)
+    by_n.set_xlabel("trials finished (baselines and the default included)")
+    by_t.set_xlabel("minutes since the search started")
+    by_n.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--space", default="mid")
+    p.add_argument("--samplers", nargs="+", default=["tpe", "tpe-mv", "gp", "random"])
+    p.add_argument("--trials", type=int, default=None, help="default: the space's")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--levers", default=None, help="a lever table (bench/levers.py --out)")
+    p.add_argument("--warm-start", default=None, help="passed to every search")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    trials = args.trials or spaces.load(args.space, args.overrides).search.num_samples
+    out = Path(args.out or REPO / "bench" / "results" / f"search-efficiency-{args.space}.png")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {args.space}, {trials} trials per search, "
+          f"seeds {args.seeds}{', warm start ' + args.warm_start if args.warm_start else ''}",
+          flush=True)
+    found: dict[str, list[Search]] = {}
+    for sampler in args.samplers:
+        for seed in args.seeds:
+            search = run_search(args.space, sampler, seed, trials, args.overrides,
+                                args.warm_start)
+            found.setdefault(sampler, []).append(search)
+            print(f"  {sampler} seed {seed}: best searched {search.by_trial[-1]:.3f}, default "
+                  f"{search.default:.3f}, {search.wall_min:.1f} min", flush=True)
+    reference = "random" if "random" in found else args.samplers[-1]
+    print("\n" + "\n".join(_table(found, reference)))
+    lever = _lever_best(args.levers)
+    if lever is not None:
+        print(f"\nthe lever study's best recipe: {lever[0]}, {lever[1]:.3f} (mean over its seeds)")
+    _plot(found, lever, out, f"{args.space}: samplers at {trials} trials")
     print(f"plot: {out}")
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trainables.config import TrialConfig
+
 __all__ = [
     "TERMS",
     "TaskView",
@@ -116,9 +118,7 @@ class TaskView:
     logits: torch.Tensor
     teacher_z: torch.Tensor  # frozen teacher encoder on the clean images
     teacher_logits: torch.Tensor
-    label_smoothing: float
-    pcl_margin: float
-    feat_loss: str
+    config: TrialConfig  # the recipe: each term reads its own settings from it
     prototypes: Mapping[str, torch.Tensor]  # PCL's, per constrained layer
     regenerated: Callable[[], torch.Tensor]  # teacher decoder on the student's features
     reencoded: Callable[[torch.Tensor], torch.Tensor]  # the frozen teacher encoder
@@ -148,12 +148,12 @@ def part_name(weight: str) -> str:
 
 @term("w_ce")
 def _ce(v: TaskView) -> torch.Tensor:
-    return F.cross_entropy(v.logits, v.y, label_smoothing=v.label_smoothing)
+    return F.cross_entropy(v.logits, v.y, label_smoothing=v.config.label_smoothing)
 
 
 @term("w_ce_clean")
 def _ce_clean(v: TaskView) -> torch.Tensor:
-    return F.cross_entropy(v.logits, v.y, label_smoothing=v.label_smoothing)
+    return F.cross_entropy(v.logits, v.y, label_smoothing=v.config.label_smoothing)
 
 
 @term("w_trades")
@@ -174,7 +174,7 @@ def _pred_kl(v: TaskView) -> torch.Tensor:
 
 @term("w_feat")
 def _feat(v: TaskView) -> torch.Tensor:
-    return feature_consistency(v.teacher_z, v.z, v.feat_loss)
+    return feature_consistency(v.teacher_z, v.z, v.config.feat_loss)
 
 
 @term("w_cyc")
@@ -190,7 +190,7 @@ def _pix(v: TaskView) -> torch.Tensor:
 @term("w_pcl")
 def _pcl(v: TaskView) -> torch.Tensor:
     feats = {"encoder": v.z, "penultimate": v.h}
-    return torch.stack([prototype_conformity(feats[layer], v.y, protos, v.pcl_margin)[0]
+    return torch.stack([prototype_conformity(feats[layer], v.y, protos, v.config.pcl_margin)[0]
                         for layer, protos in v.prototypes.items()]).sum()
 
 

@@ -221,8 +221,7 @@ class Defense:
                 side = TaskSide.CLEAN if task == clean_task else TaskSide.ADVERSARIAL
                 view = TaskView(
                     side == TaskSide.CLEAN, x, y, z, h, logits, teacher_z, teacher_logits,
-                    config.label_smoothing, config.pcl_margin, config.feat_loss,
-                    prototypes, partial(_first, pixel), self.t_encoder, clean_logits,
+                    config, prototypes, partial(_first, pixel), self.t_encoder, clean_logits,
                     random_logits)
                 terms = []
                 for name, weight, applies in weights:
