@@ -9,6 +9,7 @@ Two Ray/Optuna traps handled here (see stack-notes):
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import optuna
@@ -86,21 +87,32 @@ def fail_orphans(storage: str, study_name: str) -> int:
     return len(running)
 
 
+class _NSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Tune can pickle into its experiment state: Optuna 5.1's genetic samplers
+    hold a thread lock (not picklable), made anew when the sampler is restored."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(alg: SearchAlg, *, seed: int, startup: int) -> optuna.samplers.BaseSampler:
     """Optuna's sampler for `alg`; the model-based ones sample `startup` trials at random
     first (the enqueued defaults, baselines and warm-start points count among them)."""
     if alg == SearchAlg.RANDOM:
         return optuna.samplers.RandomSampler(seed=seed)
     if alg == SearchAlg.NSGA2:
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return _NSGAII(seed=seed)
     if alg == SearchAlg.GP:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)
     # constant_liar: parallel proposals do not all pile onto the same promising region
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
                                       multivariate=alg == SearchAlg.TPE_MV,
-                                      group=alg == SearchAlg.TPE_MV,
-                                      warn_independent_sampling=False)
+                                      group=alg == SearchAlg.TPE_MV)
 
 
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
