@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.attacks import AttackSpec
+from trainables.attacks import AttackKind, AttackSpec, Impl
 from trainables.attacks.base import Attack, CallableAttack
 from trainables.scoring.evaluate import evaluate_groups, group_metrics, robust_mask
 from trainables.vocab import Norm
@@ -21,7 +21,7 @@ class _MeanThreshold(nn.Module):
 
 
 def _attack(name: str, norm: str, budget: float, shift: float) -> Attack:
-    spec = AttackSpec(name, Norm(norm), "min-norm", "test:shift")
+    spec = AttackSpec(name, Norm(norm), AttackKind.MIN_NORM, Impl.TORCHATTACKS, "shift")
     return CallableAttack(
         spec, _MeanThreshold(), budget,
         lambda x, y: x + torch.where(y == 0, shift, -shift).view(-1, 1, 1, 1))

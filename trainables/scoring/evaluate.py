@@ -38,7 +38,7 @@ __all__ = ["clean_correct", "evaluate_groups", "family_masks", "group_metrics", 
            "robust_mask", "transfer_masks"]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd state at all (UniG opens its own inside)
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]).argmax(dim=1)
                       for i in range(0, len(x), batch_size)])
