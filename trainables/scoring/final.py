@@ -127,22 +127,25 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
     return masks
 
 
-def _adaptive_query(model: DefendedModel, config: TrialConfig, shared: Shared,
-                    x: torch.Tensor, y: torch.Tensor,
-                    by_group: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The held-out and sealed query attacks asked adaptively, on the AutoAttack points."""
-    count = config.autoattack_samples or len(y)
-    plain = {name: mask[:count] for group in (Group.HELDOUT, Group.SEALED)
-             for name, mask in by_group[group].items()}
-    return adaptive_query_masks(model, x[:count], y[:count], plain, shared.setup.threat,
-                                num_classes=shared.setup.info.num_classes,
-                                batch_size=config.eval_batch_size, seed=config.seed)
-
-
-def _undefended(shared: Shared, device: torch.device) -> DefendedModel:
-    """The clean-trained teacher: the model whose served output a defense changes."""
-    teacher = shared.teacher
-    return DefendedModel(teacher.encoder, teacher.head).to(device).eval()
+def _served(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
+            y: torch.Tensor, by_group: dict[str, dict[str, torch.Tensor]],
+            metrics: dict[str, float]) -> dict[str, np.ndarray]:
+    """The output-change cost against the clean-trained teacher (into `metrics`; its
+    per-point values returned) and, for a scores claim, the held-out and sealed query attacks
+    asked adaptively on the AutoAttack points (into `by_group`)."""
+    teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device).eval()
+    cost, points = output_change(model, teacher, x, split=Split.TEST,
+                                 batch_size=config.eval_batch_size)
+    metrics.update(cost)
+    if config.access == Access.SCORES:
+        count = config.autoattack_samples or len(y)
+        plain = {name: mask[:count] for group in (Group.HELDOUT, Group.SEALED)
+                 for name, mask in by_group[group].items()}
+        by_group[Group.ADAPTIVE_QUERY] = adaptive_query_masks(
+            model, x[:count], y[:count], plain, shared.setup.threat,
+            num_classes=shared.setup.info.num_classes, batch_size=config.eval_batch_size,
+            seed=config.seed)
+    return points
 
 
 def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
@@ -160,20 +163,14 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
                                        Group.SEALED: bind(config.sealed)}
-    served = config.access == Access.SCORES
-    if served:
+    if config.access == Access.SCORES:
         groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)))
     metrics, masks = evaluate_groups(model, x, y, groups, split=Split.TEST,
                                      batch_size=config.eval_batch_size, seed=config.seed)
     by_group: dict[str, dict[str, torch.Tensor]] = {
         group: {name.split("/", 1)[1]: mask for name, mask in masks.items()
                 if name.startswith(f"{group}/")} for group in groups}
-    cost, cost_points = output_change(model, _undefended(shared, device), x, split=Split.TEST,
-                                      batch_size=config.eval_batch_size)
-    metrics.update(cost)
-    if served:
-        by_group[Group.ADAPTIVE_QUERY] = _adaptive_query(model, config, shared, x, y,
-                                                         by_group)
+    cost_points = _served(model, config, shared, x, y, by_group, metrics)
     if shared.transfer.get("test"):
         by_group[Group.TRANSFER] = transfer_masks(model, x, y, shared.transfer["test"],
                                                   setup.threat,

@@ -141,7 +141,10 @@ def register_check(*, masking: bool = True, quick: bool = False,
 
 
 def check_claim(name: str) -> Access | None:
-    """The claim a raised flag of check `name` invalidates (None: informational)."""
+    """The claim a raised flag of check `name` invalidates (None: informational, or a check
+    this version no longer has)."""
+    if name not in _CHECKS.names():
+        return None
     entry = _CHECKS.get(name)
     return entry.claim if entry.masking else None
 
