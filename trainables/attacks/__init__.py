@@ -50,6 +50,18 @@ _DEFAULT_FALLBACK = "PGD"
 DEFAULT_QUERIES = 1000
 
 
+def _queries(name: str, spec: AttackSpec, strength: float, adaptive: Adaptive | None
+             ) -> int | None:
+    """The query budget per point of a query attack (None: not one, or a torchattacks row
+    named without a budget, which keeps its row's query count)."""
+    queries = query_budget(name)
+    if queries is None and spec.impl in (Impl.ART, Impl.OURS):
+        queries = max(1, round(DEFAULT_QUERIES * strength))
+    if adaptive is not None and queries is None:
+        raise ValueError(f"{name}: only a query attack with a query budget can be adaptive")
+    return queries
+
+
 def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classes: int,
                  strength: float = 1.0, train_steps: int | None = None, seed: int = 0,
                  budget: float | None = None, scale: float = 1.0,
@@ -69,11 +81,7 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
     spec = attack_spec(name)
     budget = (attack_budget(name, threat) if budget is None else budget) * scale
     budget = min(budget, FAMILY_MAX_BUDGET.get(spec.family, budget))
-    queries = query_budget(name)
-    if queries is None and spec.impl in (Impl.ART, Impl.OURS):
-        queries = max(1, round(DEFAULT_QUERIES * strength))
-    if adaptive is not None and queries is None:
-        raise ValueError(f"{name}: only a query attack with a query budget can be adaptive")
+    queries = _queries(name, spec, strength, adaptive)
     repeats = adaptive.repeats if adaptive is not None else 1
     ctx = AttackContext(budget, num_classes, strength, train_steps, seed,
                         None if queries is None else max(1, queries // repeats))
