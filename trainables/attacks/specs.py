@@ -488,8 +488,8 @@ def attack_spec(name: str) -> AttackSpec:
         raise ConfigError(f"attack {name!r} needs a distortion level: "
                           f"{', '.join(f'{name}@{lv.value}' for lv in Level)}")
     if spec.non_lp is None and level is not None:
-        raise ConfigError(f"attack {name!r}: an Lp attack takes no distortion level; its "
-                          f"budget is threat_model.eps.{spec.norm}")
+        raise ConfigError(f"attack {name!r}: an Lp attack takes no level; its budget is "
+                          f"threat_model.eps.{spec.norm}")
     return spec
 
 
