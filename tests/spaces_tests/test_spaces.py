@@ -174,7 +174,8 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_space_name_lists_the_spaces() -> None:
     with pytest.raises(SpaceError,
-                       match="unknown space 'nope'; choose one of mid, mid-query, mnist5k, paper, smoke"):
+                       match="unknown space 'nope'; choose one of mid, mid-query, mnist5k, "
+                             "paper, smoke"):
         spaces.load("nope")
 
 
