@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	# The official AutoAttack (Croce & Hein's code) for the sealed evaluation; no deps declared.
 	$(BIN)/pip install -q --no-deps pyautoattack==0.2.0
+	# The adversarial-robustness-toolbox's query attacks (SimBA); its other deps are ours.
+	$(BIN)/pip install -q --no-deps adversarial-robustness-toolbox==1.20.1
 	touch $@
 
 demo: install

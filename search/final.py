@@ -58,6 +58,7 @@ from trainables.defense.baselines import BASELINES
 from trainables.defense.export import load_defended_model
 from trainables.errors import ConfigError
 from trainables.scoring.final import Evaluation, final_evaluation
+from trainables.scoring.masking import check_claim
 from trainables.scoring.stats import (
     Interval,
     paired_difference,
@@ -89,7 +90,15 @@ COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
            ("held-out union", group_metric(Split.TEST, Group.HELDOUT, Stat.UNION)),
            ("sealed mean", group_metric(Split.TEST, Group.SEALED, Stat.MEAN)),
            ("sealed union", group_metric(Split.TEST, Group.SEALED, Stat.UNION)),
-           ("AutoAttack", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
+           ("AutoAttack", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)),
+           # a scores claim's rows (trainables/scoring/served.py): the white-box reference
+           # attacks, the query attacks asked adaptively, and the output-change cost
+           ("white-box mean", group_metric(Split.TEST, Group.WHITE_BOX, Stat.MEAN)),
+           ("adaptive query mean", group_metric(Split.TEST, Group.ADAPTIVE_QUERY, Stat.MEAN)),
+           ("adaptive query union",
+            group_metric(Split.TEST, Group.ADAPTIVE_QUERY, Stat.UNION)),
+           ("output change", group_metric(Split.TEST, Group.OUTPUT, Stat.PROB_CHANGE)),
+           ("top-1 agreement", group_metric(Split.TEST, Group.OUTPUT, Stat.TOP1_AGREEMENT)))
 SEALED_MEAN = COLUMNS[3][1]
 
 
@@ -127,23 +136,28 @@ class FinalReport:
         diff = self.differences.get(baseline, {}).get(SEALED_MEAN)
         return "-" if diff is None else verdict(diff, baseline)
 
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """The columns some candidate has a value for (a white-box space has no query rows)."""
+        return [(t, m) for t, m in COLUMNS if any(c.interval(m) for c in self.candidates)]
+
     def markdown(self) -> str:
-        best = self.best
+        best, columns = self.best, self.columns
         lines = [f"Test split, mean over {len(self.seeds)} seeds {self.seeds} [95% t interval]",
-                 "", "| recipe | " + " | ".join(t for t, _ in COLUMNS) + " |",
-                 "|---|" + "---|" * len(COLUMNS)]
+                 "", "| recipe | " + " | ".join(t for t, _ in columns) + " |",
+                 "|---|" + "---|" * len(columns)]
         for c in self.candidates:
-            cells = [_fmt(c.interval(m)) for _, m in COLUMNS]
+            cells = [_fmt(c.interval(m)) for _, m in columns]
             kind = "baseline" if c.baseline else "searched"
             lines.append(f"| {c.label} ({kind}) | " + " | ".join(cells) + " |")
         if best is not None and self.differences:
             lines += ["", f"Difference, {best.label} minus each baseline, on the same test "
                       "points, mean over seeds [95% interval: paired bootstrap over points "
                       "and t over seeds (seed spread pooled over the recipes)]", "",
-                      "| baseline | " + " | ".join(f"Δ {t}" for t, _ in COLUMNS)
-                      + " | verdict (sealed mean) |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+                      "| baseline | " + " | ".join(f"Δ {t}" for t, _ in columns)
+                      + " | verdict (sealed mean) |", "|---|" + "---|" * (len(columns) + 1)]
             for name, diffs in self.differences.items():
-                cells = [_fmt(diffs.get(m), signed=True) for _, m in COLUMNS]
+                cells = [_fmt(diffs.get(m), signed=True) for _, m in columns]
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {self.verdict(name)} |")
         return "\n".join(lines)
 
@@ -245,7 +259,8 @@ def _times(metrics: Mapping[str, float]) -> str:
 def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k: int,
                   baselines: Sequence[str] | None = None) -> list[Candidate]:
     """The best `top_k` searched trials, then the baselines (default: the space's). Trials that
-    raised no masking flag come first (a flagged trial's robustness is not real), then those
+    raised no masking flag against the space's claim come first (a flagged trial's robustness
+    is not real against the attacker the space assumes), then those
     that ran to the end; an early-stopped one is only taken when too few did, and is trained
     full-length here like every other seed."""
     out: list[Candidate] = []
@@ -258,8 +273,8 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
         if record.baseline:
             baseline_runs.setdefault(record.baseline, entry)
         elif entry.status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED):
-            searched.append(((bool(entry.flags), entry.status != TrialStatus.COMPLETED),
-                             entry, record))
+            invalid = any(check_claim(flag) == space.access for flag in entry.flags)
+            searched.append(((invalid, entry.status != TrialStatus.COMPLETED), entry, record))
     for _, entry, record in sorted(searched, key=lambda s: s[0])[:top_k]:
         done = entry.status == TrialStatus.COMPLETED
         out.append(Candidate(entry.name.split()[0], record, entry.run_id, False,

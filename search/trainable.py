@@ -33,7 +33,7 @@ from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError, TrialFailedError
 from trainables.setting.prepare import Shared
 from trainables.train import Points, run_trial
-from trainables.vocab import EPOCH, MASKING_ANY
+from trainables.vocab import EPOCH, MASKING_ANY, masking_claim_key
 
 __all__ = ["assigned_device", "objective_value", "train_recipe"]
 
@@ -55,10 +55,14 @@ def _device_and_threads(cpus: float, gpu_memory_fraction: float) -> tuple[str, i
 
 
 def objective_value(metrics: Mapping[str, float], space: Space) -> float:
-    """The space's objective, zeroed when a masking check raised a flag (search.penalize_flags):
-    a score that only looks robust must not win the search."""
+    """The space's objective, zeroed when a masking check raised a flag that invalidates the
+    space's claim (search.penalize_flags): a score that only looks robust against the attacker
+    the space assumes must not win the search. A gradient-masking flag does not zero a query
+    claim, nor a query flag a white-box one (every flag stays reported)."""
     value = metrics[space.search.objective]
-    if space.search.penalize_flags and metrics.get(MASKING_ANY, 0.0) > 0:
+    claim = masking_claim_key(space.access)
+    raised = metrics.get(claim, metrics.get(MASKING_ANY, 0.0))  # results of older versions
+    if space.search.penalize_flags and raised > 0:
         return 0.0 if space.search.mode == Mode.MAX else float("inf")
     return value
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from spaces.record import INACTIVE, ORIGIN, TrialRecord
-from trainables.attacks import attack_spec
+from trainables.attacks import attack_spec, query_budget
 from trainables.config import (
     FIDELITY_FIELDS,
     FIELDS,
@@ -31,6 +31,7 @@ from trainables.vocab import (
     CLEAN_ACC,
     GROUP_STATS,
     HELDOUT_MEAN,
+    Access,
     Group,
     MetaOrder,
     Split,
@@ -43,7 +44,7 @@ __all__ = ["INACTIVE", "RECORD_KEY", "Mode", "ParamSpec", "PoolSpec", "SearchAlg
            "SearchSettings", "Space",
            "SpaceError", "TrialLike", "TrialRecord"]
 
-TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "attacks",
+TOP_KEYS = {"name", "description", "dataset", "data_dir", "threat_model", "access", "attacks",
             "craft_against", "budget", "fixed", "params", "search", "baselines"}
 # searched before the pool flags, which then keep the pool large enough for the meta step
 BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
@@ -480,6 +481,11 @@ class Space:
                 + [attack_metric(Split.VAL, Group.HELDOUT, a) for a in heldout])
 
     @property
+    def access(self) -> Access:
+        """The attacker the objective assumes (the claim its masking flags are judged by)."""
+        return Access(self.base.get("access", Access.WHITE_BOX))
+
+    @property
     def max_evaluations(self) -> int:
         """Reports per full-length trial: ASHA's max_t."""
         config = self.trial_config()
@@ -509,7 +515,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     if "dataset" not in raw:
         raise SpaceError("space needs a dataset (e.g. dataset: digits)")
     attacks = _require(raw.get("attacks", {}), "attacks")
-    _no_unknown(attacks, {"pool", "heldout", "sealed", "split_by"}, "attacks")
+    _no_unknown(attacks, {"pool", "heldout", "sealed", "split_by", "mix_access"}, "attacks")
     if "pool" not in attacks or "heldout" not in attacks:
         raise SpaceError("attacks needs pool (candidates) and heldout (the search objective)")
     pool = PoolSpec.parse(attacks["pool"])
@@ -518,10 +524,13 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     if not heldout:
         raise SpaceError("attacks.heldout is empty: the search objective needs held-out attacks")
     _check_disjoint(pool.candidates, heldout, sealed, attacks.get("split_by", "family"))
+    access = _check_access(raw.get("access", Access.WHITE_BOX.value), heldout, sealed,
+                           attacks.get("mix_access"))
     budget = _require(raw.get("budget", {}), "budget")
     _no_unknown(budget, BUDGET_KEYS, "budget")
     fixed = _require(raw.get("fixed", {}), "fixed")
-    _no_unknown(fixed, set(FIELDS) - {"pool", "heldout", "sealed", "dataset"} - BUDGET_KEYS,
+    _no_unknown(fixed, set(FIELDS) - {"pool", "heldout", "sealed", "dataset", "access"}
+                - BUDGET_KEYS,
                 "fixed")
     params_raw = _require(raw.get("params", {}), "params")
     params = {str(k): ParamSpec.parse(str(k), v) for k, v in params_raw.items()}
@@ -532,6 +541,7 @@ def parse_space(raw: Any, *, source: str = "") -> Space:
     search = SearchSettings.parse(raw.get("search"))
     base = {"dataset": raw["dataset"], "heldout": list(heldout), "sealed": list(sealed),
             "select_by": search.objective,
+            "access": access.value,
             **{k: raw[k] for k in ("data_dir", "threat_model", "craft_against") if k in raw},
             **{k: v for k, v in budget.items() if k not in FIDELITY_FIELDS}, **fixed}
     try:
@@ -593,6 +603,39 @@ def _parse_baselines(raw: Any) -> tuple[tuple[str, ...], dict[str, dict[str, Any
         settings[name] = {k: RECIPE_FIELDS[k].check(f"baselines.{name}.{k}", v)
                           if k != "pool" else v for k, v in values.items()}
     return tuple(dict.fromkeys(names)), settings
+
+
+def _check_access(raw: Any, heldout: Sequence[str], sealed: Sequence[str], mix: Any) -> Access:
+    """The space's claim, and its held-out and sealed attacks fit it: each one runs with that
+    access; a scores space holds query attacks named with their query budget
+    (`Square@q1000`); a white-box space mixes in query attacks unless attacks.mix_access is
+    false."""
+    from trainables.config import CLAIMS
+
+    try:
+        access = Access(raw)
+    except ValueError:
+        access = None
+    if access not in CLAIMS:
+        raise SpaceError(f"access={raw!r}; choose {' or '.join(c.value for c in CLAIMS)}")
+    if mix is not None and not isinstance(mix, bool):
+        raise SpaceError(f"attacks.mix_access={mix!r} must be true or false")
+    for group, names in (("heldout", heldout), ("sealed", sealed)):
+        for name in names:
+            spec = attack_spec(name)
+            if not spec.runs_with(access):
+                raise SpaceError(f"attacks.{group}: {name} needs {spec.access} access, but this "
+                                 f"space's objective assumes {access} (access: {access}): "
+                                 "remove it, or change access")
+            if access == Access.SCORES and query_budget(name) is None:
+                raise SpaceError(f"attacks.{group}: {name} in a scores space must be a query "
+                                 "attack named with its query budget per point, e.g. "
+                                 "Square@q1000")
+            if access == Access.WHITE_BOX and mix is False and spec.query_based:
+                raise SpaceError(f"attacks.{group}: {name} is a query attack ({spec.access} "
+                                 "access) in a white-box space with attacks.mix_access: false;"
+                                 " remove it, or set mix_access: true")
+    return access
 
 
 def _check_baseline(space: Space, name: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from trainables.errors import ConfigError
 from trainables.vocab import (
     HELDOUT_FAMILY_MEAN,
+    Access,
     CraftAgainst,
     FeatLoss,
     LrSchedule,
@@ -31,9 +32,11 @@ from trainables.vocab import (
     UniGSize,
 )
 
-__all__ = ["FIDELITY_FIELDS", "FIELDS", "LOSS_WEIGHTS", "RECIPE_FIELDS", "RENAMED", "RUNTIME_KEYS",
-           "Fidelity", "Field", "TrialConfig", "plain"]
+__all__ = ["CLAIMS", "FIDELITY_FIELDS", "FIELDS", "LOSS_WEIGHTS", "RECIPE_FIELDS", "RENAMED",
+           "RUNTIME_KEYS", "Fidelity", "Field", "TrialConfig", "plain"]
 
+# The accesses an objective may assume (no decision-based attack is offered yet)
+CLAIMS = (Access.WHITE_BOX, Access.SCORES)
 # Where a trial runs, not what it trains: never part of a logged recipe.
 RUNTIME_KEYS = ("device", "threads", "cache_dir")
 
@@ -156,6 +159,10 @@ class TrialConfig:
     heldout: tuple[str, ...] = _value(("APGD-DLR", "Square", "CW"),
                                       "held-out attacks: the search objective")
     sealed: tuple[str, ...] = _value((), "sealed attacks: final report only")
+    access: Access = _value(
+        Access.WHITE_BOX, "the attacker the objective assumes (the claim): white-box "
+        "(gradients) or scores (a served model: output scores under a query budget); the "
+        "masking checks that invalidate that claim zero a search objective")
     craft_against: CraftAgainst = _value(
         CraftAgainst.STUDENT, "white-box against the student, or transfer from a fixed target")
     epochs: int = _value(20, "training epochs", low=1, high=100000)
@@ -271,6 +278,9 @@ class TrialConfig:
             object.__setattr__(self, f.name, FIELDS[f.name].check(f.name, getattr(self, f.name)))
         if not self.pool:
             raise ConfigError("pool is empty: a trial needs at least one pool attack")
+        if self.access not in CLAIMS:
+            raise ConfigError(f"access={self.access.value!r} cannot be a defense's claim; choose "
+                              f"{' or '.join(c.value for c in CLAIMS)}")
         for first, second in (("pool", "heldout"), ("pool", "sealed"), ("heldout", "sealed")):
             overlap = set(getattr(self, first)) & set(getattr(self, second))
             if overlap:

@@ -34,6 +34,8 @@ __all__ = [
     "MASKING_GAP",
     "MASKING_INFORMATIONAL",
     "MASKING_LARGE_EPS_ACC",
+    "MASKING_QUERIES",
+    "MASKING_REPEATS",
     "MASKING_STEPS_GAP",
     "MASKING_UNBOUNDED_SUCCESS",
     "SEALED_STRENGTH",
@@ -45,6 +47,7 @@ __all__ = [
     "TIME_TRAIN",
     "TRAIN_LOSS",
     "TRANSFER_BATCH",
+    "Access",
     "Arch",
     "CraftAgainst",
     "FeatLoss",
@@ -67,6 +70,7 @@ __all__ = [
     "high_key",
     "key_name",
     "low_key",
+    "masking_claim_key",
     "time_key",
     "train_key",
 ]
@@ -87,6 +91,18 @@ class Norm(StrEnum):
     L2 = "L2"
     L1 = "L1"
     L0 = "L0"
+
+
+class Access(StrEnum):
+    """What an attacker needs from the model: its gradients, its output scores (a query
+    budget), its labels only, or nothing (transferred from another model). A space's
+    objective assumes one (its claim), and each masking check says which claim it judges."""
+
+    WHITE_BOX = "white-box"
+    SCORES = "scores"
+    DECISIONS = "decisions"
+    TRANSFER = "transfer"
+    NONE = "none"  # a random corruption: it never looks at the model
 
 
 class Level(StrEnum):
@@ -181,6 +197,10 @@ class Group(StrEnum):
     SEALED = "sealed"
     TRANSFER = "transfer"  # held-out attacks crafted on the undefended target
     ADAPTIVE = "adaptive"  # attacks adapted to UniG (BPDA, module-free)
+    # query attacks asked adaptively (repeats averaged, points alone), AND-ed with the plain
+    ADAPTIVE_QUERY = "adaptive_query"
+    WHITE_BOX = "white_box"  # a query space's white-box reference attacks, beside its own
+    OUTPUT = "output"  # how much the defense changes the served output on clean inputs
     AUTOATTACK = "autoattack"
 
 
@@ -193,6 +213,9 @@ class Stat(StrEnum):
     # under each, a family's accuracy being the per-sample AND over its attacks at medium
     # distortion (Lp attacks: their eps)
     FAMILY_MEAN = "family_mean_acc"
+    # the output-change cost against the undefended model, on clean inputs
+    PROB_CHANGE = "prob_change"  # mean total-variation distance of the probabilities
+    TOP1_AGREEMENT = "top1_agreement"  # share of points whose top-1 class is the same
 
 
 GROUP_STATS = (Stat.MEAN, Stat.WORST, Stat.UNION, Stat.FAMILY_MEAN)
@@ -228,6 +251,14 @@ HELDOUT_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.MEAN)
 HELDOUT_FAMILY_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.FAMILY_MEAN)
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
+
+
+def masking_claim_key(access: str) -> str:
+    """1 when a raised masking flag invalidates a claim of this access: `masking/claim/scores`
+    (what zeroes the objective of a space that claims it)."""
+    return f"{MASKING}/claim/{access}"
+
+
 EPOCH = "epoch"  # the epoch an evaluation was made after (the step of its metrics)
 
 
@@ -281,3 +312,6 @@ MASKING_EPS_SWEEP = (0.5, 1.0, 2.0, 4.0)
 # (wider than MASKING_GAP: the honest gap between the two varies by family; see the bench)
 MASKING_FAMILY_GAP = 0.05
 MASKING_INFORMATIONAL = ("randomized", "backward_in_forward")  # flags that are no masking
+# the query-claim checks: Square at this many queries per point, adaptive repeats per query
+MASKING_QUERIES = 500
+MASKING_REPEATS = 5

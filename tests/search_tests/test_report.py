@@ -25,6 +25,28 @@ def test_masking_flags_zero_the_objective() -> None:
     assert OBJECTIVE == "val/objective"
 
 
+@pytest.mark.parametrize(("raised", "zeroed"), [
+    # a gradient-masking flag (UniG's adaptive white-box attack beats the plain one)
+    ("adaptive_beats_plain", {"white-box"}),
+    # a query-claim flag (asking adaptively beats asking plainly)
+    ("adaptive_query_beats_plain", {"scores"}),
+    ("randomized", set()),  # informational: zeroes nothing
+])
+def test_a_flag_zeroes_only_the_objective_of_the_claim_it_invalidates(
+        raised: str, zeroed: set[str]) -> None:
+    from trainables.scoring.masking import MaskingReport, check_claim, list_checks
+
+    flags = {name: name == raised for name in list_checks()}
+    masking = tuple(n for n, up in flags.items() if up and check_claim(n) is not None)
+    metrics = MaskingReport(flags, {}, masking).metrics()
+    assert metrics["masking/any"] == float(bool(masking))  # visible whatever the claim
+    for name, objective in (("smoke", "val/heldout/family_mean_acc"),
+                            ("mid-query", "val/heldout/mean_acc")):
+        space = spaces.load(name)
+        value = objective_value({**metrics, objective: 0.6}, space)
+        assert value == (0.0 if space.access.value in zeroed else 0.6), (name, raised)
+
+
 @pytest.mark.slow
 def test_report_prints_the_leaderboard_and_logs_its_plots(smoke_search: FinishedSearch) -> None:
     proc = run_module("search.report", "--name", smoke_search.name, "--storage-path",

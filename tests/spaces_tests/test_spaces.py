@@ -18,7 +18,7 @@ from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.setting.setup import resolve_setup
 
-SHIPPED = ["mid", "mnist5k", "paper", "smoke"]
+SHIPPED = ["mid", "mid-query", "mnist5k", "paper", "smoke"]
 
 # A small valid space; tests copy it, change one thing and write it to tmp_path.
 TINY: dict[str, Any] = {
@@ -174,7 +174,8 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_space_name_lists_the_spaces() -> None:
     with pytest.raises(SpaceError,
-                       match="unknown space 'nope'; choose one of mid, mnist5k, paper, smoke"):
+                       match="unknown space 'nope'; choose one of mid, mid-query, mnist5k, "
+                             "paper, smoke"):
         spaces.load("nope")
 
 

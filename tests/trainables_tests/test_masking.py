@@ -74,7 +74,8 @@ def test_the_checklist_is_complete() -> None:
         "one_step_beats_iterative", "more_steps_help", "dlr_much_stronger",
         "black_box_beats_white_box", "noise_beats_white_box", "eps_sweep",
         "unbounded_attack_fails", "transfer_beats_white_box", "adaptive_beats_plain",
-        "gradient_weaker_than_random"}
+        "gradient_weaker_than_random", "batch_dependent_output", "adaptive_query_beats_plain",
+        "repeated_queries_reveal_label"}
 
 
 def test_honest_models_raise_no_masking_flag(digits_model: DefendedModel,

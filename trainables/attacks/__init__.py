@@ -26,6 +26,7 @@ from trainables.attacks.specs import (
     list_attacks,
     list_families,
     list_lp_attacks,
+    query_budget,
     resolve_args,
     split_name,
 )
@@ -36,20 +37,36 @@ if TYPE_CHECKING:
     from torch import nn
 
     from trainables.attacks.base import Attack
+    from trainables.attacks.query import Adaptive
 
 __all__ = ["Access", "AttackContext", "AttackKind", "AttackSpec", "Impl", "attack_budget",
            "attack_spec", "build_attack", "check_attack_fits", "list_attacks", "list_families",
-           "list_lp_attacks", "split_name"]
+           "list_lp_attacks", "query_budget", "split_name"]
 
 # The attacks that repair what another attack could not turn into a training example
 _FALLBACKS = {"L2": "PGDL2"}
 _DEFAULT_FALLBACK = "PGD"
+# The query budget per point of a query attack of ART or ours named without one (x strength)
+DEFAULT_QUERIES = 1000
+
+
+def _queries(name: str, spec: AttackSpec, strength: float, adaptive: Adaptive | None
+             ) -> int | None:
+    """The query budget per point of a query attack (None: not one, or a torchattacks row
+    named without a budget, which keeps its row's query count)."""
+    queries = query_budget(name)
+    if queries is None and spec.impl in (Impl.ART, Impl.OURS):
+        queries = max(1, round(DEFAULT_QUERIES * strength))
+    if adaptive is not None and queries is None:
+        raise ValueError(f"{name}: only a query attack with a query budget can be adaptive")
+    return queries
 
 
 def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classes: int,
                  strength: float = 1.0, train_steps: int | None = None, seed: int = 0,
                  budget: float | None = None, scale: float = 1.0,
-                 feature_model: nn.Module | None = None, **overrides: Any) -> Attack:
+                 feature_model: nn.Module | None = None, adaptive: Adaptive | None = None,
+                 **overrides: Any) -> Attack:
     """Builds `name` against `model` at the threat model's budget for it (or `budget`).
 
     `strength` scales iterations, queries and restarts; `train_steps` sets the step count of
@@ -57,13 +74,23 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
     repair the points a returns-clean or unbounded attack could not turn into an example;
     `scale` multiplies the budget (a family's ceiling still holds); `feature_model` is the
     network whose features bound a perceptual attack (a trial's frozen teacher encoder; other
-    attacks ignore it); `overrides` replace arguments of the attack's row.
+    attacks ignore it); `overrides` replace arguments of the attack's row. A query attack
+    (`Square@q1000`) runs behind a counter of its queries (query.py); `adaptive` says how an
+    adaptive attacker asks at the same budget (repeated queries averaged, points alone).
     """
     spec = attack_spec(name)
     budget = (attack_budget(name, threat) if budget is None else budget) * scale
     budget = min(budget, FAMILY_MAX_BUDGET.get(spec.family, budget))
-    ctx = AttackContext(budget, num_classes, strength, train_steps, seed)
+    queries = _queries(name, spec, strength, adaptive)
+    repeats = adaptive.repeats if adaptive is not None else 1
+    ctx = AttackContext(budget, num_classes, strength, train_steps, seed,
+                        None if queries is None else max(1, queries // repeats))
     args = {**resolve_args(spec.args, ctx), **overrides}
+    if queries is not None:
+        from trainables.attacks.query import Adaptive, query_attack
+
+        return query_attack(spec, model, ctx, args, queries=queries,
+                            adaptive=adaptive or Adaptive(), name=name)
     if spec.impl == Impl.CORRUPTION:
         from trainables.attacks.unforeseen import TransformAttack, family
 

@@ -14,6 +14,10 @@ The traps of torchattacks 3.5.1 measured in robustness-notes are recorded here:
 - APGD, APGDT, FAB, Square, CW and AutoAttack return the clean input where they fail
   (`returns_clean`): those points are never fed to training as they are;
 - FAB with norm L1 crashes inside torchattacks 3.5.1 (UnboundLocalError): not offered.
+
+Query attacks (access `scores` or `decisions`) take their query budget as their level:
+`Square@q2500` may ask the model for at most 2,500 outputs per attacked point (query.py
+counts them and refuses beyond); without a level they keep their row's default.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any
 from trainables.attacks.threat import ThreatModel
 from trainables.errors import ConfigError
 from trainables.registry import Registry
-from trainables.vocab import Level, Norm
+from trainables.vocab import Access, Level, Norm
 
 __all__ = [
+    "ACCESS_ORDER",
     "CORRUPTIONS",
     "EPS",
     "PERCEPTUAL",
@@ -38,6 +43,8 @@ __all__ = [
     "AttackKind",
     "AttackSpec",
     "Impl",
+    "Queries",
+    "QueryBudget",
     "Scaled",
     "Steps",
     "attack_budget",
@@ -46,6 +53,7 @@ __all__ = [
     "list_attacks",
     "list_families",
     "list_lp_attacks",
+    "query_budget",
     "split_name",
 ]
 
@@ -62,6 +70,7 @@ class AttackContext:
     strength: float = 1.0
     train_steps: int | None = None  # set when crafting training batches: the step count
     seed: int = 0
+    queries: int | None = None  # a query attack's budget per point (its level), if named
 
     def steps(self, default: int) -> int:
         if self.train_steps is not None:
@@ -111,6 +120,22 @@ class Alpha(Symbol):
 
     def resolve(self, ctx: AttackContext, resolved: Mapping[str, Any]) -> float:
         return self.factor * ctx.budget / resolved[self.steps_key]
+
+
+@dataclass(frozen=True)
+class Queries(Symbol):
+    """An iteration count that spends a query budget: (budget - `fixed`) // `per` iterations
+    when the attack is named with a budget (`Square@q1000`), else `default` x strength. `per`
+    is the queries one iteration makes per point, `fixed` those made once (initial scores)."""
+
+    default: int
+    per: int = 1
+    fixed: int = 0
+
+    def resolve(self, ctx: AttackContext, resolved: Mapping[str, Any]) -> int:
+        if ctx.queries is None:
+            return ctx.steps(self.default)
+        return max(1, (ctx.queries - self.fixed) // self.per)
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,7 @@ class AttackKind(StrEnum):
     ITERATIVE = "iterative"
     MIN_NORM = "min-norm"  # unbounded: a success counts only inside the budget
     SCORE_BASED = "score-based"  # queries output scores only
+    DECISION_BASED = "decision-based"  # queries output labels only
     SPARSE = "sparse"  # L0
     ENSEMBLE = "ensemble"
     TRANSFORM = "transform"  # a non-Lp family's gradient attack on its corruption's latents
@@ -185,17 +211,8 @@ class Impl(StrEnum):
     CORRUPTION = "corruption"  # trainables/attacks/unforeseen.py; `target` is the family
     NOISE = "noise"  # trainables/attacks/base.py's UniformNoise
     PERCEPTUAL = "perceptual"  # trainables/attacks/perceptual.py
-
-
-class Access(StrEnum):
-    """What an attacker needs from the model: its gradients, its output scores (a query
-    budget), its labels only, or nothing (transferred from another model)."""
-
-    WHITE_BOX = "white-box"
-    SCORES = "scores"
-    DECISIONS = "decisions"
-    TRANSFER = "transfer"
-    NONE = "none"  # a random corruption: it never looks at the model
+    ART = "art"  # the adversarial-robustness-toolbox; `target` is its evasion attack class
+    OURS = "ours"  # trainables/attacks/query.py (a random-search baseline no library has)
 
 
 _GRADIENT_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_NORM,
@@ -203,6 +220,9 @@ _GRADIENT_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_
 _BOUNDED_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.SCORE_BASED,
                   AttackKind.TRANSFORM, AttackKind.SEARCH, AttackKind.NOISE, AttackKind.RANDOM,
                   AttackKind.PERCEPTUAL)
+# What each access lets an attacker do, weakest first: an attack needing one access runs for
+# an attacker who has it or any stronger one
+ACCESS_ORDER = (Access.DECISIONS, Access.SCORES, Access.WHITE_BOX)
 
 
 @dataclass(frozen=True)
@@ -235,6 +255,23 @@ class AttackSpec:
     def gradient_based(self) -> bool:
         return self.kind in _GRADIENT_KINDS
 
+    @property
+    def query_based(self) -> bool:
+        """An attack that only queries the model's outputs, so takes a query budget
+        (`Square@q1000`): score- or decision-based. Non-Lp random searches do not: their
+        evaluations are tied to their latent grid."""
+        return self.kind in (AttackKind.SCORE_BASED, AttackKind.DECISION_BASED) \
+            and self.access in (Access.SCORES, Access.DECISIONS)
+
+    def runs_with(self, access: Access) -> bool:
+        """Whether an attacker with `access` can run this attack (transfer attacks and random
+        corruptions need nothing from the model; a white-box attacker can also query)."""
+        if self.access in (Access.TRANSFER, Access.NONE):
+            return True
+        if access not in ACCESS_ORDER:
+            return False
+        return ACCESS_ORDER.index(access) >= ACCESS_ORDER.index(self.access)
+
 
 _ATTACKS: Registry[AttackSpec] = Registry("attack")
 
@@ -247,6 +284,15 @@ def _row(name: str, norm: Norm, kind: AttackKind, cls: str, /, **args: Any) -> N
         cls in ("Square", "SPSA", "OnePixel", "Pixle") else Access.WHITE_BOX
     _ATTACKS.add(name, AttackSpec(name, norm, kind, Impl.TORCHATTACKS, cls, args,
                                   access=access, **flags))
+
+
+def _query(name: str, norm: Norm, kind: AttackKind, impl: Impl, target: str, /,
+           **args: Any) -> None:
+    """A query attack of another library than torchattacks (or ours): it sees the outputs
+    only (scores, or labels for a decision-based one)."""
+    access = Access.DECISIONS if kind == AttackKind.DECISION_BASED else Access.SCORES
+    _ATTACKS.add(name, AttackSpec(name, norm, kind, impl, target, args, heavy=True,
+                                  access=access))
 
 
 LINF, L2, L1, L0 = Norm.LINF, Norm.L2, Norm.L1, Norm.L0
@@ -289,10 +335,12 @@ _row("APGDT", LINF, ITER, "APGDT", norm="Linf", eps=EPS, steps=Steps(50),
      heavy=True)
 _row("FAB", LINF, MINNORM, "FAB", norm="Linf", eps=EPS, steps=Steps(20),
      n_restarts=RESTARTS, seed=SEED, n_classes=CLASSES, returns_clean=True, heavy=True)
-_row("Square", LINF, SCORE, "Square", norm="Linf", eps=EPS, n_queries=Steps(1000),
+# Square asks for every point's scores 3 times besides its iterations (torchattacks 3.5.1:
+# the clean check, the initial margin, the final check); SPSA 2 x nb_sample per iteration
+_row("Square", LINF, SCORE, "Square", norm="Linf", eps=EPS, n_queries=Queries(1000, fixed=3),
      n_restarts=1, p_init=0.3, seed=SEED, returns_clean=True, heavy=True)
 _row("SPSA", LINF, SCORE, "SPSA", eps=EPS, delta=0.01, lr=Scaled(0.25),
-     nb_iter=Steps(20), nb_sample=32, max_batch_size=256, heavy=True)
+     nb_iter=Queries(20, per=64), nb_sample=32, max_batch_size=256, heavy=True)
 # torchattacks' AutoAttack (10-iteration APGD/APGDT/FAB + Square), not the reference one
 _row("AutoAttack", LINF, ENSEMBLE, "AutoAttack", norm="Linf", eps=EPS, version="standard",
      n_classes=CLASSES, seed=SEED, returns_clean=True, min_classes=4, heavy=True)
@@ -302,12 +350,23 @@ _row("APGD-L2", L2, ITER, "APGD", norm="L2", eps=EPS, steps=Steps(50),
      n_restarts=RESTARTS, loss="ce", seed=SEED, returns_clean=True)
 _row("FAB-L2", L2, MINNORM, "FAB", norm="L2", eps=EPS, steps=Steps(20),
      n_restarts=RESTARTS, seed=SEED, n_classes=CLASSES, returns_clean=True, heavy=True)
-_row("Square-L2", L2, SCORE, "Square", norm="L2", eps=EPS, n_queries=Steps(1000),
+_row("Square-L2", L2, SCORE, "Square", norm="L2", eps=EPS, n_queries=Queries(1000, fixed=3),
      n_restarts=1, p_init=0.3, seed=SEED, returns_clean=True, heavy=True)
 # c >= 1, 100 steps, lr 0.05: the strongest setting inside an L2 budget on digits (probe)
 _row("CW", L2, MINNORM, "CW", c=1.0, kappa=0.0, steps=Steps(100), lr=0.05,
      returns_clean=True, heavy=True)
 _row("DeepFool", L2, MINNORM, "DeepFool", steps=Steps(50), overshoot=0.02, heavy=True)
+# ---- score-based query attacks of the adversarial-robustness-toolbox (ART 1.20): SimBA asks
+# for every point's scores once, then twice per iteration; its steps are not bounded by a
+# budget, so only the queries inside it can count (query.py keeps the first that fooled)
+_query("SimBA", LINF, SCORE, Impl.ART, "SimBA", attack="px", epsilon=EPS,
+       max_iter=Queries(1000, per=2, fixed=1), order="random")
+# the DCT basis: an L2 step of 1/4 of the budget per accepted direction (freq_dim 4, stride 2
+# fit 8x8 and 28x28 images)
+_query("SimBA-DCT", L2, SCORE, Impl.ART, "SimBA", attack="dct", epsilon=Scaled(0.25),
+       max_iter=Queries(1000, per=2, fixed=1), freq_dim=4, stride=2, order="random")
+# the baseline every query attack must beat: random vertices of the Linf ball
+_query("RandomSearch", LINF, SCORE, Impl.OURS, "vertices", queries=Queries(1000))
 # ---- no attack: noise at the budget (what a masking check compares gradient attacks with)
 _ATTACKS.add("Noise", AttackSpec("Noise", LINF, AttackKind.NOISE, Impl.NOISE, "uniform",
                                  access=Access.SCORES))
@@ -378,23 +437,53 @@ def list_families() -> list[str]:
     return sorted([*CORRUPTIONS, PERCEPTUAL])
 
 
-def split_name(name: str) -> tuple[str, Level | None]:
-    """`Elastic@medium` -> ("Elastic", Level.MEDIUM); `PGD` -> ("PGD", None)."""
+@dataclass(frozen=True)
+class QueryBudget:
+    """A query attack's level: at most `count` model outputs per attacked point."""
+
+    count: int
+
+    PREFIX = "q"
+
+    def __str__(self) -> str:
+        return f"{self.PREFIX}{self.count}"
+
+
+def _levels_text() -> str:
+    return f"{', '.join(lv.value for lv in Level)} (non-Lp families) or q<N> (a query budget)"
+
+
+def split_name(name: str) -> tuple[str, Level | QueryBudget | None]:
+    """`Elastic@medium` -> ("Elastic", Level.MEDIUM); `Square@q2500` -> ("Square",
+    QueryBudget(2500)); `PGD` -> ("PGD", None)."""
     base, sep, level = name.partition("@")
     if not sep:
         return name, None
+    count = level.removeprefix(QueryBudget.PREFIX)
+    if level.startswith(QueryBudget.PREFIX) and count.lstrip("-").isdigit():
+        if int(count) < 1:
+            raise ConfigError(f"attack {name!r}: a query budget must be at least 1 query per "
+                              f"point, got {count}")
+        return base, QueryBudget(int(count))
     try:
         return base, Level(level)
     except ValueError:
         raise ConfigError(f"attack {name!r}: level {level!r} does not exist; choose "
-                          f"{', '.join(lv.value for lv in Level)}") from None
+                          f"{_levels_text()}") from None
 
 
 def attack_spec(name: str) -> AttackSpec:
     """The spec of attack `name`; a non-Lp family's attack needs a level (`Elastic@medium`),
-    an Lp attack takes none (its budget is the threat model's eps for its norm)."""
+    a query attack may take a query budget (`Square@q1000`), any other Lp attack takes none
+    (its budget is the threat model's eps for its norm)."""
     base, level = split_name(name)
     spec = _ATTACKS.get(base)
+    if isinstance(level, QueryBudget):
+        if not spec.query_based:
+            raise ConfigError(f"attack {name!r}: a query budget applies to score- or "
+                              f"decision-based attacks only; {base} needs {spec.access} "
+                              "access, its budget is its iterations")
+        return spec
     if spec.non_lp is not None and level is None:
         raise ConfigError(f"attack {name!r} needs a distortion level: "
                           f"{', '.join(f'{name}@{lv.value}' for lv in Level)}")
@@ -404,13 +493,20 @@ def attack_spec(name: str) -> AttackSpec:
     return spec
 
 
+def query_budget(name: str) -> int | None:
+    """The query budget per point an attack was named with (`Square@q1000` -> 1000)."""
+    level = split_name(name)[1]
+    return level.count if isinstance(level, QueryBudget) else None
+
+
 def attack_budget(name: str, threat: ThreatModel) -> float:
-    """The budget of attack `name` under `threat`: its norm's eps, or its family's level."""
+    """The perturbation budget of attack `name` under `threat`: its norm's eps, or its
+    family's level."""
     spec = attack_spec(name)
     if spec.norm is not None:
         return threat.budget(spec.norm)
     level = split_name(name)[1]
-    assert level is not None and spec.non_lp is not None
+    assert isinstance(level, Level) and spec.non_lp is not None
     return threat.level_budget(spec.non_lp, level)
 
 

@@ -9,6 +9,11 @@ The test split and the sealed attacks are never used while searching. The report
 - `test/adaptive/...` (models with UniG): each gradient-based held-out attack also run through
   BPDA and on the model without UniG, all judged on the defended model, AND-ed with the plain
   attack; this is the number to trust for UniG;
+- for a scores claim (a served model): `test/adaptive_query/...`, each query attack asked
+  adaptively (repeats averaged, points alone) at its own budget, AND-ed with the plain one, on
+  the AutoAttack points; and `test/white_box/...`, PGD and APGD beside the query rows
+  (trainables/scoring/served.py);
+- `test/output/...`: the output-change cost against the undefended teacher on clean inputs;
 - `test/autoattack/acc`: the official AutoAttack (Croce & Hein's code, `pyautoattack`),
   version `standard` (`rand`, with EOT, for a randomised model), where the threat model fits;
   its own sanity warnings are counted in `test/autoattack/warnings`.
@@ -40,12 +45,14 @@ from trainables.scoring.evaluate import (
     transfer_masks,
 )
 from trainables.scoring.masking import StraightThrough, is_randomized
+from trainables.scoring.served import adaptive_query_masks, output_change, white_box_names
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared
 from trainables.vocab import (
     SEALED_STRENGTH,
     TIME_AUTOATTACK,
     TIME_FINAL,
+    Access,
     Group,
     Norm,
     Split,
@@ -120,6 +127,27 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
     return masks
 
 
+def _served(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
+            y: torch.Tensor, by_group: dict[str, dict[str, torch.Tensor]],
+            metrics: dict[str, float]) -> dict[str, np.ndarray]:
+    """The output-change cost against the clean-trained teacher (into `metrics`; its
+    per-point values returned) and, for a scores claim, the held-out and sealed query attacks
+    asked adaptively on the AutoAttack points (into `by_group`)."""
+    teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device).eval()
+    cost, points = output_change(model, teacher, x, split=Split.TEST,
+                                 batch_size=config.eval_batch_size)
+    metrics.update(cost)
+    if config.access == Access.SCORES:
+        count = config.autoattack_samples or len(y)
+        plain = {name: mask[:count] for group in (Group.HELDOUT, Group.SEALED)
+                 for name, mask in by_group[group].items()}
+        by_group[Group.ADAPTIVE_QUERY] = adaptive_query_masks(
+            model, x[:count], y[:count], plain, shared.setup.threat,
+            num_classes=shared.setup.info.num_classes, batch_size=config.eval_batch_size,
+            seed=config.seed)
+    return points
+
+
 def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
                       strength: float = SEALED_STRENGTH, autoattack: bool = True,
                       log: Callable[[str], None] = print) -> Evaluation:
@@ -135,19 +163,22 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
                                        Group.SEALED: bind(config.sealed)}
+    if config.access == Access.SCORES:
+        groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)))
     metrics, masks = evaluate_groups(model, x, y, groups, split=Split.TEST,
                                      batch_size=config.eval_batch_size, seed=config.seed)
     by_group: dict[str, dict[str, torch.Tensor]] = {
         group: {name.split("/", 1)[1]: mask for name, mask in masks.items()
                 if name.startswith(f"{group}/")} for group in groups}
+    cost_points = _served(model, config, shared, x, y, by_group, metrics)
     if shared.transfer.get("test"):
         by_group[Group.TRANSFER] = transfer_masks(model, x, y, shared.transfer["test"],
                                                   setup.threat,
                                                   batch_size=config.eval_batch_size)
     if model.unig is not None:
         by_group[Group.ADAPTIVE] = _adaptive(model, config, shared, x, y, masks, strength)
-    for group in (Group.TRANSFER, Group.ADAPTIVE):
-        if group in by_group:
+    for group in (Group.TRANSFER, Group.ADAPTIVE, Group.ADAPTIVE_QUERY):
+        if by_group.get(group):
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     binary = {group_metric(Split.TEST, Group.CLEAN, Stat.ACC): masks[Group.CLEAN]}
     if autoattack:
@@ -168,6 +199,7 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
                 log(f"AutoAttack ({version}) warning: {note.splitlines()[0]}")
         metrics[TIME_AUTOATTACK] = time.perf_counter() - started
     points = {key: mask.float().cpu().numpy() for key, mask in binary.items()}
+    points.update(cost_points)
     for name, group_masks in by_group.items():
         if group_masks:
             points.update({group_metric(Split.TEST, name, stat): values

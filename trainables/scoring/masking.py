@@ -6,7 +6,11 @@ Sources: Athalye et al. 2018, Tramer et al. 2020, Carlini et al. 2019; threshold
 notes' measurements (two deliberately masked toy models flagged, two honest ones not).
 
 Informational flags (a randomised model, backward called inside forward) say how to attack the
-model (EOT, BPDA) but are no masking by themselves; every other raised flag counts as masking.
+model (EOT, BPDA) but are no masking by themselves; every other raised flag counts as masking,
+of the claim its check judges: the gradient checks invalidate a white-box claim (a defense
+served behind an API may well hide its gradients), the query checks (run for a scores claim)
+invalidate a query claim. Every flag is reported; only those of the trial's own claim zero a
+search objective (`masking/claim/<access>`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from trainables.attacks import AttackKind, attack_spec, build_attack, split_name
 from trainables.attacks.base import Attack
+from trainables.attacks.query import Adaptive
 from trainables.attacks.threat import ThreatModel
 from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError
@@ -38,14 +43,18 @@ from trainables.vocab import (
     MASKING_GAP,
     MASKING_INFORMATIONAL,
     MASKING_LARGE_EPS_ACC,
+    MASKING_QUERIES,
+    MASKING_REPEATS,
     MASKING_STEPS_GAP,
     MASKING_UNBOUNDED_SUCCESS,
+    Access,
     Norm,
+    masking_claim_key,
     time_key,
 )
 
-__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "is_randomized", "list_checks",
-           "raised_flags", "run_masking_checks"]
+__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "check_claim", "is_randomized",
+           "list_checks", "raised_flags", "run_masking_checks"]
 
 
 
@@ -66,6 +75,7 @@ class CheckContext:
     quick: bool = False  # only the cheap checks run (an evaluation before a trial's last)
     results: dict[str, float] = field(default_factory=dict)
     randomized: bool = False
+    batch_dependent: bool = False  # a point's answer changes with the batch it is asked in
 
     @property
     def correct(self) -> torch.Tensor:
@@ -116,16 +126,27 @@ class _Entry:
     check: Check
     masking: bool  # raised, it counts as masking (not just information)
     quick: bool  # cheap enough (PGD-10 at most) to run at every evaluation of a trial
+    claim: Access  # the claim a raised flag invalidates; query checks run for that claim only
 
 
 _CHECKS: Registry[_Entry] = Registry("masking check")
 
 
-def register_check(*, masking: bool = True, quick: bool = False) -> Callable[[Check], Check]:
+def register_check(*, masking: bool = True, quick: bool = False,
+                   claim: Access = Access.WHITE_BOX) -> Callable[[Check], Check]:
     def decorate(fn: Check) -> Check:
-        _CHECKS.add(fn.__name__, _Entry(fn, masking, quick))
+        _CHECKS.add(fn.__name__, _Entry(fn, masking, quick, claim))
         return fn
     return decorate
+
+
+def check_claim(name: str) -> Access | None:
+    """The claim a raised flag of check `name` invalidates (None: informational, or a check
+    this version no longer has)."""
+    if name not in _CHECKS.names():
+        return None
+    entry = _CHECKS.get(name)
+    return entry.claim if entry.masking else None
 
 
 def list_checks() -> list[str]:
@@ -339,6 +360,91 @@ def gradient_weaker_than_random(c: CheckContext) -> tuple[bool, dict[str, float]
     return raised, evidence
 
 
+# ---------------------------------------------------------------- query-claim signs
+# Run for a scores claim only: Square (the threat model's norm) at MASKING_QUERIES queries.
+
+
+def _square(c: CheckContext) -> str:
+    return f"{'Square' if c.linf else 'Square-L2'}@q{MASKING_QUERIES}"
+
+
+def _answers(model: nn.Module, x: torch.Tensor, *, alone: bool) -> torch.Tensor:
+    with torch.no_grad():
+        if alone:
+            return torch.cat([F.softmax(model(x[i:i + 1]), dim=1) for i in range(len(x))])
+        return F.softmax(model(x), dim=1)
+
+
+@register_check(claim=Access.SCORES)
+def batch_dependent_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
+    """A point's answer is a function of the point alone: asked alone, inside its batch and
+    inside the batch reversed, its top-1 class stays (probabilities may move a little: the
+    evidence says how much). Raised when the class moves for more than MASKING_GAP of the
+    points: the label a user gets then depends on who else asked."""
+    x = c.x[: c.batch_size]
+    alone = _answers(c.model, x, alone=True)
+    batch = _answers(c.model, x, alone=False)
+    flipped = _answers(c.model, x.flip(0), alone=False).flip(0)
+    change = max(float((alone - other).abs().sum(1).mean()) / 2 for other in (batch, flipped))
+    flips = max(float((alone.argmax(1) != other.argmax(1)).float().mean())
+                for other in (batch, flipped))
+    c.batch_dependent = change > 1e-4
+    return flips > MASKING_GAP, {"batch_prob_change": change, "batch_top1_flips": flips}
+
+
+def _plain_query(c: CheckContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain Square's examples of the clean-correct points, and which stayed correct."""
+    if "_plain_query" not in c.__dict__:
+        attack = c.attack(_square(c))
+        index = c.correct.nonzero().flatten()
+        x_adv = torch.cat([attack(c.x[b], c.y[b]) for b in index.split(c.batch_size)]) \
+            if len(index) else c.x[:0]
+        with torch.no_grad():
+            robust = c.model(x_adv).argmax(1) == c.y[index] if len(index) else index.bool()
+        c.results["plain_query"] = float(robust.sum()) / len(c.y)
+        c.__dict__["_plain_query"] = (x_adv, robust)
+    return c.__dict__["_plain_query"]
+
+
+@register_check(claim=Access.SCORES)
+def adaptive_query_beats_plain(c: CheckContext) -> tuple[bool, dict[str, float]]:
+    """The same Square at the same query budget, asked adaptively, beats the plain one: each
+    query answered with the mean of MASKING_REPEATS (a randomised model), each point asked
+    alone (a batch-dependent one). On a deterministic model that answers every point alone
+    as in a batch both equal the plain attack (or are weaker), so they are not run."""
+    _plain_query(c)
+    plain = c.results["plain_query"]
+    evidence = {"plain_query_acc": plain}
+    variants = ([Adaptive(repeats=MASKING_REPEATS)] if c.randomized else []) + (
+        [Adaptive(single_point=True)] if c.batch_dependent else [])
+    if c.randomized and c.batch_dependent:
+        variants.append(Adaptive(repeats=MASKING_REPEATS, single_point=True))
+    for adaptive in variants:
+        key = f"query_{adaptive.name.replace('+', '_')}"
+        evidence[f"{key}_acc"] = c.accuracy(key, partial(c.attack, _square(c),
+                                                         adaptive=adaptive))
+    best = min(evidence.values())
+    evidence["adaptive_query_acc"] = best
+    return best < plain - MASKING_GAP, evidence
+
+
+@register_check(claim=Access.SCORES)
+def repeated_queries_reveal_label(c: CheckContext) -> tuple[bool, dict[str, float]]:
+    """The points the plain Square left correct, asked MASKING_REPEATS more times: if some
+    answer is wrong for more than MASKING_GAP of the points, their robustness was the luck of
+    one draw (an attacker who asks again gets the wrong label)."""
+    x_adv, robust = _plain_query(c)
+    survivors = x_adv[robust]
+    if not len(survivors):
+        return False, {"repeat_wrong_share": 0.0}
+    labels = c.y[c.correct.nonzero().flatten()][robust]
+    with torch.no_grad():
+        wrong = torch.stack([c.model(survivors).argmax(1) != labels
+                             for _ in range(MASKING_REPEATS)]).any(0)
+    share = float(wrong.float().mean()) * len(survivors) / len(c.y)
+    return share > MASKING_GAP, {"repeat_wrong_share": share}
+
+
 # ---------------------------------------------------------------- the whole checklist
 
 
@@ -354,10 +460,16 @@ class MaskingReport:
     def masked(self) -> bool:
         return bool(self.masking)
 
+    def invalidated(self, claim: Access) -> tuple[str, ...]:
+        """The raised flags that invalidate a claim of `claim` access."""
+        return tuple(n for n in self.masking if check_claim(n) == claim)
+
     def metrics(self, prefix: str = MASKING) -> dict[str, float]:
         out = {f"{prefix}/{name}": float(raised) for name, raised in self.flags.items()}
         out.update({f"{prefix}/evidence/{k}": v for k, v in self.evidence.items()})
         out[f"{prefix}/any"] = float(self.masked)
+        out.update({masking_claim_key(claim): float(bool(self.invalidated(claim)))
+                    for claim in (Access.WHITE_BOX, Access.SCORES)})
         out.update({time_key(prefix, name): s for name, s in self.seconds.items()})
         return out
 
@@ -377,14 +489,16 @@ def raised_flags(metrics: Mapping[str, Any], *, informational: bool = False
 def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                        *, num_classes: int, surrogate: nn.Module | None = None,
                        batch_size: int = 256, seed: int = 0, quick: bool = False,
-                       attacks: Sequence[str] = ()) -> MaskingReport:
+                       attacks: Sequence[str] = (), claim: Access = Access.WHITE_BOX
+                       ) -> MaskingReport:
     """Runs the registered checks (randomness first: it decides whether the others use EOT).
 
     `quick` runs only the cheap ones (PGD-10 at most), the set a trial runs at every
     evaluation so the search sees masking from its first report. For a DefendedModel with a
     test-time module (UniG), the same model without it is the base for the adaptive check.
     `attacks`: the trial's attacks; each non-Lp family among them (at the first level named)
-    is checked against random search.
+    is checked against random search. The query checks run for a scores `claim` only (the
+    white-box checks always run: their flags are reported whatever the claim).
     """
     if threat.norm not in (Norm.LINF, Norm.L2):
         raise ConfigError(f"masking checks need a Linf or L2 threat model, got {threat.norm}")
@@ -402,7 +516,8 @@ def run_masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     flags: dict[str, bool] = {}
     evidence: dict[str, float] = {}
     order = ["randomized"] + [n for n in list_checks()
-                              if n != "randomized" and (_CHECKS.get(n).quick or not quick)]
+                              if n != "randomized" and (_CHECKS.get(n).quick or not quick)
+                              and _CHECKS.get(n).claim in (Access.WHITE_BOX, claim)]
     seconds: dict[str, float] = {}
     for name in order:
         start = time.perf_counter()

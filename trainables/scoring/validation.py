@@ -23,6 +23,7 @@ from trainables.scoring.evaluate import (
     transfer_masks,
 )
 from trainables.scoring.masking import run_masking_checks
+from trainables.scoring.served import output_change
 from trainables.setting.prepare import Shared
 from trainables.vocab import (
     CLEAN_ACC,
@@ -102,6 +103,9 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
         metrics, masks = evaluate_groups(model, x, y, groups, split=Split.VAL,
                                          batch_size=config.eval_batch_size, seed=config.seed)
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
+    teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
+    metrics.update(output_change(model, teacher, x, split=Split.VAL,
+                                 batch_size=config.eval_batch_size)[0])
     heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
                if name.startswith(f"{Group.HELDOUT}/")}
     points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
@@ -120,6 +124,7 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                                         num_classes=setup.info.num_classes,
                                         surrogate=surrogate, batch_size=config.eval_batch_size,
                                         seed=config.seed, quick=not final,
-                                        attacks=(*config.pool, *config.heldout))
+                                        attacks=(*config.pool, *config.heldout),
+                                        claim=config.access)
         metrics.update(report.metrics(MASKING))
     return metrics, points
