@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from trainables.attacks import attack_spec, build_attack, check_attack_fits, list_families
+from trainables.attacks.specs import CORRUPTIONS, PERCEPTUAL
 from trainables.attacks.threat import ThreatModel
 from trainables.attacks.unforeseen import FAMILIES, TransformAttack, warp
 from trainables.defense.models import DefendedModel
@@ -35,9 +36,10 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 
 def test_at_least_eight_families_each_with_a_gradient_free_companion() -> None:
-    families = list_families()
+    families = list(CORRUPTIONS)
     assert len(families) >= 8
     assert set(families) == set(FAMILIES)
+    assert set(list_families()) == {*families, PERCEPTUAL}  # the other non-Lp threat model
     for family in families:
         assert attack_spec(f"{family}@medium").kind == "transform"
         companion = attack_spec(f"{family}-RS@medium")
@@ -46,7 +48,7 @@ def test_at_least_eight_families_each_with_a_gradient_free_companion() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list_families())
+@pytest.mark.parametrize("family", list(CORRUPTIONS))
 def test_family_budget_range_determinism_and_strength(
         family: str, digits_model: DefendedModel, mnist_model: DefendedModel) -> None:
     model, x, y, threat = _standard(family, digits_model, mnist_model)
@@ -71,7 +73,7 @@ def test_family_budget_range_determinism_and_strength(
     assert clean - robust >= 0.30, f"{name}: clean {clean:.3f}, attacked {robust:.3f}"
 
 
-@pytest.mark.parametrize("family", list_families())
+@pytest.mark.parametrize("family", list(CORRUPTIONS))
 def test_a_success_outside_the_budget_does_not_count(family: str, digits_model: DefendedModel
                                                     ) -> None:
     x, y = digits_model.val_x[:16], digits_model.val_y[:16]  # type: ignore[attr-defined]
