@@ -26,3 +26,31 @@ def test_autoattack_is_the_official_code_and_its_dynamic_check_starts_clean(
     assert version == "standard" and robust.dtype == torch.bool and len(robust) == 8
     assert not any("dynamic" in note for note in notes), notes
     assert pyautoattack.AutoAttack.__module__ == "pyautoattack.autoattack"
+
+
+def test_the_adaptive_union_attacks_only_points_still_standing(
+        digits_model: DefendedModel, smoke_shared: Shared, smoke_space: object) -> None:
+    """Early exit: a point the plain attack already broke is not attacked again by BPDA or the
+    module-free attack; the union is what attacking every point and AND-ing would give, up to
+    the attacks' randomness (the random starts of fewer points), which this bounds."""
+    from trainables.attacks import build_attack
+    from trainables.scoring.evaluate import clean_correct, evaluate_groups, robust_mask
+    from trainables.scoring.final import _adaptive
+    from trainables.scoring.masking import StraightThrough
+
+    config = smoke_space.trial_config(heldout=["PGDL2"], eval_batch_size=64)  # type: ignore[attr-defined]
+    model = DefendedModel(digits_model.encoder, digits_model.head, UniG("per_sample")).eval()
+    x, y = digits_model.val_x[:96], digits_model.val_y[:96]  # type: ignore[index]
+    threat = smoke_shared.setup.threat
+    plain = build_attack("PGDL2", model, threat, num_classes=10, strength=2.0, seed=0)
+    _, masks = evaluate_groups(model, x, y, {"heldout": [plain]}, split="test",
+                               batch_size=64, seed=0)
+    early = _adaptive(model, config, smoke_shared, x, y, masks, 2.0)["PGDL2"]
+    assert not (early & ~masks["heldout/PGDL2"]).any()  # never more robust than plain
+    base = DefendedModel(digits_model.encoder, digits_model.head).eval()
+    full = masks["heldout/PGDL2"].clone()
+    correct = clean_correct(model, x, y, 64)
+    for via in (StraightThrough(model, base), base):
+        attack = build_attack("PGDL2", via, threat, num_classes=10, strength=2.0, seed=0)
+        full &= robust_mask(model, attack, x, y, correct, batch_size=64, seed=0)
+    assert abs(early.float().mean() - full.float().mean()) <= 0.08

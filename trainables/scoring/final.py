@@ -107,11 +107,12 @@ def autoattack_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
               y: torch.Tensor, plain: dict[str, torch.Tensor], strength: float
               ) -> dict[str, torch.Tensor]:
-    """Gradient-based held-out attacks through BPDA and on the model without UniG."""
+    """Gradient-based held-out attacks through BPDA and on the model without UniG, AND-ed
+    with the plain attack: a point one of them already broke is not attacked again (its
+    union is decided; early exit), the others are judged on the defended model."""
     base = DefendedModel(model.encoder, model.head).eval()
     surrogates: dict[str, torch.nn.Module] = {"bpda": StraightThrough(model, base),
                                               "module_free": base}
-    correct = clean_correct(model, x, y, config.eval_batch_size)
     masks = {}
     for name in config.heldout:
         if not attack_spec(name).gradient_based:
@@ -121,8 +122,8 @@ def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torc
             crafted = build_attack(name, via, shared.setup.threat,
                                    num_classes=shared.setup.info.num_classes, strength=strength,
                                    seed=config.seed)  # judged on the defended model
-            mask &= robust_mask(model, crafted, x, y, correct, batch_size=config.eval_batch_size,
-                                seed=config.seed)
+            mask = robust_mask(model, crafted, x, y, mask, batch_size=config.eval_batch_size,
+                               seed=config.seed)
         masks[name] = mask
     return masks
 
