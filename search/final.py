@@ -100,6 +100,7 @@ COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
            ("output change", group_metric(Split.TEST, Group.OUTPUT, Stat.PROB_CHANGE)),
            ("top-1 agreement", group_metric(Split.TEST, Group.OUTPUT, Stat.TOP1_AGREEMENT)))
 SEALED_MEAN = COLUMNS[3][1]
+AUTOATTACK = group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)
 
 
 @dataclass
@@ -247,10 +248,13 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
 
 
 def _times(metrics: Mapping[str, float]) -> str:
+    """What a task cost, and what AutoAttack's share bought: its interval's half-width."""
     trained = metrics.get(TIME_TRAIN, 0.0)
+    low, high = metrics.get(low_key(AUTOATTACK)), metrics.get(high_key(AUTOATTACK))
+    width = f" for +-{(high - low) / 2:.3f}" if low is not None and high is not None else ""
     return (f"{'trained in ' + format(trained, '.0f') + 's' if trained >= 1 else 'model reused'}"
             f", evaluated in {metrics.get(TIME_FINAL, 0.0):.0f}s, AutoAttack "
-            f"{metrics.get(TIME_AUTOATTACK, 0.0):.0f}s of it")
+            f"{metrics.get(TIME_AUTOATTACK, 0.0):.0f}s of it{width}")
 
 
 # ---------------------------------------------------------------- the stage
