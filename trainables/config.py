@@ -173,8 +173,8 @@ class TrialConfig:
                                low=0, high=10_000_000)
     test_samples: int = _value(0, "test points of the final evaluation; 0 = all",
                                low=0, high=10_000_000)
-    autoattack_samples: int = _value(0, "of those, the first ones AutoAttack runs on (its cost "
-                                     "dominates a final evaluation); 0 = all",
+    autoattack_samples: int = _value(0, "of those, how many AutoAttack runs on, a block per seed "
+                                     "(its cost dominates a final evaluation); 0 = all",
                                      low=0, high=10_000_000)
     eval_batch_size: int = _value(256, "evaluation batch size", low=2, high=100000)
     masking_samples: int = _value(

@@ -54,3 +54,16 @@ def test_the_adaptive_union_attacks_only_points_still_standing(
         attack = build_attack("PGDL2", via, threat, num_classes=10, strength=2.0, seed=0)
         full &= robust_mask(model, attack, x, y, correct, batch_size=64, seed=0)
     assert abs(early.float().mean() - full.float().mean()) <= 0.08
+
+
+def test_each_seed_runs_autoattack_on_its_own_block_of_points() -> None:
+    from trainables.config import TrialConfig
+    from trainables.scoring.final import autoattack_points
+
+    blocks = [autoattack_points(TrialConfig(seed=s, autoattack_samples=100), 449)
+              for s in (0, 1, 2)]
+    assert [(b.start, b.stop) for b in blocks] == [(0, 100), (100, 200), (200, 300)]
+    for seed in range(50):  # always a whole block inside the points
+        block = autoattack_points(TrialConfig(seed=seed, autoattack_samples=100), 449)
+        assert 0 <= block.start and block.stop <= 449 and block.stop - block.start == 100
+    assert autoattack_points(TrialConfig(seed=7, autoattack_samples=0), 64) == slice(0, 64)
