@@ -205,6 +205,19 @@ def main() -> None:
               f"{'n/a (no NVIDIA GPU)' if busy is None else format(busy, '.0%')}", flush=True)
     print(f"cost model ({device}; paper sizes from the space):")
     print("\n".join(cost_model(space, metrics, args.points)))
+    if not device.startswith("cuda"):
+        print("\n".join(WHAT_A_GPU_RUN_FILLS_IN))
+
+
+# What this bench prints only on a GPU, and where the README puts it (say so when run without)
+WHAT_A_GPU_RUN_FILLS_IN = (
+    "not measured without a GPU (run `python bench/gpu.py` on one to fill in):",
+    "  - training images/s and evaluation ms/point of a paper trial on the GPU (README: Speed, "
+    "GPU);",
+    "  - nvidia-smi's busy fraction with 1, 2 and 4 trials sharing the GPU, and the total "
+    "images/s, i.e. which --gpus-per-trial keeps it >= 80% busy;",
+    "  - GPU-hours per paper trial and per paper search (the cost model above, with GPU rates).",
+)
 
 
 if __name__ == "__main__":
