@@ -65,5 +65,5 @@ def test_each_seed_runs_autoattack_on_its_own_block_of_points() -> None:
     assert [(b.start, b.stop) for b in blocks] == [(0, 100), (100, 200), (200, 300)]
     for seed in range(50):  # always a whole block inside the points
         block = autoattack_points(TrialConfig(seed=seed, autoattack_samples=100), 449)
-        assert 0 <= block.start and block.stop <= 449 and block.stop - block.start == 100
+        assert block.start >= 0 and block.stop <= 449 and block.stop - block.start == 100
     assert autoattack_points(TrialConfig(seed=7, autoattack_samples=0), 64) == slice(0, 64)
