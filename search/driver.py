@@ -29,6 +29,7 @@ from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.tuner import build_tuner, fail_orphans, restore_tuner
+from search.ui import publish_view, runs_url
 from search.vocab import (
     ARTIFACT,
     TAG,
@@ -38,6 +39,7 @@ from search.vocab import (
     phase_key,
     trials_key,
 )
+from spaces import Mode
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     CLEAN_ACC,
@@ -311,8 +313,10 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     clock.lap("report")
     for phase, seconds in clock.laps.items():
         client.log_metric(parent_id, phase_key(phase), seconds)
+    key = publish_view(client, experiment_id, search=plan.name, parent_id=parent_id,
+                       objective=plan.raw_objective, ascending=plan.mode == Mode.MIN)
     client.set_terminated(parent_id, "FINISHED")
-    _print_where(plan, best, model, out, plots)
+    _print_where(plan, best, model, out, plots, runs_url(plan.mlflow_uri, experiment_id, key))
     if report is not None:
         print("\nfinal comparison (test split; the table is also on the MLflow parent run as "
               f"{ARTIFACT.FINAL_TABLE}):\n{report.markdown()}")
@@ -331,7 +335,7 @@ def _export_best_model(results: Any, best: Entry, out: Path) -> Path | None:
 
 
 def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
-                 plots: list[Path]) -> None:
+                 plots: list[Path], view_url: str) -> None:
     heldout = {stat: best.value(group_metric(Split.VAL, Group.HELDOUT, stat))
                for stat in GROUP_STATS}
     print(f"\nbest trial   {best.name}: held-out mean {heldout[Stat.MEAN]:.3f}, worst "
@@ -344,8 +348,7 @@ def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
     print(f"leaderboard  {out / ARTIFACT.LEADERBOARD}")
     print(f"report       {', '.join(p.name for p in plots)} in {out / 'report'}")
     print(f"optuna       {plan.optuna_storage} (study {plan.name})")
-    print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}   "
-          f"(experiment {plan.experiment!r}, parent run {plan.name!r})"
-          if not plan.mlflow_uri.startswith("http") else
-          f"mlflow       {plan.mlflow_uri}  (experiment {plan.experiment!r}, parent run "
-          f"{plan.name!r})")
+    if not plan.mlflow_uri.startswith("http"):
+        print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}, then open")
+    print(f"mlflow       {view_url}\n             (experiment {plan.experiment!r}: this "
+          "search's trials, best objective first; the view is in the runs page's Views menu)")
