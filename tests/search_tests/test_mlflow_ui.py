@@ -54,8 +54,9 @@ def test_default_url_opens_genai_overview_and_printed_url_opens_the_search(
         printed_text, rows = page_text(driver), _rows(driver, list(names))
     finally:
         driver.quit()
-    # the default URL: the GenAI Overview, with the switch on GenAI, and no trial of the search
-    assert default_route.split("?")[0].endswith(f"/experiments/{experiment_id}/overview")
+    # the default URL: the GenAI Overview (its first sub-tab), the switch on GenAI, and no
+    # trial of the search
+    assert f"/experiments/{experiment_id}/overview" in default_route.split("?")[0]
     assert "GenAI" in default_text and "Model training" in default_text
     assert not any(name in default_text for name in names)
     # the printed URL: this search's view, its trials only, sorted, with the useful columns

@@ -49,7 +49,7 @@ def test_the_dashboard_shows_the_study_and_its_trials(smoke_search: FinishedSear
     proc, base = _serve(storage, tmp_path / "dashboard.log")
     try:
         with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as reply:
-            studies = json.loads(reply.read())["studies"]
+            studies = json.loads(reply.read())["study_summaries"]
         study_id = next(s["study_id"] for s in studies if s["study_name"] == smoke_search.name)
         driver = chromium(tmp_path / "profile", size="1600,1400")
         try:
