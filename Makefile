@@ -6,23 +6,30 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-fast lint clean
+.PHONY: install install-test system-deps demo test test-fast lint clean
 # Root runs apt-get directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# What running needs (`make demo`, every node of a cluster); install-test adds what testing
+# and linting need (`make test`, `make lint`).
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	# torchattacks pins requests~=2.25.1 and requires torchvision, neither used at run time.
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	# The official AutoAttack (Croce & Hein's code) for the sealed evaluation; no deps declared.
 	$(BIN)/pip install -q --no-deps pyautoattack==0.2.0
 	# The adversarial-robustness-toolbox's query attacks (SimBA); its other deps are ours.
 	$(BIN)/pip install -q --no-deps adversarial-robustness-toolbox==1.20.1
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 demo: install
@@ -36,13 +43,13 @@ system-deps:
 		|| ($(SUDO) apt-get update -qq \
 		    && $(SUDO) apt-get install -y -qq chromium chromium-driver iproute2 util-linux)
 
-test: install system-deps
+test: install-test system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install-test
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 
 from search.cluster import REMOTE_SCHEMES, alive_nodes, check_cluster
+from search.exports import code_commit, export_model
 from search.final import (
     FinalReport,
     candidates_of,
@@ -30,6 +30,7 @@ from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.tracking import MlflowTrialLogger, open_experiment
 from search.tuner import build_tuner, fail_orphans, restore_tuner
+from search.ui import publish_view, runs_url
 from search.vocab import (
     ARTIFACT,
     TAG,
@@ -40,6 +41,7 @@ from search.vocab import (
     trials_key,
 )
 from search.warmstart import seed_study
+from spaces import Mode
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     CLEAN_ACC,
@@ -54,16 +56,6 @@ from trainables.vocab import (
 
 __all__ = ["run_search"]
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
 
 def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bool) -> str:
     if resume:
@@ -74,7 +66,7 @@ def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bo
             return found[0].info.run_id
     space, config = plan.space, plan.space.trial_config()
     tags = {TAG.SEARCH_NAME: plan.name, TAG.SPACE: space.name, TAG.DATASET: config.dataset,
-            TAG.THREAT_MODEL: space.setup().threat.describe(), TAG.GIT_COMMIT: _git_commit(),
+            TAG.THREAT_MODEL: space.setup().threat.describe(), TAG.GIT_COMMIT: code_commit(),
             TAG.HELDOUT: "+".join(config.heldout), TAG.SEALED: "+".join(config.sealed) or "-",
             TAG.POOL: "+".join(space.pool.candidates)}
     run = client.create_run(experiment_id, run_name=plan.name, tags=tags)
@@ -317,18 +309,21 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
         value = best.value(key)
         if value is not None:
             client.log_metric(parent_id, best_key(key), value)
-    model = _export_best_model(results, best, out)
-    if model is not None:
-        client.log_artifact(parent_id, str(model), "best")
-        client.log_artifact(best.run_id, str(model))
+    exported = _export_best_model(results, best, out, space, report)
+    for path in exported:  # the model and its card
+        client.log_artifact(parent_id, str(path), "best")
+        client.log_artifact(best.run_id, str(path))
+    model = exported[0] if exported else None
     plots = write_plots(entries, out / "report", objective=plan.raw_objective, space=space)
     for path in plots:
         client.log_artifact(parent_id, str(path), "report")
     clock.lap("report")
     for phase, seconds in clock.laps.items():
         client.log_metric(parent_id, phase_key(phase), seconds)
+    key = publish_view(client, experiment_id, search=plan.name, parent_id=parent_id,
+                       objective=plan.raw_objective, ascending=plan.mode == Mode.MIN)
     client.set_terminated(parent_id, "FINISHED")
-    _print_where(plan, best, model, out, plots)
+    _print_where(plan, best, model, out, plots, runs_url(plan.mlflow_uri, experiment_id, key))
     if report is not None:
         print("\nfinal comparison (test split; the table is also on the MLflow parent run as "
               f"{ARTIFACT.FINAL_TABLE}):\n{report.markdown()}")
@@ -336,18 +331,21 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     return 0
 
 
-def _export_best_model(results: Any, best: Entry, out: Path) -> Path | None:
+def _export_best_model(results: Any, best: Entry, out: Path, space: Any,
+                       report: FinalReport | None) -> list[Path]:
+    """best_model.pt and its card (with the final comparison's numbers of this very model,
+    when it was one of the compared)."""
     payload = model_file(results, best.trial_id)
     if payload is None:
         print(f"note: the best trial's final checkpoint holds no model file ({best.trial_id})")
-        return None
-    target = out / ARTIFACT.BEST_MODEL
-    target.write_bytes(payload)
-    return target
+        return []
+    return export_model(payload, out / ARTIFACT.BEST_MODEL, name=best.name.split()[0],
+                        space=space, out=out,
+                        final=report.facts_of_run(best.run_id) if report else None)
 
 
 def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
-                 plots: list[Path]) -> None:
+                 plots: list[Path], view_url: str) -> None:
     heldout = {stat: best.value(group_metric(Split.VAL, Group.HELDOUT, stat))
                for stat in GROUP_STATS}
     print(f"\nbest trial   {best.name}: held-out mean {heldout[Stat.MEAN]:.3f}, worst "
@@ -356,12 +354,12 @@ def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
     print(f"best recipe  {out / ARTIFACT.BEST_CONFIG}  (pass it to --space, here or to "
           "python -m search.trial)")
     if model is not None:
-        print(f"best model   {model}  (trainables.load_defended_model)")
+        print(f"best model   {model}  (trainables.load_defended_model; its card: "
+              f"{model.with_suffix('.card.md').name}, .card.json)")
     print(f"leaderboard  {out / ARTIFACT.LEADERBOARD}")
     print(f"report       {', '.join(p.name for p in plots)} in {out / 'report'}")
     print(f"optuna       {plan.optuna_storage} (study {plan.name})")
-    print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}   "
-          f"(experiment {plan.experiment!r}, parent run {plan.name!r})"
-          if not plan.mlflow_uri.startswith("http") else
-          f"mlflow       {plan.mlflow_uri}  (experiment {plan.experiment!r}, parent run "
-          f"{plan.name!r})")
+    if not plan.mlflow_uri.startswith("http"):
+        print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}, then open")
+    print(f"mlflow       {view_url}\n             (experiment {plan.experiment!r}: this "
+          "search's trials, best objective first; the view is in the runs page's Views menu)")

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from search.card import FinalFacts
 from search.cli import Parser, run_cli
+from search.exports import export_model
 from search.leaderboard import Entry
 from search.records import (
     SearchInfo,
@@ -55,7 +57,7 @@ from search.vocab import (
 )
 from spaces import Space, TrialRecord
 from trainables.defense.baselines import BASELINES
-from trainables.defense.export import load_defended_model
+from trainables.defense.export import load_defended_model, save_defended_model
 from trainables.errors import ConfigError
 from trainables.scoring.final import Evaluation, final_evaluation
 from trainables.scoring.masking import check_claim
@@ -101,6 +103,7 @@ COLUMNS = (("clean", group_metric(Split.TEST, Group.CLEAN, Stat.ACC)),
            ("top-1 agreement", group_metric(Split.TEST, Group.OUTPUT, Stat.TOP1_AGREEMENT)))
 SEALED_MEAN = COLUMNS[3][1]
 AUTOATTACK = group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)
+FINAL_MODELS = "final"  # <search>/final/<recipe>/model.pt: each recipe's seed-0 model and card
 
 
 @dataclass
@@ -131,6 +134,20 @@ class FinalReport:
     @property
     def best(self) -> Candidate | None:
         return next((c for c in self.candidates if not c.baseline), None)
+
+    def facts_of(self, candidate: Candidate) -> FinalFacts:
+        """What a model card says of `candidate`'s seed-0 model and of its recipe."""
+        own = candidate.evaluations.get(self.seeds[0])
+        clean = own.points.get(COLUMNS[0][1]) if own is not None else None
+        means = {t: i for t, m in COLUMNS if (i := candidate.interval(m)) is not None}
+        return FinalFacts(own.metrics if own else None,
+                          None if clean is None else len(clean), means, self.seeds)
+
+    def facts_of_run(self, run_id: str) -> FinalFacts | None:
+        """The same for the candidate of a search's run (its seed-0 model is the run's own
+        when the run completed)."""
+        found = next((c for c in self.candidates if c.run_id == run_id), None)
+        return None if found is None else self.facts_of(found)
 
     def verdict(self, baseline: str) -> str:
         """Whether the best recipe beats `baseline` on the sealed mean, significantly."""
@@ -224,9 +241,9 @@ def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
 
 
 def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, strength: float,
-              threads: int) -> Evaluation:
+              threads: int, keep: bool) -> tuple[Evaluation, bytes | None]:
     """A Ray task: train the recipe with its record's seed (unless its model is given), then
-    its final evaluation."""
+    its final evaluation; the model trained here too if `keep` (a file's bytes)."""
     from search.trainable import assigned_device
     from trainables.train import run_trial
 
@@ -244,7 +261,15 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     trained = time.perf_counter() - start
     evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
     evaluation.metrics[TIME_TRAIN] = trained
-    return evaluation
+    if not keep or payload is not None:
+        return evaluation, None
+    with tempfile.TemporaryDirectory() as folder:
+        setup, path = shared.setup, Path(folder) / ARTIFACT.MODEL
+        save_defended_model(path, model, arch=setup.arch, image_shape=setup.info.image_shape,
+                            num_classes=setup.info.num_classes,
+                            info={**record.to_dict(), "metrics": evaluation.metrics,
+                                  "threat_model": setup.threat.to_dict()})
+        return evaluation, path.read_bytes()
 
 
 def _times(metrics: Mapping[str, float]) -> str:
@@ -311,9 +336,10 @@ class Tasks:
         self.threads = max(1, int(resources.get("cpu", 1)))
         self.shared_ref, self.strength = ray.put(shared), strength
 
-    def submit(self, record: TrialRecord, payload: bytes | None) -> Any:
+    def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool) -> Any:
+        """`keep`: return the model trained too (seed 0's, exported with its card)."""
         return self.task.options(**self.options).remote(self.shared_ref, record, payload,
-                                                        self.strength, self.threads)
+                                                        self.strength, self.threads, keep)
 
 
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
@@ -328,6 +354,12 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
     if out is not None:
         (out / ARTIFACT.FINAL_TABLE).write_text(report.markdown() + "\n")
         (out / ARTIFACT.FINAL_CSV).write_text(report.csv())
+        for c in report.candidates:  # seed 0's model of every recipe, with its card
+            if c.model is not None:
+                for path in export_model(c.model, out / FINAL_MODELS / c.label / ARTIFACT.MODEL,
+                                         name=c.label, space=space, out=out,
+                                         final=report.facts_of(c)):
+                    client.log_artifact(parent_id, str(path), f"{FINAL_MODELS}/{c.label}")
     print("\n" + report.markdown(), flush=True)
     _log_report(report, client, parent_id)
     return report
@@ -347,7 +379,7 @@ def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mappin
             ref = started.get((candidate.label, seed)) if candidate.baseline else None
             if ref is None:
                 ref = tasks.submit(candidate.record.with_config(seed=seed),
-                                   candidate.model if index == 0 else None)
+                                   candidate.model if index == 0 else None, keep=index == 0)
             pending[ref] = (candidate, seed)
     early = sum(1 for c in candidates for s in seeds if c.baseline and (c.label, s) in started)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
@@ -357,7 +389,8 @@ def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mappin
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         candidate, seed = pending.pop(done[0])
-        candidate.evaluations[seed] = ray.get(done[0])
+        candidate.evaluations[seed], trained = ray.get(done[0])
+        candidate.model = candidate.model or trained  # seed 0's, kept beside its card
         metrics = candidate.evaluations[seed].metrics
         print(f"final: {candidate.label} seed {seed}: " + ", ".join(
             f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics)

@@ -50,7 +50,8 @@ class HeadStart(Callback):
             key = (record.baseline, seed)
             if key not in self.started:
                 self.started[key] = self._tasks.submit(
-                    record.with_config(seed=seed), payload if index == 0 else None)
+                    record.with_config(seed=seed), payload if index == 0 else None,
+                    keep=index == 0)
         print(f"final: {record.baseline}'s {len(self.seeds)} seeds started while the search "
               "runs", flush=True)
 

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from search.cli import Parser, run_cli
 from search.leaderboard import COLUMNS, Entry, format_table, to_csv
@@ -28,18 +29,26 @@ from spaces import INACTIVE, Mode, Space
 from trainables.errors import ConfigError
 from trainables.vocab import CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat
 
-__all__ = ["heat_map", "importance_plot", "main", "pareto_plot"]
+__all__ = ["heat_map", "importance_plot", "main", "pareto_figure", "pareto_plot"]
 
 HELDOUT, CLEAN = HELDOUT_MEAN, CLEAN_ACC
 
 
 def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
+    """Clean vs held-out accuracy, one dot per trial (see `pareto_figure`), as a PNG."""
+    fig = pareto_figure(entries)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(entries: Sequence[Entry]) -> Figure:
     """Clean vs held-out accuracy, one dot per trial; flags crossed out; the Pareto front of
     the trials that passed the masking checks (a flagged trial's robustness is not real).
 
-    Only the front and the baselines are labelled, labels at one spot stacked, and the front
-    drawn over the dots: validation accuracies come in steps of 1/n, so many trials share a
-    clean accuracy and would otherwise print over each other and over the front.
+    Only the front and the baselines are labelled, and the front is drawn over the dots:
+    validation accuracies come in steps of 1/n, so many trials share a spot; their labels are
+    placed where no other label is (`_place_labels`).
     """
     points = [(clean, heldout, e) for e in entries if (clean := e.value(CLEAN)) is not None
               and (heldout := e.value(HELDOUT)) is not None]
@@ -63,14 +72,6 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:orange", lw=1.8,
                 marker="o", markersize=7, markerfacecolor="none", zorder=4,
                 label="Pareto front (unflagged trials)")
-    labelled = front + [p for p in points if p[2].baseline]
-    stacked: dict[tuple[float, float], int] = {}
-    for clean, heldout, entry in labelled:
-        spot = (round(clean, 2), round(heldout, 2))
-        row = stacked[spot] = stacked.get(spot, -1) + 1
-        label = entry.baseline or entry.name.split()[0]
-        ax.annotate(label, (clean, heldout), fontsize=7, xytext=(5, 3 + 9 * row),
-                    textcoords="offset points", zorder=5)
     ax.scatter([], [], marker="x", color="tab:red", label="masking flag raised")
     ax.scatter([], [], marker="o", color="lightsteelblue", label="stopped early by ASHA")
     ax.scatter([], [], marker="s", color="tab:green", label="baseline")
@@ -79,10 +80,41 @@ def pareto_plot(entries: Sequence[Entry], path: Path) -> Path:
     ax.set_title("Clean vs held-out robustness")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.tight_layout()  # first: the labels are placed in the final layout's display space
+    _place_labels(ax, [(c, h, e.baseline or e.name.split()[0])
+                       for c, h, e in front + [p for p in points if p[2].baseline]])
+    return fig
+
+
+# Where a label may go, in points from its dot: right of it, then rows above and below, then
+# the same on the left. A label takes the first spot that overlaps no label placed before and
+# stays inside the axes; failing that, the first free spot; a dot crowded beyond every spot
+# keeps the last one.
+_ROWS = (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
+_SPOTS = tuple((side, 3 + 10 * row) for side in (5, -5) for row in _ROWS)
+
+
+def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]]) -> None:
+    """Annotates each (x, y, text) at a spot where its box (the renderer's own extent of the
+    text) overlaps no box placed before."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list[Any] = []
+    for x, y, text in labels:
+        boxes = []
+        for dx, dy in _SPOTS:
+            note = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy),
+                               textcoords="offset points", zorder=5,
+                               ha="left" if dx > 0 else "right")
+            boxes.append(note.get_window_extent(renderer).padded(1))
+            note.remove()
+        free = [i for i, box in enumerate(boxes) if not any(box.overlaps(o) for o in placed)]
+        inside = [i for i in free if ax.bbox.containsx(boxes[i].x0) and ax.bbox.containsx(
+            boxes[i].x1) and ax.bbox.containsy(boxes[i].y0) and ax.bbox.containsy(boxes[i].y1)]
+        best = (inside or free or [len(_SPOTS) - 1])[0]
+        dx, dy = _SPOTS[best]
+        ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                    zorder=5, ha="left" if dx > 0 else "right")
+        placed.append(boxes[best])
 
 
 def heat_map(entries: Sequence[Entry], path: Path) -> Path:

@@ -47,7 +47,8 @@ __all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
 
-# MLflow 3's UI opens an experiment of this kind on its runs (not on the GenAI overview page)
+# What the experiment is, in MLflow's words. MLflow 3.17's UI does not read it to choose the
+# first page (a browser setting does): search/ui.py saves a view and prints its link.
 EXPERIMENT_KIND = {TAG.EXPERIMENT_KIND: "custom_model_development"}
 
 

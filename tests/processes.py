@@ -77,7 +77,7 @@ def start_mlflow_server(root: Path, *, prefix: tuple[str, ...] = (), port: int |
     uri = f"http://127.0.0.1:{port}"
     probe = [*prefix, sys.executable, "-c",
              f"import urllib.request; urllib.request.urlopen('{uri}/health', timeout=2)"]
-    deadline = time.time() + 90
+    deadline = time.time() + 180
     while subprocess.run(probe, capture_output=True).returncode != 0:
         if proc.poll() is not None or time.time() > deadline:
             stop_process(proc)

@@ -44,7 +44,7 @@ def smoke_search(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     proc = run_module("search.run", "--space", "smoke", "--num-samples", "8",
                       "--sealed-top-k", "1", "--final-seeds", "2", "--mlflow-uri", mlflow_server,
                       "--experiment", "smoke-test", "--storage-path", str(cwd / "ray"),
-                      "--name", "smoke-test", cwd=cwd)
+                      "--name", "smoke-test", cwd=cwd, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("smoke-test")

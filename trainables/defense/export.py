@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,16 @@ from trainables.defense.models import DefendedModel, build_arch
 from trainables.defense.unig import UniG
 from trainables.errors import ModelFileError
 
-__all__ = ["load_defended_model", "save_defended_model"]
+__all__ = ["card_paths", "load_defended_model", "save_defended_model"]
 
 FORMAT = "defense-search/defended-model/1"
+
+
+def card_paths(path: str | Path) -> tuple[Path, Path]:
+    """Where a model's card is kept: beside it, `<stem>.card.md` and `<stem>.card.json`
+    (search/card.py writes them)."""
+    file = Path(path)
+    return file.with_suffix(".card.md"), file.with_suffix(".card.json")
 
 
 def save_defended_model(path: str | Path, model: DefendedModel, *, arch: str,
@@ -39,7 +47,8 @@ def load_defended_model(path: str | Path, *, device: str | torch.device = "cpu"
                         ) -> DefendedModel:
     """Rebuilds a saved defended model: [0,1] images -> logits, UniG included if it had one.
 
-    The saved metadata (trial config, threat model, metrics) is on `model.info`.
+    The saved metadata (trial config, threat model, metrics) is on `model.info`, and the
+    model card beside the file, if there is one, on `model.card` (its JSON; else None).
     """
     file = Path(path)
     if not file.is_file():
@@ -73,4 +82,20 @@ def load_defended_model(path: str | Path, *, device: str | torch.device = "cpu"
     model = DefendedModel(parts.encoder, parts.head, unig).to(device).eval()
     model.requires_grad_(False)
     model.info = payload["info"]
+    model.card = _card(file)
     return model
+
+
+def _card(file: Path) -> dict[str, Any] | None:
+    card = card_paths(file)[1]
+    if not card.is_file():
+        return None
+    try:
+        found = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{card}, the card of {file}, cannot be read as JSON ({err}); "
+                             "restore it or delete it to load the model without a card"
+                             ) from None
+    if not isinstance(found, dict):
+        raise ModelFileError(f"{card}, the card of {file}, is not a JSON object")
+    return found

@@ -154,6 +154,10 @@ class DefendedModel(nn.Module):
     UniG is re-optimised inside every forward call, so attacks see the whole defence.
     """
 
+    # set by load_defended_model: the file's metadata, and the card beside it (or None)
+    info: dict[str, Any]
+    card: dict[str, Any] | None
+
     def __init__(self, encoder: nn.Module, head: ClassifierHead,
                  unig: nn.Module | None = None) -> None:
         super().__init__()
