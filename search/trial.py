@@ -116,8 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         save_defended_model(args.save_model, result.model, arch=setup.arch,
                             image_shape=setup.info.image_shape,
                             num_classes=setup.info.num_classes,
-                            info={**record.to_dict(), "threat_model": setup.threat.to_dict(),
-                                  "metrics": result.metrics, "space": space.name})
+                            info=record.model_info(threat=setup.threat.to_dict(),
+                                                   metrics=result.metrics, space=space.name))
         print(f"defended model written to {args.save_model}")
     return 0
 

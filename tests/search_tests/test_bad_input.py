@@ -249,6 +249,15 @@ def _write(kind: str, path: Path, good: Path) -> None:
         payload = torch.load(good, weights_only=True)
         del payload["head"]
         torch.save(payload, path)
+    elif kind == "missing weight":
+        payload = torch.load(good, weights_only=True)
+        del payload["head"]["trunk.1.weight"]
+        torch.save(payload, path)
+    elif kind == "weight of another shape":
+        payload = torch.load(good, weights_only=True)
+        payload["encoder"] = {k: torch.zeros(3, *v.shape[1:]) if v.dim() else v
+                              for k, v in payload["encoder"].items()}
+        torch.save(payload, path)
     elif kind == "wrong architecture":
         payload = torch.load(good, weights_only=True)
         payload["arch"] = "no_such_arch"
@@ -258,8 +267,24 @@ def _write(kind: str, path: Path, good: Path) -> None:
     # "no file": nothing written
 
 
-BAD_MODELS = ["random bytes", "truncated", "empty file", "pickled module", "a tensor",
-              "wrong class count", "missing key", "wrong architecture", "a folder", "no file"]
+# each kind and what its one line must say (the key and the expected shape, where one is off)
+BAD_MODELS = {
+    "random bytes": "cannot be read as a saved model",
+    "truncated": "cannot be read as a saved model",
+    "empty file": "cannot be read as a saved model",
+    "pickled module": "holds a pickled Python object (torch.nn.modules.linear.Linear), which is "
+                      "refused because loading it would run code",
+    "a tensor": "is not a defended model saved by this project",
+    "wrong class count": "head weight 'out.weight' has shape [10, 200], expected [7, 200] for "
+                         "a small_cnn for images [1, 8, 8] with 7 classes",
+    "missing key": "lacks the key(s) ['head']",
+    "missing weight": "head weight 'trunk.1.weight' is missing (expected shape [200, 256]",
+    "weight of another shape": "encoder weight '0.weight' has shape [3, 1, 3, 3], "
+                               "expected [32, 1, 3, 3]",
+    "wrong architecture": "architecture 'no_such_arch'",
+    "a folder": "is a directory",
+    "no file": "does not exist",
+}
 
 
 @pytest.mark.parametrize("kind", BAD_MODELS)
@@ -275,6 +300,8 @@ def test_a_bad_model_file_is_one_clear_error(tmp_path: Path, kind: str) -> None:
         load_defended_model(bad)
     message = str(caught.value)
     assert "\n" not in message and str(bad) in message
+    assert BAD_MODELS[kind] in message, message
+    assert "weights_only=False" not in message and "\x1b" not in message  # no unsafe advice
 
 
 # ---- a tracking store that does not exist is not created by looking at it
