@@ -26,8 +26,8 @@ KINDS = [*(f"unig={size.value}" for size in UniGSize), *(f"baseline={b}" for b i
 
 def _record(kind: str) -> TrialRecord:
     key, value = kind.split("=")
-    if key == "baseline":
-        return SPACE.baseline_record(value)
+    if key == "baseline":  # held out: a family no baseline trains on (pgd-l2-at takes PGDL2)
+        return SPACE.baseline_record(value, heldout=["Elastic@medium"])
     values = {**SPACE.default_values(), "unig": value}
     record = SPACE.record(values)
     return record if record.config.unig == value else TrialRecord(
