@@ -30,6 +30,16 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("space file missing", RUN, ["--space", "{tmp}/none.yaml"], "does not exist"),
     ("space not YAML", RUN, ["--space", "{bad_yaml}"], "is not valid YAML at line"),
     ("space not a mapping", RUN, ["--space", "{list_yaml}"], "must hold a mapping"),
+    ("space: billion laughs", RUN, ["--space", "{laughs_yaml}"],
+     "expands to more than 100,000 values"),
+    ("space: nested too deep", RUN, ["--space", "{deep_yaml}"], "nests deeper than 32 levels"),
+    ("space: an alias of itself", RUN, ["--space", "{loop_yaml}"], "refers to itself"),
+    ("space: a key given twice", RUN, ["--space", "{twice_yaml}"],
+     "key 'heldout' appears twice (lines 4 and 5)"),
+    ("space: not UTF-8", RUN, ["--space", "{latin1_yaml}"], "is not UTF-8 text (byte 0xe9"),
+    ("space: too large", RUN, ["--space", "{huge_yaml}"], "a space file holds at most"),
+    ("override: a key given twice", RUN, [*S, "--set", "budget={epochs: 1, epochs: 2}"],
+     "key 'epochs' appears twice"),
     ("override without =", RUN, [*S, "--set", "budget.epochs"], "must look like KEY=VALUE"),
     ("override of an unknown key", RUN, [*S, "--set", "budget.epoch=3"], "epoch"),
     ("zero epochs", RUN, [*S, "--set", "budget.epochs=0"], "epochs"),
@@ -155,6 +165,27 @@ CASES: list[tuple[str, Main, list[str], str]] = [
 ]
 
 
+def _laughs() -> bytes:
+    """Eleven levels of ten aliases each: 10^11 values once expanded."""
+    text, previous = "name: laughs\nl0: &l0 [" + ", ".join(["lol"] * 10) + "]\n", "l0"
+    for level in range(1, 12):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+        previous = f"l{level}"
+    return text.encode()
+
+
+# space files built to hurt the reader (issue 21: 18 s and a 312 MB error line; a
+# RecursionError with a 2,992-line traceback; the last of two keys silently kept; a traceback)
+HOSTILE_YAML = {
+    "laughs": _laughs(),
+    "deep": b"name: deep\ndataset: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "loop": b"name: loop\ndataset: &x [*x]\n",
+    "twice": b"name: twice\ndataset: digits\nattacks:\n  heldout: [PGDL2]\n  heldout: [FGSM]\n",
+    "latin1": "name: café\ndataset: digits\n".encode("latin-1"),
+    "huge": b"name: huge\nnote: [" + b"1," * 600_000 + b"1]\n",
+}
+
+
 @pytest.fixture()
 def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Bad files to point at, made before the snapshot of what exists."""
@@ -176,6 +207,8 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         (tmp_path / f"{name}.yaml").write_text(
             head.format(name) + "fixed: {" + ", ".join(f"{w}: 0" for w in fixed)
             + ', meta: "off", unig: "off"}\n' + ("params:\n" + params if params else ""))
+    for name, text in HOSTILE_YAML.items():
+        (tmp_path / f"{name}.yaml").write_bytes(text)
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -185,7 +218,8 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             "list_yaml": str(tmp_path / "list.yaml"), "file": str(tmp_path / "afile"),
             "folder": str(tmp_path / "spaces"), "garbage": str(garbage),
             **{f"{n}_yaml": str(tmp_path / f"{n}.yaml") for n in ("dead", "clean_only",
-                                                                   "w_ce_only")}}
+                                                                   "w_ce_only",
+                                                                   *HOSTILE_YAML)}}
 
 
 def _fill(text: str, inputs: dict[str, str]) -> str:
@@ -218,6 +252,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert code == 2, (out.getvalue()[-2000:], err.getvalue()[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+    assert len(lines[0]) < 600, lines[0][:600]  # one readable line, not a dump of the input
     assert _fill(message, inputs) in lines[0]
     assert not ray.is_initialized()
     assert _tree(tmp) == before  # no results folder, store, study or report made
@@ -316,3 +351,18 @@ def test_report_on_a_server_without_the_experiment_creates_nothing(tmp_path: Pat
         assert err.getvalue().startswith("error: no MLflow experiment 'nope'")
     finally:
         stop_process(proc)
+
+
+@pytest.mark.parametrize("name", HOSTILE_YAML)
+def test_a_hostile_space_file_is_refused_in_a_second(tmp_path: Path, name: str) -> None:
+    import time
+
+    import spaces
+    from spaces import SpaceError
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(HOSTILE_YAML[name])
+    start = time.perf_counter()
+    with pytest.raises(SpaceError):
+        spaces.load(str(path))
+    assert time.perf_counter() - start < 2.0
