@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -459,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds)):
             if value < 1:
                 raise ConfigError(f"{flag}={value} must be >= 1")
+        if not math.isfinite(args.strength):
+            raise ConfigError(f"--strength={args.strength} must be a finite number")
         if args.strength <= 0:
             raise ConfigError(f"--strength={args.strength} must be > 0")
         found = locate(storage_path=args.storage_path, name=args.name)

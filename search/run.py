@@ -8,6 +8,7 @@ MLflow, then prints the leaderboard and exports the best recipe and its defended
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import time
@@ -18,7 +19,8 @@ from search.cli import Parser, run_cli
 from search.cluster import REMOTE_SCHEMES
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
-from search.stores import check_tracking_uri, writable_folder
+from search.resume import check_resumable
+from search.stores import check_name, check_tracking_uri, inside, writable_folder
 from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler, SearchAlg
 from spaces import Space
 from trainables.errors import ConfigError
@@ -147,13 +149,9 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         check_request(ray_request({"cpu": args.cpus_per_trial or 1.0,
                                    "gpu": args.gpus_per_trial or 0.0, **trial_resources}),
                       [local_offer()])
-    storage = args.storage_path
-    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
-        storage = str(Path(storage).expanduser().resolve())
-        writable_folder(storage, "--storage-path")
-    name = resolve_name(args.name, space.name, storage, resume=args.resume)
-    output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
-              else DEFAULT_OUTPUT.resolve() / name)
+    storage, name, output = _where(args, space)
+    if args.cache_dir is not None:
+        writable_folder(args.cache_dir, "--cache-dir")
     mlflow_uri = _tracking_uri(args, address)
     return SearchPlan(
         space=space, name=name,
@@ -168,6 +166,23 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         max_failures=args.max_failures, trial_resources=trial_resources,
         sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
         final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage)
+
+
+def _where(args: argparse.Namespace, space: Space) -> tuple[str, str, Path]:
+    """The storage path, the search's name and its results folder (inside the storage path,
+    or inside ./search_output for remote storage); on --resume, the search found there."""
+    storage = args.storage_path
+    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
+        storage = str(writable_folder(storage, "--storage-path"))
+    if args.name is not None:
+        check_name(args.name)
+    name = check_name(resolve_name(args.name, space.name, storage, resume=args.resume),
+                      "the search name")
+    output = inside(Path(storage) if not storage.startswith(REMOTE_SCHEMES)
+                    else DEFAULT_OUTPUT.resolve(), name)
+    if args.resume:
+        check_resumable(output, space, args.space)
+    return storage, name, output
 
 
 def _load_space(args: argparse.Namespace) -> Space:
@@ -190,7 +205,13 @@ def _load_space(args: argparse.Namespace) -> Space:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """Every numeric flag within its range."""
+    """Every numeric flag finite and within its range."""
+    for flag, value in (("--sealed-strength", args.sealed_strength),
+                        ("--tracking-outage", args.tracking_outage),
+                        ("--cpus-per-trial", args.cpus_per_trial),
+                        ("--gpus-per-trial", args.gpus_per_trial)):
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag}={value} must be a finite number")
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
@@ -251,9 +272,9 @@ def parse_resources(items: Sequence[str]) -> dict[str, float]:
             amount = float(value)
         except ValueError:
             amount = -1.0
-        if not sep or not key or amount <= 0 or key.upper() in ("CPU", "GPU"):
-            raise ConfigError(f"--trial-resource {item!r} must be NAME=AMOUNT with AMOUNT > 0 "
-                              "(CPU/GPU have their own flags)")
+        if not sep or not key or not 0 < amount < math.inf or key.upper() in ("CPU", "GPU"):
+            raise ConfigError(f"--trial-resource {item!r} must be NAME=AMOUNT with a finite "
+                              "AMOUNT > 0 (CPU/GPU have their own flags)")
         out[key] = amount
     return out
 

@@ -23,6 +23,7 @@ Main = Callable[[Sequence[str] | None], int]
 RUN, TRIAL, REPORT, FINAL = run.main, trial.main, report.main, final.main
 
 S = ["--space", "smoke"]
+R = ["--resume", "--storage-path", "{tmp}/resumable", "--name"]
 CASES: list[tuple[str, Main, list[str], str]] = [
     # ---- spaces: which file, and what it holds
     ("unknown space", RUN, ["--space", "nope"], "unknown space 'nope'"),
@@ -115,6 +116,18 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("negative top-k", RUN, [*S, "--sealed-top-k", "-1"], "--sealed-top-k=-1"),
     ("zero final seeds", RUN, [*S, "--final-seeds", "0"], "--final-seeds=0"),
     ("zero sealed strength", RUN, [*S, "--sealed-strength", "0"], "--sealed-strength=0"),
+    ("sealed strength nan", RUN, [*S, "--sealed-strength", "nan"],
+     "--sealed-strength=nan must be a finite number"),
+    ("sealed strength inf", RUN, [*S, "--sealed-strength", "inf"],
+     "--sealed-strength=inf must be a finite number"),
+    ("infinite GPUs", RUN, [*S, "--gpus-per-trial", "inf"],
+     "--gpus-per-trial=inf must be a finite number"),
+    ("CPUs nan", RUN, [*S, "--cpus-per-trial", "nan"], "--cpus-per-trial=nan must be a finite"),
+    ("outage bound inf", RUN, [*S, "--tracking-outage", "inf"], "--tracking-outage=inf must"),
+    ("custom resource inf", RUN, [*S, "--trial-resource", "slot=inf"], "finite AMOUNT > 0"),
+    ("levels of a family that does not exist", RUN,
+     [*S, "--set", "threat_model.levels.Nope.high=0.5"],
+     "threat_model.levels.Nope: there is no attack family 'Nope' with levels"),
     ("negative outage bound", RUN, [*S, "--tracking-outage", "-1"], "--tracking-outage=-1"),
     ("unknown sampler", RUN, [*S, "--search-alg", "grid"], "invalid choice: 'grid'"),
     ("unknown scheduler", RUN, [*S, "--scheduler", "hyperband"], "invalid choice"),
@@ -122,6 +135,34 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("storage path is a file", RUN, [*S, "--storage-path", "{file}"], "is a file"),
     ("resume without a search", RUN, [*S, "--resume"], "no search of space 'smoke'"),
     ("resume of a missing name", RUN, [*S, "--resume", "--name", "gone"], "holds no search"),
+    ("resume with another space", RUN, ["--space", "mid", *R, "kept"],
+     "search 'kept' ran space 'smoke', not 'mid'"),
+    ("resume with another version of the space", RUN, [*S, "--set", "budget.epochs=1", *R,
+                                                       "kept"],
+     "ran another version of space 'smoke' (budget.epochs: 4 then, 1 now)"),
+    ("resume of a damaged Tune state", RUN, [*S, *R, "cut"],
+     "experiment_state-2026-01-01_00-00-00.json is not whole JSON"),
+    # ---- names and places: a name is not a path, results stay in the storage path
+    ("name that climbs out", RUN, [*S, "--name", ".."], "--name '..' is not a search name"),
+    ("name that is a path", RUN, [*S, "--name", "{tmp}/elsewhere"], "is not a search name"),
+    ("name with a slash", RUN, [*S, "--name", "a/b"], "is not a search name"),
+    ("name with a leading dash", RUN, [*S, "--name=-x"], "is not a search name"),
+    ("name too long", RUN, [*S, "--name", "n" * 101], "is not a search name"),
+    ("name that links outside", RUN, [*S, "--name", "link", "--storage-path", "{tmp}/store"],
+     "outside"),
+    ("empty storage path", RUN, [*S, "--storage-path", ""], "--storage-path is empty"),
+    ("storage path nothing can be made in", RUN, [*S, "--storage-path", "/proc/results"],
+     "nothing can be created in /proc"),
+    ("cache folder is a file", RUN, [*S, "--cache-dir", "{file}"], "is a file, not a folder"),
+    # ---- tracking stores MLflow would retry for minutes (or Ray would be started for)
+    ("sqlite store that is a folder", RUN, [*S, "--mlflow-uri", "sqlite:///{tmp}"],
+     "is a folder; give a database file"),
+    ("sqlite store that is not a database", RUN, [*S, "--mlflow-uri", "sqlite:///{file}"],
+     "is not a sqlite database"),
+    ("unknown tracking scheme", RUN, [*S, "--mlflow-uri", "ftp://host/x"],
+     "unknown scheme 'ftp'"),
+    ("file store that is a file", RUN, [*S, "--mlflow-uri", "{file}"],
+     "a file store is a folder"),
     # ---- resource requests
     ("zero CPUs per trial", RUN, [*S, "--cpus-per-trial", "0"], "--cpus-per-trial=0.0 must"),
     ("more CPUs than any node", RUN, [*S, "--cpus-per-trial", "512"],
@@ -152,6 +193,15 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("trial: unknown space", TRIAL, ["--space", "nope"], "unknown space 'nope'"),
     ("trial: unknown device", TRIAL, [*S, "--device", "tpu"], "tpu"),
     ("trial: negative threads", TRIAL, [*S, "--threads", "-2"], "threads=-2 is out of range"),
+    ("trial: a value that does not apply", TRIAL,
+     [*S, "--params", '{"unig": "off", "unig_delta": 0.3}'],
+     "--params unig_delta=0.3 does not apply: space 'smoke' uses it only when unig in "
+     "['per_sample'] (here unig='off')"),
+    ("trial: model path is a folder", TRIAL, [*S, "--save-model", "{tmp}"],
+     "--save-model '{tmp}' is a folder, not a file"),
+    ("trial: model path in a file", TRIAL, [*S, "--save-model", "{file}/m.pt"],
+     "is a file, not a folder"),
+    ("trial: output path is a folder", TRIAL, [*S, "--out", "{tmp}"], "is a folder, not a file"),
     # ---- search.report and search.final on searches that are not there
     ("report: no search here", REPORT, ["--storage-path", "{tmp}/results"],
      "no finished search"),
@@ -162,6 +212,10 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "no finished search"),
     ("final: zero seeds", FINAL, ["--seeds", "0"], "--seeds=0 must be >= 1"),
     ("final: zero strength", FINAL, ["--strength", "0"], "--strength=0.0 must be > 0"),
+    ("final: strength nan", FINAL, ["--strength", "nan"], "--strength=nan must be a finite"),
+    ("report: plots folder is a file", REPORT, ["--out", "{file}"], "is a file, not a folder"),
+    ("report: a name that climbs out", REPORT, ["--name", ".."], "is not a search name"),
+    ("final: a name that is a path", FINAL, ["--name", "/etc"], "is not a search name"),
 ]
 
 
@@ -184,6 +238,27 @@ HOSTILE_YAML = {
     "latin1": "name: café\ndataset: digits\n".encode("latin-1"),
     "huge": b"name: huge\nnote: [" + b"1," * 600_000 + b"1]\n",
 }
+
+
+def _kept_search(folder: Path) -> Path:
+    """What a smoke search leaves in its results folder, as far as --resume reads it."""
+    import json
+
+    import yaml
+
+    import spaces
+
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps({
+        "name": folder.name, "space": "smoke", "mlflow_uri": "sqlite:///x.db", "experiment": "e",
+        "experiment_id": "1", "parent_run_id": "p", "storage_path": str(folder.parent),
+        "optuna_storage": "sqlite:///o.db", "seed": 0, "resources": {"cpu": 1.0},
+        "address": None, "cache_dir": None, "mode": "max"}))
+    (folder / "space.yaml").write_text(yaml.safe_dump(spaces.read_raw("smoke")[0]))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    for name in ("tuner.pkl", "searcher-state-2026-01-01_00-00-00.pkl"):
+        (folder / name).write_bytes(b"\x80\x05N.")
+    return folder
 
 
 @pytest.fixture()
@@ -209,6 +284,11 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             + ', meta: "off", unig: "off"}\n' + ("params:\n" + params if params else ""))
     for name, text in HOSTILE_YAML.items():
         (tmp_path / f"{name}.yaml").write_bytes(text)
+    _kept_search(tmp_path / "resumable" / "kept")
+    _kept_search(tmp_path / "resumable" / "cut").joinpath(
+        "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "link").symlink_to(tmp_path)
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -252,7 +332,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert code == 2, (out.getvalue()[-2000:], err.getvalue()[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
-    assert len(lines[0]) < 600, lines[0][:600]  # one readable line, not a dump of the input
+    assert len(lines[0]) < 1000, lines[0][:1000]  # one line, not a dump of the input
     assert _fill(message, inputs) in lines[0]
     assert not ray.is_initialized()
     assert _tree(tmp) == before  # no results folder, store, study or report made
