@@ -28,7 +28,8 @@ from search.records import SearchInfo, model_file, quiet_ray, record_of
 from search.report import write_plots
 from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
-from search.tracking import MlflowTrialLogger, open_experiment
+from search.signals import Interrupted, deferred, graceful, stop_tune
+from search.tracking import MlflowTrialLogger, open_experiment, stop_running_children
 from search.tuner import build_tuner, fail_orphans, restore_tuner
 from search.vocab import (
     ARTIFACT,
@@ -137,10 +138,24 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
         except BaseException as err:
             if parent_id is not None and not isinstance(err, TrackingOutageError):
                 with contextlib.suppress(MlflowException):  # the server may be what failed
-                    client.set_terminated(parent_id, "KILLED" if isinstance(
-                        err, KeyboardInterrupt) else "FAILED")
+                    _mark_stopped(client, experiment_id, parent_id, err)
             raise
-    return _finish(plan, client, experiment_id, parent_id, results, report, clock)
+    try:
+        with deferred():  # quick, and never to be left half written
+            return _finish(plan, client, experiment_id, parent_id, results, report, clock)
+    except Interrupted:
+        print("note: the signal came while the results were written; they were completed "
+              "first", file=sys.stderr)
+        return 0
+
+
+def _mark_stopped(client: Any, experiment_id: str, parent_id: str, err: BaseException) -> None:
+    """The parent run's end: KILLED, with its trials' runs still running, for a search that
+    stopped to be resumed (interrupted); FAILED otherwise."""
+    if isinstance(err, KeyboardInterrupt):
+        stop_running_children(client, experiment_id, parent_id)
+    client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt)
+                          else "FAILED")
 
 
 class Clock:
@@ -208,7 +223,8 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     tuner = (restore_tuner(plan, shared, resources, path) if resume
              else build_tuner(plan, shared, resources,
                               [logger, progress, *([head] if head is not None else [])]))
-    results = tuner.fit()
+    with graceful(stop_tune):  # a signal: Tune stops and saves its state, then Interrupted
+        results = tuner.fit()
     if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
         print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
               "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)

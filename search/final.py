@@ -35,6 +35,7 @@ import torch
 
 from search.cli import Parser, run_cli
 from search.leaderboard import Entry
+from search.lock import search_lock
 from search.records import (
     SearchInfo,
     locate,
@@ -472,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--baselines {unknown} do not exist; choose from "
                               f"{', '.join(BASELINES)}")
         use_loopback_for(found.info.address)
-        with _reopen(found.info, found.folder) as opened:
+        with search_lock(found.folder, found.name), _reopen(found.info, found.folder) as opened:
             candidates = candidates_of(opened.space, found.entries, opened.results,
                                        top_k=args.top_k, baselines=names)
             report = final_stage(

@@ -15,18 +15,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.cli import Parser, run_cli
+from search.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, exit_now, run_cli
 from search.cluster import REMOTE_SCHEMES
+from search.lock import search_lock
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
 from search.resume import check_resumable
+from search.signals import catch_signals
 from search.stores import check_name, check_tracking_uri, inside, writable_folder
 from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler, SearchAlg
 from spaces import Space
 from trainables.errors import ConfigError
 from trainables.vocab import SEALED_STRENGTH
 
-__all__ = ["build_parser", "main", "make_plan"]
+__all__ = ["build_parser", "interrupted_line", "main", "make_plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_loopback_for(args.address)
 
+    plans: list[SearchPlan] = []
+
     def body() -> int:
         plan = make_plan(args)
         if args.dry_run:
@@ -132,9 +136,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from search.driver import run_search
 
-        return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
+        plans.append(plan)
+        with catch_signals(), search_lock(Path(plan.output_dir), plan.name):
+            return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
 
-    return run_cli(body, interrupted="interrupted: resume with --resume")
+    return run_cli(body, interrupted=lambda: interrupted_line(args, plans[0] if plans else None))
+
+
+def interrupted_line(args: argparse.Namespace, plan: SearchPlan | None) -> str:
+    """What an interrupted search says: how to go on from where it stopped."""
+    if plan is None:
+        return "interrupted: nothing was started"
+    output = Path(plan.output_dir)
+    if not plan.storage_path.startswith(REMOTE_SCHEMES) and \
+            not any(output.glob("experiment_state-*.json")):
+        return ("interrupted before any trial started: run the same command again "
+                f"(`python -m search.run --space {args.space} --name {plan.name} ...`)")
+    where = "" if args.storage_path == "./ray_results" else f" --storage-path {plan.storage_path}"
+    return (f"interrupted: resume with `python -m search.run --space {args.space} --name "
+            f"{plan.name}{where} --resume` (and the same --set, --mlflow-uri and other flags)")
 
 
 def make_plan(args: argparse.Namespace) -> SearchPlan:
@@ -330,4 +350,7 @@ def describe_plan(plan: SearchPlan) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        exit_now(code)
+    raise SystemExit(code)
