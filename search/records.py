@@ -24,6 +24,7 @@ from search.stores import check_name, check_tracking_uri
 from search.vocab import ARTIFACT, FAILURE_REASON, OBJECTIVE, TAG, TrialStatus, points_key
 from spaces import RECORD_KEY, Mode, TrialRecord
 from trainables.errors import ConfigError
+from trainables.files import write_atomic
 
 __all__ = [
     "Located",
@@ -77,7 +78,7 @@ class SearchInfo:
     mode: Mode = Mode.MAX
 
     def write(self, folder: Path) -> None:
-        (folder / ARTIFACT.SEARCH_INFO).write_text(json.dumps(
+        write_atomic(folder / ARTIFACT.SEARCH_INFO, json.dumps(
             {**asdict(self), "mode": self.mode.value}, indent=2))
 
     @classmethod

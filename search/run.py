@@ -17,6 +17,7 @@ from pathlib import Path
 
 from search.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, exit_now, run_cli
 from search.cluster import REMOTE_SCHEMES
+from search.disk import check_free_space, need_of, used_bytes
 from search.lock import search_lock
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
@@ -173,6 +174,10 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     if args.cache_dir is not None:
         writable_folder(args.cache_dir, "--cache-dir")
     mlflow_uri = _tracking_uri(args, address)
+    if not storage.startswith(REMOTE_SCHEMES):
+        need = need_of(space, trials=args.num_samples or space.search.num_samples,
+                       running=args.max_concurrent or space.search.max_concurrent)
+        check_free_space(output, need, already=used_bytes(output) if args.resume else 0)
     return SearchPlan(
         space=space, name=name,
         num_samples=args.num_samples or space.search.num_samples,

@@ -153,6 +153,7 @@ class ARTIFACT:
     SEARCH_INFO = "search.json"
     OPTUNA_DB = "optuna.db"
     MLFLOW_JOURNAL = "mlflow-pending.jsonl"  # MLflow writes queued while the server was away
+    FINAL_JOURNAL = "mlflow-pending-final.jsonl"  # ... of the final comparison
     LOCK = "search.lock"  # the command running the search now: pid, host, start time
     REPORT = "report"  # the folder of the report plots
 

@@ -1,9 +1,7 @@
-"""Device choice, CPU threads and seeding: the one place a trial decides where it runs; and
-files written whole (`write_atomic`)."""
+"""Device choice, CPU threads and seeding: the one place a trial decides where it runs."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import time
@@ -17,7 +15,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.vocab import time_key
 
-__all__ = ["Stopwatch", "resolve_device", "seed_everything", "set_threads", "write_atomic"]
+__all__ = ["Stopwatch", "resolve_device", "seed_everything", "set_threads"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -67,20 +65,3 @@ class Stopwatch:
 
     def metrics(self) -> dict[str, float]:
         return {time_key(name): seconds for name, seconds in self.totals.items()}
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Writes `data` to `path` whole or not at all: to a temporary file beside it, then
-    renamed over it (a full disk or a kill mid-write leaves the old file, never a cut one)."""
-    target = os.fspath(path)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

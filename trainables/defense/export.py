@@ -22,7 +22,7 @@ from torch import nn
 from trainables.defense.models import DefendedModel, build_arch
 from trainables.defense.unig import UniG
 from trainables.errors import DefenseSearchError, ModelFileError
-from trainables.runtime import write_atomic
+from trainables.files import write_atomic
 
 __all__ = ["load_defended_model", "plain_metadata", "save_defended_model"]
 
