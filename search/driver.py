@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import sys
 import time
@@ -162,9 +163,15 @@ def _mark_stopped(client: Any, experiment_id: str, parent_id: str, err: BaseExce
     """The parent run's end: KILLED, with its trials' runs still running, for a search that
     stopped to be resumed (interrupted, or its disk full); FAILED otherwise."""
     resumable = resumable or isinstance(err, KeyboardInterrupt)
-    if resumable:
-        stop_running_children(client, experiment_id, parent_id)
-    client.set_terminated(parent_id, "KILLED" if resumable else "FAILED")
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.CRITICAL)  # not its traceback of a write the full disk refused
+    try:
+        if resumable:
+            stop_running_children(client, experiment_id, parent_id)
+        client.set_terminated(parent_id, "KILLED" if resumable else "FAILED")
+    finally:
+        mlflow_log.setLevel(level)
 
 
 def _disk_full(plan: SearchPlan, reason: str) -> DiskFullError:

@@ -106,7 +106,10 @@ def stop_tune() -> bool:
     handler = signal.getsignal(signal.SIGUSR1)
     if not callable(handler) or getattr(handler, "__name__", "") != "signal_interrupt_tune_run":
         return False
-    # its advice ("Press CTRL+C again...", "Resume with Tuner.restore") is not ours to give
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    # its advice ("Press CTRL+C again...", "Resume with Tuner.restore") is not ours to give,
+    # nor its logs of what stopping cost (a last state upload that failed on a full disk,
+    # the stopped trials' errors): the search says in one line why it stopped
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
     handler(signal.SIGUSR1, None)
     return True

@@ -5,11 +5,15 @@ Optuna study, no cache). In-process, so that the 80-odd kinds cost seconds, not 
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Callable, Sequence
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -142,6 +146,9 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "ran another version of space 'smoke' (budget.epochs: 4 then, 1 now)"),
     ("resume of a damaged Tune state", RUN, [*S, *R, "cut"],
      "experiment_state-2026-01-01_00-00-00.json is not whole JSON"),
+    ("a search of that name is running", RUN, [*S, "--storage-path", "{tmp}/resumable",
+                                               "--name", "busy"],
+     "search 'busy' is already running (pid {holder}"),
     # ---- names and places: a name is not a path, results stay in the storage path
     ("name that climbs out", RUN, [*S, "--name", ".."], "--name '..' is not a search name"),
     ("name that is a path", RUN, [*S, "--name", "{tmp}/elsewhere"], "is not a search name"),
@@ -242,8 +249,6 @@ HOSTILE_YAML = {
 
 def _kept_search(folder: Path) -> Path:
     """What a smoke search leaves in its results folder, as far as --resume reads it."""
-    import json
-
     import yaml
 
     import spaces
@@ -261,8 +266,17 @@ def _kept_search(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def holder() -> Iterator[int]:
+    """A live process that holds a search's lock."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 @pytest.fixture()
-def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: int) -> dict[str, str]:
     """Bad files to point at, made before the snapshot of what exists."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("name: bad\ndataset: digits\nattacks: [unclosed\n")
@@ -287,6 +301,11 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     _kept_search(tmp_path / "resumable" / "kept")
     _kept_search(tmp_path / "resumable" / "cut").joinpath(
         "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
+    busy = tmp_path / "resumable" / "busy"
+    busy.mkdir()
+    (busy / "search.lock").write_text(json.dumps({
+        "pid": holder, "host": socket.gethostname(),
+        "created": psutil.Process(holder).create_time(), "started": "2026-01-01 00:00:00"}))
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "link").symlink_to(tmp_path)
     garbage = tmp_path / "garbage"
@@ -294,7 +313,7 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (garbage / name).write_bytes(os.urandom(4096))
-    return {"tmp": str(tmp_path), "bad_yaml": str(tmp_path / "bad.yaml"),
+    return {"tmp": str(tmp_path), "holder": str(holder), "bad_yaml": str(tmp_path / "bad.yaml"),
             "list_yaml": str(tmp_path / "list.yaml"), "file": str(tmp_path / "afile"),
             "folder": str(tmp_path / "spaces"), "garbage": str(garbage),
             **{f"{n}_yaml": str(tmp_path / f"{n}.yaml") for n in ("dead", "clean_only",
