@@ -284,7 +284,7 @@ def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
         tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
     _, _, uri = server
     args = _args("ctrlc", uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1",
-                 "--set", "budget.epochs=2", "--set", "baselines=[]")
+                 "--set", "budget.epochs=1", "--set", "baselines=[]")
     log, folder, client = tmp_path / "first.log", tmp_path / "ray" / "ctrlc", MlflowClient(uri)
     first = _popen(args, tmp_path, log)
     try:
@@ -292,7 +292,7 @@ def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
             statuses = [r.data.tags.get("trial_status") for r in _children(client, "ctrlc")]  # type: ignore[attr-defined]
             return "completed" in statuses and "running" in statuses
 
-        _wait_until(one_done_one_running, first, log)
+        _wait_until(one_done_one_running, first, log, timeout=900)
         second = run_module("search.run", *args, cwd=tmp_path, timeout=300)  # same name
         start = time.monotonic()
         first.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -339,7 +339,7 @@ def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
             return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id,  # type: ignore[attr-defined]
                                                                  "val/clean/acc"))
 
-        _wait_until(one_evaluation, search, log)
+        _wait_until(one_evaluation, search, log, timeout=900)
         start = time.monotonic()
         search.send_signal(signal.SIGTERM)  # what `timeout` and schedulers send
         code = search.wait(timeout=300)
@@ -371,7 +371,8 @@ def test_mlflow_lost_during_the_final_comparison_loses_nothing(
     log, folder = tmp_path / "search.log", tmp_path / "ray" / "final"
     search = _popen(args, tmp_path, log)
     try:
-        _wait_until(lambda: "final: 1 recipes x 1 seeds" in log.read_text(), search, log)
+        _wait_until(lambda: "final: 1 recipes x 1 seeds" in log.read_text(), search, log,
+                    timeout=900)
         stop_process(procs.pop())  # the server goes away while the final tasks run
         code = search.wait(timeout=600)
     finally:
@@ -423,7 +424,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(
     log, folder, filler = tmp_path / "search.log", small_disk / "ray" / "full", small_disk / "fill"
     search = _popen(args, tmp_path, log)
     try:
-        _wait_until(lambda: "epoch 1/3" in log.read_text(), search, log)
+        _wait_until(lambda: "epoch 1/3" in log.read_text(), search, log, timeout=900)
         # something else fills the disk, to the last byte
         with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
             while True:
