@@ -252,6 +252,7 @@ def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
         stop_process(first)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "stopped" in second.stdout and "left by a search that was killed" in second.stdout
+    assert "which no longer runs: lock taken over" in second.stdout  # the killed one's lock
     assert not [pid for pid in left if Path(f"/proc/{pid}").exists()
                 and pid in session_members(first.pid)]
     done_lines = [line for line in second.stdout.splitlines() if " done: " in line]
