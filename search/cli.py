@@ -2,22 +2,25 @@
 
 A user's mistake (DefenseSearchError, or a bad flag) is one `error:` line and exit code 2,
 never a traceback (an error with its own `exit_code`, such as a tracking server that stayed
-away, exits with that); Ctrl-C is exit code 130 (a caught SIGTERM 143) with a line saying how
-to go on.
+away, exits with that); a disk that is full is one line and exit code 4; Ctrl-C is exit code
+130 (a caught SIGTERM 143) with a line saying how to go on.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 from trainables.errors import DefenseSearchError
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "Parser", "exit_now", "run_cli"]
+__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "Parser",
+           "exit_now", "run_cli"]
 
 EXIT_USAGE = 2
+EXIT_DISK_FULL = 4  # search/disk.py's DiskFullError carries it too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -39,6 +42,12 @@ def run_cli(body: Callable[[], int], *,
     except DefenseSearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return int(getattr(err, "exit_code", EXIT_USAGE))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: a disk is full: {err}; free space there and run the command again",
+              file=sys.stderr)
+        return EXIT_DISK_FULL
     except KeyboardInterrupt as err:
         print(interrupted() if callable(interrupted) else interrupted, file=sys.stderr)
         return int(getattr(err, "exit_code", EXIT_INTERRUPTED))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.cli import EXIT_DISK_FULL
 from spaces import Space
 from trainables.errors import ConfigError, DefenseSearchError
 
@@ -27,7 +28,7 @@ FULL_TEXTS = ("No space left on device", "[Errno 28]", "database or disk is full
 class DiskFullError(DefenseSearchError):
     """A disk the search writes to is full: it stopped, its state kept for --resume."""
 
-    exit_code = 4
+    exit_code = EXIT_DISK_FULL
 
 
 def mb(size: float) -> str:
