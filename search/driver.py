@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from pathlib import Path
@@ -11,14 +12,18 @@ from typing import Any
 import yaml
 
 from search.cluster import REMOTE_SCHEMES, alive_nodes, check_cluster
+from search.disk import DiskFullError, free_bytes, full_text, is_disk_full, mb, need_of
 from search.exports import code_commit, export_model
 from search.final import (
     FinalReport,
     candidates_of,
+    drain_final,
+    final_journal,
     final_stage,
     verdict,
     versus_baselines,
 )
+from search.guard import DiskGuard, disk_full_reason
 from search.headstart import HeadStart
 from search.journal import Journal, TrackingOutageError, quick_failures
 from search.leaderboard import Entry, collect, format_table, rank, to_csv
@@ -28,7 +33,9 @@ from search.records import SearchInfo, model_file, quiet_ray, record_of
 from search.report import write_plots
 from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
-from search.tracking import MlflowTrialLogger, open_experiment
+from search.signals import Interrupted, deferred, graceful, stop_tune
+from search.stores import local_store
+from search.tracking import MlflowTrialLogger, open_experiment, stop_running_children
 from search.tuner import build_tuner, fail_orphans, restore_tuner
 from search.ui import publish_view, runs_url
 from search.vocab import (
@@ -42,6 +49,7 @@ from search.vocab import (
 )
 from search.warmstart import seed_study
 from spaces import Mode
+from trainables.files import write_atomic
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     CLEAN_ACC,
@@ -128,12 +136,43 @@ def run_search(plan: SearchPlan, *, resume: bool = False, cache_dir: str | None 
                             head)
             clock.lap("final comparison")
         except BaseException as err:
+            full = isinstance(err, DiskFullError) or is_disk_full(err)
             if parent_id is not None and not isinstance(err, TrackingOutageError):
-                with contextlib.suppress(MlflowException):  # the server may be what failed
-                    client.set_terminated(parent_id, "KILLED" if isinstance(
-                        err, KeyboardInterrupt) else "FAILED")
+                with contextlib.suppress(MlflowException, OSError):  # what failed, maybe
+                    _mark_stopped(client, experiment_id, parent_id, err, resumable=full)
+            if full and not isinstance(err, DiskFullError):
+                raise _disk_full(plan, full_text([str(err)]) or str(err)) from None
             raise
-    return _finish(plan, client, experiment_id, parent_id, results, report, clock)
+    try:
+        with deferred():  # quick, and never to be left half written
+            return _finish(plan, client, experiment_id, parent_id, results, report, clock)
+    except Interrupted:
+        print("note: the signal came while the results were written; they were completed "
+              "first", file=sys.stderr)
+        return 0
+
+
+def _mark_stopped(client: Any, experiment_id: str, parent_id: str, err: BaseException, *,
+                  resumable: bool) -> None:
+    """The parent run's end: KILLED, with its trials' runs still running, for a search that
+    stopped to be resumed (interrupted, or its disk full); FAILED otherwise."""
+    resumable = resumable or isinstance(err, KeyboardInterrupt)
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.CRITICAL)  # not its traceback of a write the full disk refused
+    try:
+        if resumable:
+            stop_running_children(client, experiment_id, parent_id)
+        client.set_terminated(parent_id, "KILLED" if resumable else "FAILED")
+    finally:
+        mlflow_log.setLevel(level)
+
+
+def _disk_full(plan: SearchPlan, reason: str) -> DiskFullError:
+    return DiskFullError(
+        f"a disk the search writes to is full ({reason}; {mb(free_bytes(plan.output_dir))} "
+        f"free where its results are): it stopped with its state kept; free space, then run "
+        f"`{plan.resume_command}` (with the same --set and --mlflow-uri)")
 
 
 class Clock:
@@ -203,10 +242,15 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
         if warm is not None:
             print(f"warm start: {warm.describe()}", flush=True)
             logger.client.set_tag(parent_id, TAG.WARM_START, warm.describe())
+    guard = _guard(plan)
     tuner = (restore_tuner(plan, shared, resources, path) if resume
              else build_tuner(plan, shared, resources,
-                              [logger, progress, *([head] if head is not None else [])]))
-    results = tuner.fit()
+                              [logger, progress, guard, *([head] if head is not None else [])]))
+    DiskGuard.watching()
+    with graceful(stop_tune):  # a signal: Tune stops and saves its state, then Interrupted
+        results = tuner.fit()
+    if (reason := disk_full_reason()) is not None:
+        raise _disk_full(plan, reason)
     if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
         print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
               "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
@@ -214,11 +258,30 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     return results, head
 
 
+def _guard(plan: SearchPlan) -> DiskGuard:
+    """Stops the search before its disk is full (search/guard.py), watching its results
+    folder and a local tracking store."""
+    store = local_store(plan.mlflow_uri)
+    watch = [plan.output_dir, *([str(store.parent)] if store is not None else [])]
+    need = need_of(plan.space, trials=plan.num_samples, running=plan.max_concurrent)
+    return DiskGuard(folder=plan.output_dir, watch=watch, reserve=need.reserve)
+
+
 def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client: Any,
            experiment_id: str, parent_id: str, results: Any, head: HeadStart | None
-           ) -> FinalReport | None:
+           ) -> FinalReport | str | None:
+    """The final comparison's report. One that ran before but whose MLflow writes were kept
+    for an outage is not run again: its writes are logged, its table (markdown) reused."""
     if not plan.sealed_top_k:
         return None
+    out = Path(plan.output_dir)
+    kept = final_journal(client, out)
+    if kept.pending and (out / ARTIFACT.FINAL_TABLE).is_file():
+        count = len(kept.pending)
+        drain_final(kept, plan.mlflow_uri, out, plan.tracking_outage_s)
+        print(f"mlflow: the final comparison ran before; its {count} kept write(s) logged",
+              flush=True)
+        return (out / ARTIFACT.FINAL_TABLE).read_text().rstrip("\n")
     space = plan.space
     print(f"\nfinal comparison: the best {plan.sealed_top_k} searched recipe(s) and the "
           f"baselines ({', '.join(space.baselines) or 'none'}) on the test split, "
@@ -228,9 +291,9 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
                        candidates=candidates_of(space, entries, results,
                                                 top_k=plan.sealed_top_k),
                        client=client, parent_id=parent_id, resources=resources,
-                       seeds=plan.final_seed_list, strength=plan.sealed_strength,
-                       out=Path(plan.output_dir),
-                       started=head.started if head is not None else None)
+                       seeds=plan.final_seed_list, strength=plan.sealed_strength, out=out,
+                       started=head.started if head is not None else None,
+                       outage_s=plan.tracking_outage_s)
 
 
 def _drain_journal(plan: SearchPlan, logger: MlflowTrialLogger, path: Path) -> None:
@@ -255,7 +318,7 @@ def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
                        resources: dict[str, float], cache_dir: str | None) -> None:
     """What `search.final` and `search.report` need to reopen this search later."""
     out = Path(plan.output_dir)
-    (out / ARTIFACT.SPACE).write_text(yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
+    write_atomic(out / ARTIFACT.SPACE, yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
     SearchInfo(plan.name, plan.space.name, plan.mlflow_uri, plan.experiment, experiment_id,
                parent_id, plan.storage_path, plan.optuna_storage, plan.seed, resources,
                plan.address, cache_dir, plan.mode).write(out)
@@ -279,12 +342,12 @@ def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, res
 
 
 def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
-            results: Any, report: FinalReport | None, clock: Clock) -> int:
+            results: Any, report: FinalReport | str | None, clock: Clock) -> int:
     space, out = plan.space, Path(plan.output_dir)
     entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
     print("\nleaderboard (full-length trials first; ranked by "
           f"{plan.objective}):\n{format_table(entries, space, limit=15)}")
-    (out / ARTIFACT.LEADERBOARD).write_text(to_csv(entries, space))
+    write_atomic(out / ARTIFACT.LEADERBOARD, to_csv(entries, space))
     client.log_artifact(parent_id, str(out / ARTIFACT.LEADERBOARD))
     statuses = [e.status for e in entries]
     for status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.FAILED):
@@ -300,7 +363,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     note = (f"Best recipe of search {plan.name} ({best.name}): {plan.raw_objective} = "
             f"{raw if raw is None else round(raw, 4)}, masking flags: "
             f"{', '.join(best.flags) or 'none'}.")
-    (out / ARTIFACT.BEST_CONFIG).write_text(yaml.safe_dump(
+    write_atomic(out / ARTIFACT.BEST_CONFIG, yaml.safe_dump(
         space.with_defaults(values, name=f"{space.name}-best", note=note), sort_keys=False))
     client.log_artifact(parent_id, str(out / ARTIFACT.BEST_CONFIG))
     client.set_tag(parent_id, TAG.BEST_RUN, best.run_id)
@@ -309,7 +372,8 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
         value = best.value(key)
         if value is not None:
             client.log_metric(parent_id, best_key(key), value)
-    exported = _export_best_model(results, best, out, space, report)
+    final = report if isinstance(report, FinalReport) else None
+    exported = _export_best_model(results, best, out, space, final)
     for path in exported:  # the model and its card
         client.log_artifact(parent_id, str(path), "best")
         client.log_artifact(best.run_id, str(path))
@@ -326,7 +390,7 @@ def _finish(plan: SearchPlan, client: Any, experiment_id: str, parent_id: str,
     _print_where(plan, best, model, out, plots, runs_url(plan.mlflow_uri, experiment_id, key))
     if report is not None:
         print("\nfinal comparison (test split; the table is also on the MLflow parent run as "
-              f"{ARTIFACT.FINAL_TABLE}):\n{report.markdown()}")
+              f"{ARTIFACT.FINAL_TABLE}):\n{final.markdown() if final else report}")
     print(f"\n{clock.line()}")
     return 0
 

@@ -13,6 +13,7 @@ from search.records import SearchInfo
 from search.vocab import ARTIFACT
 from spaces import Space, TrialRecord
 from trainables.defense.export import card_paths, load_defended_model
+from trainables.files import write_atomic
 
 __all__ = ["code_commit", "export_model"]
 
@@ -35,7 +36,7 @@ def export_model(payload: bytes, target: Path, *, name: str, space: Space, out: 
     """Writes the model file `payload` to `target` and its card beside it (`out`: the search's
     folder, whose search.json says which search it is); the three paths, model first."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(payload)
+    write_atomic(target, payload)
     info = load_defended_model(target).info
     record = TrialRecord.from_dict(info)
     search = SearchInfo.read(out)
@@ -45,6 +46,6 @@ def export_model(payload: bytes, target: Path, *, name: str, space: Space, out: 
         space_file=str(out / ARTIFACT.SPACE), storage_path=search.storage_path,
         commit=code_commit(), final=final or FinalFacts()))
     markdown, plain = card_paths(target)
-    markdown.write_text(card_markdown(card))
-    plain.write_text(json.dumps(card, indent=2) + "\n")
+    write_atomic(markdown, card_markdown(card))
+    write_atomic(plain, json.dumps(card, indent=2) + "\n")
     return [target, markdown, plain]

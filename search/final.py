@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +36,9 @@ import torch
 from search.card import FinalFacts
 from search.cli import Parser, run_cli
 from search.exports import export_model
+from search.journal import Journal, TrackingOutageError, client_writes
 from search.leaderboard import Entry
+from search.lock import search_lock
 from search.records import (
     SearchInfo,
     locate,
@@ -50,6 +53,7 @@ from search.vocab import (
     ARTIFACT,
     FINAL_SEEDS,
     TAG,
+    TRACKING_OUTAGE_S,
     TrialStatus,
     best_key,
     final_delta_key,
@@ -59,6 +63,7 @@ from spaces import Space, TrialRecord
 from trainables.defense.baselines import BASELINES
 from trainables.defense.export import load_defended_model, save_defended_model
 from trainables.errors import ConfigError
+from trainables.files import write_atomic
 from trainables.scoring.final import Evaluation, final_evaluation
 from trainables.scoring.masking import check_claim
 from trainables.scoring.stats import (
@@ -344,25 +349,51 @@ class Tasks:
 
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
                 parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
-                strength: float, out: Path | None = None,
-                started: Mapping[tuple[str, int], Any] | None = None) -> FinalReport:
+                strength: float, out: Path,
+                started: Mapping[tuple[str, int], Any] | None = None,
+                outage_s: float = TRACKING_OUTAGE_S) -> FinalReport:
     """Evaluates every candidate over `seeds` (parallel Ray tasks; `started`: the baselines'
     tasks search/headstart.py began during the search) and returns the report, written to `out`
-    first, then logged to the MLflow parent run and the candidates' runs."""
+    first, then logged to the MLflow parent run and the candidates' runs through a journal
+    (`out`/mlflow-pending-final.jsonl while MLflow is away, waited for up to `outage_s`)."""
     _evaluate_all(candidates, shared, resources, seeds, strength, started or {})
     report = FinalReport(candidates, list(seeds), _differences(candidates))
-    if out is not None:
-        (out / ARTIFACT.FINAL_TABLE).write_text(report.markdown() + "\n")
-        (out / ARTIFACT.FINAL_CSV).write_text(report.csv())
-        for c in report.candidates:  # seed 0's model of every recipe, with its card
-            if c.model is not None:
-                for path in export_model(c.model, out / FINAL_MODELS / c.label / ARTIFACT.MODEL,
-                                         name=c.label, space=space, out=out,
-                                         final=report.facts_of(c)):
-                    client.log_artifact(parent_id, str(path), f"{FINAL_MODELS}/{c.label}")
+    write_atomic(out / ARTIFACT.FINAL_TABLE, report.markdown() + "\n")
+    write_atomic(out / ARTIFACT.FINAL_CSV, report.csv())
+    for c in report.candidates:  # seed 0's model of every recipe, with its card
+        if c.model is not None:
+            for path in export_model(c.model, out / FINAL_MODELS / c.label / ARTIFACT.MODEL,
+                                     name=c.label, space=space, out=out,
+                                     final=report.facts_of(c)):
+                client.log_artifact(parent_id, str(path), f"{FINAL_MODELS}/{c.label}")
     print("\n" + report.markdown(), flush=True)
-    _log_report(report, client, parent_id)
+    journal = final_journal(client, out)
+    for event in _report_writes(report, parent_id):
+        journal.submit(event)
+    drain_final(journal, client.tracking_uri, out, outage_s)
     return report
+
+
+def final_journal(client: Any, out: Path) -> Journal:
+    """The final comparison's MLflow writes, kept in `out` while the server is away."""
+    return Journal(client.tracking_uri, out / ARTIFACT.FINAL_JOURNAL, client_writes(client),
+                   log=lambda line: print(line, flush=True))
+
+
+def drain_final(journal: Journal, uri: str, out: Path, outage_s: float) -> None:
+    """Waits (bounded) for the server to take the final comparison's writes; what it does not
+    take stays in the journal, which `search.run --resume` logs (without evaluating again)."""
+    if not journal.pending:
+        return
+    print(f"mlflow: {len(journal.pending)} write(s) of the final comparison wait for {uri}; "
+          f"waiting up to {outage_s:g}s (--tracking-outage)", flush=True)
+    if not journal.drain(outage_s):
+        raise TrackingOutageError(
+            f"MLflow at {uri} did not come back within {outage_s:g}s: the final comparison is "
+            f"in {out / ARTIFACT.FINAL_TABLE} and {len(journal.pending)} write(s) of it are "
+            f"kept in {journal.path}; start the server and run `python -m search.run --space "
+            f"{out / ARTIFACT.SPACE} --name {out.name} --resume` (with the same --mlflow-uri "
+            "and --storage-path) to log them")
 
 
 def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mapping[str, float],
@@ -397,11 +428,10 @@ def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mappin
             + f"  ({_times(metrics)})", flush=True)
 
 
-def _log_report(report: FinalReport, client: Any, parent_id: str) -> None:
-    """The report on MLflow: each candidate's means over seeds on its own run, the best
-    recipe's row and its differences with the baselines on the parent run, and the tables."""
-    from mlflow.entities import Metric
-
+def _report_writes(report: FinalReport, parent_id: str) -> Iterator[dict[str, Any]]:
+    """The report's MLflow writes, as journal events: each candidate's means over seeds on its
+    own run, the best recipe's row and its differences with the baselines on the parent run,
+    and the tables."""
     for candidate in report.candidates:
         if candidate.run_id is None:
             continue
@@ -412,14 +442,13 @@ def _log_report(report: FinalReport, client: Any, parent_id: str) -> None:
                 logged.update({final_key(metric): interval.value,
                                final_key(low_key(metric)): interval.low,
                                final_key(high_key(metric)): interval.high})
-        client.log_batch(candidate.run_id, metrics=[Metric(k, v, 0, 0)
-                                                    for k, v in sorted(logged.items())])
-        client.set_tag(candidate.run_id, TAG.FINAL, "true")
-    client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
-                                         for k, v in sorted(report.parent_metrics().items())])
-    client.log_text(parent_id, report.markdown(), ARTIFACT.FINAL_TABLE)
-    client.log_text(parent_id, report.csv(), ARTIFACT.FINAL_CSV)
-    client.log_text(parent_id, json.dumps(report.rows(), indent=2), ARTIFACT.FINAL_JSON)
+        yield {"kind": "metrics", "run": candidate.run_id, "metrics": logged}
+        yield {"kind": "tag", "run": candidate.run_id, "key": TAG.FINAL, "value": "true"}
+    yield {"kind": "metrics", "run": parent_id, "metrics": report.parent_metrics()}
+    for text, file in ((report.markdown(), ARTIFACT.FINAL_TABLE),
+                       (report.csv(), ARTIFACT.FINAL_CSV),
+                       (json.dumps(report.rows(), indent=2), ARTIFACT.FINAL_JSON)):
+        yield {"kind": "text", "run": parent_id, "text": text, "file": file}
 
 
 def versus_baselines(entries: Sequence[Entry], results: Any, objective: str
@@ -511,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds)):
             if value < 1:
                 raise ConfigError(f"{flag}={value} must be >= 1")
+        if not math.isfinite(args.strength):
+            raise ConfigError(f"--strength={args.strength} must be a finite number")
         if args.strength <= 0:
             raise ConfigError(f"--strength={args.strength} must be > 0")
         found = locate(storage_path=args.storage_path, name=args.name)
@@ -521,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--baselines {unknown} do not exist; choose from "
                               f"{', '.join(BASELINES)}")
         use_loopback_for(found.info.address)
-        with _reopen(found.info, found.folder) as opened:
+        with search_lock(found.folder, found.name), _reopen(found.info, found.folder) as opened:
             candidates = candidates_of(opened.space, found.entries, opened.results,
                                        top_k=args.top_k, baselines=names)
             report = final_stage(

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from trainables.errors import DefenseSearchError
 
-__all__ = ["Journal", "TrackingOutageError", "quick_failures", "server_answers"]
+__all__ = ["Journal", "TrackingOutageError", "client_writes", "quick_failures", "server_answers"]
 
 Event = dict[str, Any]
 
@@ -152,3 +152,24 @@ class Journal:
                 return False
             time.sleep(min(self.retry_every_s, max(0.1, deadline - time.monotonic())))
         return True
+
+
+def client_writes(client: Any) -> Callable[[Event], None]:
+    """Applies plain writes to runs (`run`): metrics at step 0 (`metrics`), a tag (`tag`:
+    key, value), a text artifact (`text`: text, file). Each is idempotent, so a journal of
+    them can be replayed."""
+    from mlflow.entities import Metric
+
+    def apply(event: Event) -> None:
+        kind, run = event["kind"], event["run"]
+        if kind == "metrics":
+            client.log_batch(run, metrics=[Metric(k, float(v), 0, 0)
+                                           for k, v in sorted(event["metrics"].items())])
+        elif kind == "tag":
+            client.set_tag(run, event["key"], event["value"])
+        elif kind == "text":
+            client.log_text(run, event["text"], event["file"])
+        else:
+            raise ValueError(f"unknown journal event kind {kind!r}")
+
+    return apply

@@ -59,6 +59,12 @@ class SearchPlan:
         """The seeds of the final comparison: the search's own first."""
         return [self.seed + i for i in range(self.final_seeds)]
 
+    @property
+    def resume_command(self) -> str:
+        """How to continue this search where it stopped."""
+        return (f"python -m search.run --space {self.space.source} --name {self.name} "
+                f"--storage-path {self.storage_path} --resume")
+
     def metrics(self) -> list[str] | str:
         return [self.objective, CLEAN_ACC] if self.multi_objective else self.objective
 

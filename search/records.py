@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from search.leaderboard import Entry, collect, rank
-from search.stores import check_tracking_uri
+from search.stores import check_name, check_tracking_uri
 from search.vocab import ARTIFACT, FAILURE_REASON, OBJECTIVE, TAG, TrialStatus, points_key
 from spaces import RECORD_KEY, Mode, TrialRecord
 from trainables.errors import ConfigError
+from trainables.files import write_atomic
 
 __all__ = [
     "Located",
@@ -45,6 +46,7 @@ def find_search(storage_path: str, name: str | None) -> Path:
     """The output folder of search `name` (default: the latest) under `storage_path`."""
     storage = Path(storage_path).expanduser().resolve()
     if name is not None:
+        check_name(name)
         for folder in (storage / name, DEFAULT_OUTPUT.resolve() / name):
             if (folder / ARTIFACT.SEARCH_INFO).exists():
                 return folder
@@ -76,7 +78,7 @@ class SearchInfo:
     mode: Mode = Mode.MAX
 
     def write(self, folder: Path) -> None:
-        (folder / ARTIFACT.SEARCH_INFO).write_text(json.dumps(
+        write_atomic(folder / ARTIFACT.SEARCH_INFO, json.dumps(
             {**asdict(self), "mode": self.mode.value}, indent=2))
 
     @classmethod

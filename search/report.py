@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from search.cli import Parser, run_cli
 from search.leaderboard import COLUMNS, Entry, format_table, to_csv
 from search.records import Located, locate
+from search.stores import writable_folder
 from search.vocab import ARTIFACT, TrialStatus
 from spaces import INACTIVE, Mode, Space
 from trainables.errors import ConfigError
@@ -316,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        if args.out is not None and not args.no_plots:
+            writable_folder(args.out, "--out")  # before anything is read or drawn
         found = locate(storage_path=args.storage_path, name=args.name,
                        mlflow_uri=args.mlflow_uri, experiment=args.experiment)
         if not found.entries:

@@ -8,23 +8,28 @@ MLflow, then prints the leaderboard and exports the best recipe and its defended
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.cli import Parser, run_cli
+from search.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, exit_now, run_cli
 from search.cluster import REMOTE_SCHEMES
+from search.disk import check_free_space, need_of, used_bytes
+from search.lock import search_lock
 from search.plan import SearchPlan
 from search.records import DEFAULT_OUTPUT, use_loopback_for
-from search.stores import check_tracking_uri, writable_folder
+from search.resume import check_resumable
+from search.signals import catch_signals
+from search.stores import check_name, check_tracking_uri, inside, writable_folder
 from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler
 from spaces import SearchAlg, Space
 from trainables.errors import ConfigError
 from trainables.vocab import SEALED_STRENGTH
 
-__all__ = ["build_parser", "main", "make_plan"]
+__all__ = ["build_parser", "interrupted_line", "main", "make_plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_loopback_for(args.address)
 
+    plans: list[SearchPlan] = []
+
     def body() -> int:
         plan = make_plan(args)
         if args.dry_run:
@@ -137,9 +144,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from search.driver import run_search
 
-        return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
+        plans.append(plan)
+        with catch_signals(), search_lock(Path(plan.output_dir), plan.name):
+            return run_search(plan, resume=args.resume, cache_dir=args.cache_dir)
 
-    return run_cli(body, interrupted="interrupted: resume with --resume")
+    return run_cli(body, interrupted=lambda: interrupted_line(args, plans[0] if plans else None))
+
+
+def interrupted_line(args: argparse.Namespace, plan: SearchPlan | None) -> str:
+    """What an interrupted search says: how to go on from where it stopped."""
+    if plan is None:
+        return "interrupted: nothing was started"
+    output = Path(plan.output_dir)
+    if not plan.storage_path.startswith(REMOTE_SCHEMES) and \
+            not any(output.glob("experiment_state-*.json")):
+        return ("interrupted before any trial started: run the same command again "
+                f"(`python -m search.run --space {args.space} --name {plan.name} ...`)")
+    where = "" if args.storage_path == "./ray_results" else f" --storage-path {plan.storage_path}"
+    return (f"interrupted: resume with `python -m search.run --space {args.space} --name "
+            f"{plan.name}{where} --resume` (and the same --set, --mlflow-uri and other flags)")
 
 
 def make_plan(args: argparse.Namespace) -> SearchPlan:
@@ -154,13 +177,9 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         check_request(ray_request({"cpu": args.cpus_per_trial or 1.0,
                                    "gpu": args.gpus_per_trial or 0.0, **trial_resources}),
                       [local_offer()])
-    storage = args.storage_path
-    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
-        storage = str(Path(storage).expanduser().resolve())
-        writable_folder(storage, "--storage-path")
-    name = resolve_name(args.name, space.name, storage, resume=args.resume)
-    output = (Path(storage) / name if not storage.startswith(REMOTE_SCHEMES)
-              else DEFAULT_OUTPUT.resolve() / name)
+    storage, name, output = _where(args, space)
+    if args.cache_dir is not None:
+        writable_folder(args.cache_dir, "--cache-dir")
     mlflow_uri = _tracking_uri(args, address)
     alg = SearchAlg(args.search_alg or space.search.sampler)
     warm = None
@@ -169,6 +188,10 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
 
         warm = args.warm_start
         load_warm_start(warm, space)  # checked now: a mismatch is refused before Ray
+    if not storage.startswith(REMOTE_SCHEMES):
+        need = need_of(space, trials=args.num_samples or space.search.num_samples,
+                       running=args.max_concurrent or space.search.max_concurrent)
+        check_free_space(output, need, already=used_bytes(output) if args.resume else 0)
     return SearchPlan(
         space=space, name=name,
         num_samples=args.num_samples or space.search.num_samples,
@@ -183,6 +206,23 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
         final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage,
         startup_trials=space.search.startup_trials, warm_start=warm)
+
+
+def _where(args: argparse.Namespace, space: Space) -> tuple[str, str, Path]:
+    """The storage path, the search's name and its results folder (inside the storage path,
+    or inside ./search_output for remote storage); on --resume, the search found there."""
+    storage = args.storage_path
+    if not storage.startswith(REMOTE_SCHEMES):  # created when the search starts, not here
+        storage = str(writable_folder(storage, "--storage-path"))
+    if args.name is not None:
+        check_name(args.name)
+    name = check_name(resolve_name(args.name, space.name, storage, resume=args.resume),
+                      "the search name")
+    output = inside(Path(storage) if not storage.startswith(REMOTE_SCHEMES)
+                    else DEFAULT_OUTPUT.resolve(), name)
+    if args.resume:
+        check_resumable(output, space, args.space)
+    return storage, name, output
 
 
 def _load_space(args: argparse.Namespace) -> Space:
@@ -205,7 +245,13 @@ def _load_space(args: argparse.Namespace) -> Space:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """Every numeric flag within its range."""
+    """Every numeric flag finite and within its range."""
+    for flag, value in (("--sealed-strength", args.sealed_strength),
+                        ("--tracking-outage", args.tracking_outage),
+                        ("--cpus-per-trial", args.cpus_per_trial),
+                        ("--gpus-per-trial", args.gpus_per_trial)):
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag}={value} must be a finite number")
     for flag, value, low in (("--num-samples", args.num_samples, 1),
                              ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--seed", args.seed, 0),
@@ -266,9 +312,9 @@ def parse_resources(items: Sequence[str]) -> dict[str, float]:
             amount = float(value)
         except ValueError:
             amount = -1.0
-        if not sep or not key or amount <= 0 or key.upper() in ("CPU", "GPU"):
-            raise ConfigError(f"--trial-resource {item!r} must be NAME=AMOUNT with AMOUNT > 0 "
-                              "(CPU/GPU have their own flags)")
+        if not sep or not key or not 0 < amount < math.inf or key.upper() in ("CPU", "GPU"):
+            raise ConfigError(f"--trial-resource {item!r} must be NAME=AMOUNT with a finite "
+                              "AMOUNT > 0 (CPU/GPU have their own flags)")
         out[key] = amount
     return out
 
@@ -324,4 +370,7 @@ def describe_plan(plan: SearchPlan) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        exit_now(code)
+    raise SystemExit(code)

@@ -1,7 +1,7 @@
 """A Ray session for one command, and the Ray processes a killed search left behind.
 
 `ray_session` starts Ray here (or joins a cluster) and shuts it down at the end, whatever
-happens in between.
+happens in between (a Ctrl-C or SIGTERM included: search/signals.py).
 
 A driver that starts Ray on this machine records every process Ray started for it (GCS,
 raylet, dashboard and runtime-env agents...). A normal exit removes the record; a driver that
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from search.signals import reinstall
+
 __all__ = ["ray_session", "record_ray_processes", "records_dir", "stop_leftovers"]
 
 
@@ -36,6 +38,7 @@ def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iter
     # "local" starts a new instance even where `ray start` left a cluster file behind
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
+    reinstall()  # ray.init replaced the driver's SIGTERM handler with a sys.exit
     try:
         if address is None:
             record_ray_processes()

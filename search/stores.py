@@ -1,29 +1,63 @@
-"""Where a search keeps things, checked before anything is written: the storage folder and the
-MLflow tracking store (a server, or a local sqlite/file store and its artifacts beside it)."""
+"""Where a search keeps things, checked before anything is written: the search's name, the
+storage folder and the MLflow tracking store (a server, or a local sqlite/file store and its
+artifacts beside it)."""
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from trainables.errors import ConfigError
 
-__all__ = ["artifact_location", "check_tracking_uri", "local_store", "writable_folder"]
+__all__ = ["artifact_location", "check_name", "check_tracking_uri", "inside", "local_store",
+           "writable_folder"]
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# what MLflow can track to; anything else is a typo that MLflow would retry for minutes
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql",
+                    "databricks", "databricks-uc", "uc")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A search's name: a name, not a path (it becomes a folder under the storage path)."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{what} {name!r} is not a search name: use 1 to 100 letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit, without '..' "
+                          "(a name, not a path: where it goes is --storage-path)")
+    return name
+
+
+def inside(folder: Path, name: str, what: str = "--name") -> Path:
+    """`folder / name`, which must stay inside `folder` (also through a symbolic link)."""
+    target = (folder / name).resolve()
+    if target.parent != folder.resolve():
+        raise ConfigError(f"{what} {name!r}: {folder / name} leads to {target}, outside "
+                          f"{folder}; pick another name")
+    return target
 
 
 def writable_folder(path: str | Path, what: str) -> Path:
-    """`path`, a folder that exists or can be made: its nearest existing ancestor is a
-    writable folder (nothing is created here, so a refused command leaves nothing behind)."""
+    """`path`, a folder that exists or can be made: its nearest existing ancestor is a folder
+    where a folder can be made (tried, and removed at once: a refused command leaves nothing
+    behind)."""
+    if not str(path).strip():
+        raise ConfigError(f"{what} is empty; give a folder, e.g. ./ray_results")
     folder = Path(path).expanduser().resolve()
     probe = folder
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"{what} {str(path)!r}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {str(path)!r}: {probe} is not writable")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r}: nothing can be created in {probe} "
+                          f"({err.strerror or err})") from None
     return folder
 
 
@@ -41,9 +75,19 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0, must_exist: bool = F
                               "(mlflow server --host ... --port ...) or use a sqlite:/// URI"
                               ) from None
         return
+    scheme = uri.split("://", 1)[0] if "://" in uri else None
+    if scheme is not None and scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise ConfigError(f"--mlflow-uri {uri}: unknown scheme {scheme!r}; use http(s)://HOST:"
+                          "PORT, sqlite:///PATH.db, a folder, or a database URI "
+                          "(postgresql://, mysql://, mssql://)")
     store = local_store(uri)
     if store is None:
         return  # databricks://, postgresql://...: MLflow itself reports problems
+    if uri.startswith("sqlite:"):
+        _check_sqlite(uri, store)
+    elif store.is_file():
+        raise ConfigError(f"--mlflow-uri {uri}: {store} is a file; a file store is a folder "
+                          "(or use sqlite:///PATH.db)")
     folder = store.parent if uri.startswith("sqlite:") else store
     if not must_exist and not folder.exists():
         folder = folder.parent
@@ -52,6 +96,20 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0, must_exist: bool = F
                           "writable")
     if must_exist and not store.exists():
         raise ConfigError(f"--mlflow-uri {uri}: there is no MLflow store at {store}")
+
+
+def _check_sqlite(uri: str, store: Path) -> None:
+    """A sqlite store is a database file or a file that can be made (not a folder: MLflow
+    would retry it with back-off for minutes)."""
+    if store.is_dir():
+        raise ConfigError(f"--mlflow-uri {uri}: {store} is a folder; give a database file, "
+                          f"e.g. sqlite:///{store / 'mlflow.db'}")
+    if store.is_file() and store.stat().st_size:
+        with store.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise ConfigError(f"--mlflow-uri {uri}: {store} is not a sqlite database; give "
+                              "another file name (MLflow creates the database)")
 
 
 def local_store(uri: str) -> Path | None:

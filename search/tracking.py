@@ -42,7 +42,7 @@ from trainables.scoring.masking import raised_flags
 from trainables.vocab import MASKING, MASKING_ANY, Group, Stat
 
 __all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness_table",
-           "trial_metrics"]
+           "stop_running_children", "trial_metrics"]
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
@@ -65,6 +65,17 @@ def open_experiment(client: MlflowClient, name: str) -> str:
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+def stop_running_children(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
+    """After an interruption: the trials' runs still RUNNING are marked KILLED (tag
+    `trial_status` interrupted); a resumed search marks them RUNNING again."""
+    runs = client.search_runs([experiment_id], f"tags.`{TAG.PARENT}` = '{parent_id}' and "
+                              "attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        client.set_tag(run.info.run_id, TAG.STATUS, TrialStatus.INTERRUPTED)
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
 
 
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -242,6 +253,7 @@ class MlflowTrialLogger(Callback):
         kind = event["kind"]
         if kind == "status":
             self.client.set_tag(run_id, TAG.STATUS, event["status"])
+            self.client.update_run(run_id, status="RUNNING")  # also one an interruption KILLED
         elif kind == "result":
             entries = [Metric(k, v, event["stamp"], event["step"])
                        for k, v in sorted(event["metrics"].items())]

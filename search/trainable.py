@@ -103,8 +103,8 @@ def _train(record: TrialRecord, space: Space, shared: Shared, cpus: float,
                 save_defended_model(
                     Path(folder) / ARTIFACT.MODEL, model, arch=setup.arch,
                     image_shape=setup.info.image_shape, num_classes=setup.info.num_classes,
-                    info={**record.to_dict(), "metrics": metrics,
-                          "threat_model": setup.threat.to_dict(), "space": space.name})
+                    info=record.model_info(threat=setup.threat.to_dict(), metrics=metrics,
+                                           space=space.name))
             placement = {TRIAL_NODE: ray.get_runtime_context().get_node_id(),
                          TRIAL_DEVICE: device, TRIAL_RESTARTED: float(restarted)}
             metrics[OBJECTIVE] = objective_value(metrics, space)

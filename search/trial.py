@@ -14,6 +14,8 @@ from typing import Any
 
 import spaces
 from search.cli import Parser, run_cli
+from search.stores import writable_folder
+from trainables.config import plain
 from trainables.errors import ConfigError
 from trainables.vocab import Split
 
@@ -70,7 +72,17 @@ def parse_values(text: str, space: spaces.Space) -> dict[str, Any]:
         raise ConfigError(f"--params has unknown key(s) {extra}; space {space.name!r} "
                           f"searches: {', '.join(sorted(allowed))} (and pool)")
     # each value as the space allows it (its range or choices), not only as the config does
-    return {k: space.params[k].value(v) if k in space.params else v for k, v in values.items()}
+    values = {k: space.params[k].value(v) if k in space.params else v for k, v in values.items()}
+    resolved = {**space.default_values(), **values}
+    for key in values:
+        spec = space.params.get(key)
+        if spec is not None and not spec.active(resolved):
+            condition = ", ".join(f"{k} in {list(v)}" for k, v in (spec.when or {}).items())
+            now = ", ".join(f"{k}={plain(resolved.get(k))!r}" for k in spec.when or {})
+            raise ConfigError(f"--params {key}={values[key]!r} does not apply: space "
+                              f"{space.name!r} uses it only when {condition} (here {now}); "
+                              "leave it out")
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     from trainables.scoring.final import final_evaluation
     from trainables.train import run_trial
 
+    for flag, path in (("--out", args.out), ("--save-model", args.save_model)):
+        if path is not None:
+            _check_output_file(flag, path)
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data_dir={args.data_dir}")
@@ -116,10 +131,21 @@ def _run(args: argparse.Namespace) -> int:
         save_defended_model(args.save_model, result.model, arch=setup.arch,
                             image_shape=setup.info.image_shape,
                             num_classes=setup.info.num_classes,
-                            info={**record.to_dict(), "threat_model": setup.threat.to_dict(),
-                                  "metrics": result.metrics, "space": space.name})
+                            info=record.model_info(threat=setup.threat.to_dict(),
+                                                   metrics=result.metrics, space=space.name))
         print(f"defended model written to {args.save_model}")
     return 0
+
+
+def _check_output_file(flag: str, path: str) -> None:
+    """An output file's path, checked before anything is trained: not a folder, and in a
+    folder that exists or can be made."""
+    target = Path(path).expanduser()
+    if not path.strip() or target.is_dir():
+        example = target / ("model.pt" if flag == "--save-model" else "result.json")
+        raise ConfigError(f"{flag} {path!r} is a folder, not a file; give a file path such "
+                          f"as {example}")
+    writable_folder(target.resolve().parent, f"{flag} {path!r}: its folder")
 
 
 if __name__ == "__main__":

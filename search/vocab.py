@@ -47,6 +47,7 @@ class TrialStatus(StrEnum):
     COMPLETED = "completed"
     EARLY_STOPPED = "early-stopped"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C, SIGTERM, a full disk) mid-trial
 
 
 # ---------------------------------------------------------------- metric keys
@@ -147,6 +148,8 @@ class ARTIFACT:
     SEARCH_INFO = "search.json"
     OPTUNA_DB = "optuna.db"
     MLFLOW_JOURNAL = "mlflow-pending.jsonl"  # MLflow writes queued while the server was away
+    FINAL_JOURNAL = "mlflow-pending-final.jsonl"  # ... of the final comparison
+    LOCK = "search.lock"  # the command running the search now: pid, host, start time
     REPORT = "report"  # the folder of the report plots
 
 

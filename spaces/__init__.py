@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spaces._space import (
     INACTIVE,
     RECORD_KEY,
@@ -26,6 +24,7 @@ from spaces._space import (
     SpaceError,
     parse_space,
 )
+from spaces._yaml import MAX_YAML_BYTES, load_yaml
 from spaces.record import ORIGIN, TrialRecord
 from trainables.errors import ConfigError
 
@@ -44,6 +43,7 @@ __all__ = [
     "apply_overrides",
     "list_spaces",
     "load",
+    "load_yaml",
     "read_raw",
 ]
 
@@ -71,17 +71,16 @@ def _path_of(name_or_path: str) -> Path:
 
 
 def read_raw(name_or_path: str) -> tuple[dict[str, Any], str]:
-    """The raw mapping of a space file and its path."""
+    """The raw mapping of a space file and its path (read as `load_yaml` reads YAML)."""
     path = _path_of(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpaceError(f"space file {str(path)!r} is not valid YAML{at}: {problem}") from None
+    what = f"space file {str(path)!r}"
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise SpaceError(f"{what} holds {size:,} bytes; a space file holds at most "
+                         f"{MAX_YAML_BYTES:,}")
+    raw = load_yaml(path.read_bytes(), what)
     if not isinstance(raw, dict):
-        raise SpaceError(f"space file {str(path)!r} must hold a mapping at the top level")
+        raise SpaceError(f"{what} must hold a mapping at the top level")
     return raw, str(path)
 
 
@@ -92,10 +91,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SpaceError(f"--set {item!r} must look like KEY=VALUE (e.g. budget.epochs=5)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise SpaceError(f"--set {item!r}: the value is not valid YAML") from None
+        value = load_yaml(text, f"--set {item!r}: the value")
         node = out
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):

@@ -49,6 +49,13 @@ class TrialRecord:
                    data.get("baseline"), Fidelity.from_dict(data.get("fidelity", {})),
                    data.get("origin"))
 
+    def model_info(self, *, threat: Mapping[str, Any], metrics: Mapping[str, float],
+                   space: str) -> dict[str, Any]:
+        """What a saved defended model keeps beside its weights (`model.info` once loaded):
+        this record, the threat model it was trained for, its metrics and its space."""
+        return {**self.to_dict(), "threat_model": dict(threat), "metrics": dict(metrics),
+                "space": space}
+
     def mlflow_params(self) -> dict[str, str]:
         """The trial's MLflow params: the config's values (where it ran left out), then the
         searched values under the same keys on every run."""

@@ -5,11 +5,15 @@ Optuna study, no cache). In-process, so that the 80-odd kinds cost seconds, not 
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Callable, Sequence
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -23,6 +27,7 @@ Main = Callable[[Sequence[str] | None], int]
 RUN, TRIAL, REPORT, FINAL = run.main, trial.main, report.main, final.main
 
 S = ["--space", "smoke"]
+R = ["--resume", "--storage-path", "{tmp}/resumable", "--name"]
 CASES: list[tuple[str, Main, list[str], str]] = [
     # ---- spaces: which file, and what it holds
     ("unknown space", RUN, ["--space", "nope"], "unknown space 'nope'"),
@@ -30,6 +35,16 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("space file missing", RUN, ["--space", "{tmp}/none.yaml"], "does not exist"),
     ("space not YAML", RUN, ["--space", "{bad_yaml}"], "is not valid YAML at line"),
     ("space not a mapping", RUN, ["--space", "{list_yaml}"], "must hold a mapping"),
+    ("space: billion laughs", RUN, ["--space", "{laughs_yaml}"],
+     "expands to more than 100,000 values"),
+    ("space: nested too deep", RUN, ["--space", "{deep_yaml}"], "nests deeper than 32 levels"),
+    ("space: an alias of itself", RUN, ["--space", "{loop_yaml}"], "refers to itself"),
+    ("space: a key given twice", RUN, ["--space", "{twice_yaml}"],
+     "key 'heldout' appears twice (lines 4 and 5)"),
+    ("space: not UTF-8", RUN, ["--space", "{latin1_yaml}"], "is not UTF-8 text (byte 0xe9"),
+    ("space: too large", RUN, ["--space", "{huge_yaml}"], "a space file holds at most"),
+    ("override: a key given twice", RUN, [*S, "--set", "budget={epochs: 1, epochs: 2}"],
+     "key 'epochs' appears twice"),
     ("override without =", RUN, [*S, "--set", "budget.epochs"], "must look like KEY=VALUE"),
     ("override of an unknown key", RUN, [*S, "--set", "budget.epoch=3"], "epoch"),
     ("zero epochs", RUN, [*S, "--set", "budget.epochs=0"], "epochs"),
@@ -124,6 +139,18 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("negative top-k", RUN, [*S, "--sealed-top-k", "-1"], "--sealed-top-k=-1"),
     ("zero final seeds", RUN, [*S, "--final-seeds", "0"], "--final-seeds=0"),
     ("zero sealed strength", RUN, [*S, "--sealed-strength", "0"], "--sealed-strength=0"),
+    ("sealed strength nan", RUN, [*S, "--sealed-strength", "nan"],
+     "--sealed-strength=nan must be a finite number"),
+    ("sealed strength inf", RUN, [*S, "--sealed-strength", "inf"],
+     "--sealed-strength=inf must be a finite number"),
+    ("infinite GPUs", RUN, [*S, "--gpus-per-trial", "inf"],
+     "--gpus-per-trial=inf must be a finite number"),
+    ("CPUs nan", RUN, [*S, "--cpus-per-trial", "nan"], "--cpus-per-trial=nan must be a finite"),
+    ("outage bound inf", RUN, [*S, "--tracking-outage", "inf"], "--tracking-outage=inf must"),
+    ("custom resource inf", RUN, [*S, "--trial-resource", "slot=inf"], "finite AMOUNT > 0"),
+    ("levels of a family that does not exist", RUN,
+     [*S, "--set", "threat_model.levels.Nope.high=0.5"],
+     "threat_model.levels.Nope: there is no attack family 'Nope' with levels"),
     ("negative outage bound", RUN, [*S, "--tracking-outage", "-1"], "--tracking-outage=-1"),
     ("unknown sampler", RUN, [*S, "--search-alg", "grid"], "invalid choice: 'grid'"),
     ("unknown scheduler", RUN, [*S, "--scheduler", "hyperband"], "invalid choice"),
@@ -131,6 +158,37 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("storage path is a file", RUN, [*S, "--storage-path", "{file}"], "is a file"),
     ("resume without a search", RUN, [*S, "--resume"], "no search of space 'smoke'"),
     ("resume of a missing name", RUN, [*S, "--resume", "--name", "gone"], "holds no search"),
+    ("resume with another space", RUN, ["--space", "mid", *R, "kept"],
+     "search 'kept' ran space 'smoke', not 'mid'"),
+    ("resume with another version of the space", RUN, [*S, "--set", "budget.epochs=1", *R,
+                                                       "kept"],
+     "ran another version of space 'smoke' (budget.epochs: 4 then, 1 now)"),
+    ("resume of a damaged Tune state", RUN, [*S, *R, "cut"],
+     "experiment_state-2026-01-01_00-00-00.json is not whole JSON"),
+    ("a search of that name is running", RUN, [*S, "--storage-path", "{tmp}/resumable",
+                                               "--name", "busy"],
+     "search 'busy' is already running (pid {holder}"),
+    # ---- names and places: a name is not a path, results stay in the storage path
+    ("name that climbs out", RUN, [*S, "--name", ".."], "--name '..' is not a search name"),
+    ("name that is a path", RUN, [*S, "--name", "{tmp}/elsewhere"], "is not a search name"),
+    ("name with a slash", RUN, [*S, "--name", "a/b"], "is not a search name"),
+    ("name with a leading dash", RUN, [*S, "--name=-x"], "is not a search name"),
+    ("name too long", RUN, [*S, "--name", "n" * 101], "is not a search name"),
+    ("name that links outside", RUN, [*S, "--name", "link", "--storage-path", "{tmp}/store"],
+     "outside"),
+    ("empty storage path", RUN, [*S, "--storage-path", ""], "--storage-path is empty"),
+    ("storage path nothing can be made in", RUN, [*S, "--storage-path", "/proc/results"],
+     "nothing can be created in /proc"),
+    ("cache folder is a file", RUN, [*S, "--cache-dir", "{file}"], "is a file, not a folder"),
+    # ---- tracking stores MLflow would retry for minutes (or Ray would be started for)
+    ("sqlite store that is a folder", RUN, [*S, "--mlflow-uri", "sqlite:///{tmp}"],
+     "is a folder; give a database file"),
+    ("sqlite store that is not a database", RUN, [*S, "--mlflow-uri", "sqlite:///{file}"],
+     "is not a sqlite database"),
+    ("unknown tracking scheme", RUN, [*S, "--mlflow-uri", "ftp://host/x"],
+     "unknown scheme 'ftp'"),
+    ("file store that is a file", RUN, [*S, "--mlflow-uri", "{file}"],
+     "a file store is a folder"),
     # ---- resource requests
     ("zero CPUs per trial", RUN, [*S, "--cpus-per-trial", "0"], "--cpus-per-trial=0.0 must"),
     ("more CPUs than any node", RUN, [*S, "--cpus-per-trial", "512"],
@@ -161,6 +219,15 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("trial: unknown space", TRIAL, ["--space", "nope"], "unknown space 'nope'"),
     ("trial: unknown device", TRIAL, [*S, "--device", "tpu"], "tpu"),
     ("trial: negative threads", TRIAL, [*S, "--threads", "-2"], "threads=-2 is out of range"),
+    ("trial: a value that does not apply", TRIAL,
+     [*S, "--params", '{"unig": "off", "unig_delta": 0.3}'],
+     "--params unig_delta=0.3 does not apply: space 'smoke' uses it only when unig in "
+     "['per_sample'] (here unig='off')"),
+    ("trial: model path is a folder", TRIAL, [*S, "--save-model", "{tmp}"],
+     "--save-model '{tmp}' is a folder, not a file"),
+    ("trial: model path in a file", TRIAL, [*S, "--save-model", "{file}/m.pt"],
+     "is a file, not a folder"),
+    ("trial: output path is a folder", TRIAL, [*S, "--out", "{tmp}"], "is a folder, not a file"),
     # ---- search.report and search.final on searches that are not there
     ("report: no search here", REPORT, ["--storage-path", "{tmp}/results"],
      "no finished search"),
@@ -171,11 +238,64 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "no finished search"),
     ("final: zero seeds", FINAL, ["--seeds", "0"], "--seeds=0 must be >= 1"),
     ("final: zero strength", FINAL, ["--strength", "0"], "--strength=0.0 must be > 0"),
+    ("final: strength nan", FINAL, ["--strength", "nan"], "--strength=nan must be a finite"),
+    ("report: plots folder is a file", REPORT, ["--out", "{file}"], "is a file, not a folder"),
+    ("report: a name that climbs out", REPORT, ["--name", ".."], "is not a search name"),
+    ("final: a name that is a path", FINAL, ["--name", "/etc"], "is not a search name"),
 ]
 
 
+def _laughs() -> bytes:
+    """Eleven levels of ten aliases each: 10^11 values once expanded."""
+    text, previous = "name: laughs\nl0: &l0 [" + ", ".join(["lol"] * 10) + "]\n", "l0"
+    for level in range(1, 12):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+        previous = f"l{level}"
+    return text.encode()
+
+
+# space files built to hurt the reader (issue 21: 18 s and a 312 MB error line; a
+# RecursionError with a 2,992-line traceback; the last of two keys silently kept; a traceback)
+HOSTILE_YAML = {
+    "laughs": _laughs(),
+    "deep": b"name: deep\ndataset: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "loop": b"name: loop\ndataset: &x [*x]\n",
+    "twice": b"name: twice\ndataset: digits\nattacks:\n  heldout: [PGDL2]\n  heldout: [FGSM]\n",
+    "latin1": "name: café\ndataset: digits\n".encode("latin-1"),
+    "huge": b"name: huge\nnote: [" + b"1," * 600_000 + b"1]\n",
+}
+
+
+def _kept_search(folder: Path) -> Path:
+    """What a smoke search leaves in its results folder, as far as --resume reads it."""
+    import yaml
+
+    import spaces
+
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps({
+        "name": folder.name, "space": "smoke", "mlflow_uri": "sqlite:///x.db", "experiment": "e",
+        "experiment_id": "1", "parent_run_id": "p", "storage_path": str(folder.parent),
+        "optuna_storage": "sqlite:///o.db", "seed": 0, "resources": {"cpu": 1.0},
+        "address": None, "cache_dir": None, "mode": "max"}))
+    (folder / "space.yaml").write_text(yaml.safe_dump(spaces.read_raw("smoke")[0]))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    for name in ("tuner.pkl", "searcher-state-2026-01-01_00-00-00.pkl"):
+        (folder / name).write_bytes(b"\x80\x05N.")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def holder() -> Iterator[int]:
+    """A live process that holds a search's lock."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 @pytest.fixture()
-def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: int) -> dict[str, str]:
     """Bad files to point at, made before the snapshot of what exists."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("name: bad\ndataset: digits\nattacks: [unclosed\n")
@@ -195,16 +315,29 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         (tmp_path / f"{name}.yaml").write_text(
             head.format(name) + "fixed: {" + ", ".join(f"{w}: 0" for w in fixed)
             + ', meta: "off", unig: "off"}\n' + ("params:\n" + params if params else ""))
+    for name, text in HOSTILE_YAML.items():
+        (tmp_path / f"{name}.yaml").write_bytes(text)
+    _kept_search(tmp_path / "resumable" / "kept")
+    _kept_search(tmp_path / "resumable" / "cut").joinpath(
+        "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
+    busy = tmp_path / "resumable" / "busy"
+    busy.mkdir()
+    (busy / "search.lock").write_text(json.dumps({
+        "pid": holder, "host": socket.gethostname(),
+        "created": psutil.Process(holder).create_time(), "started": "2026-01-01 00:00:00"}))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "link").symlink_to(tmp_path)
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (garbage / name).write_bytes(os.urandom(4096))
-    return {"tmp": str(tmp_path), "bad_yaml": str(tmp_path / "bad.yaml"),
+    return {"tmp": str(tmp_path), "holder": str(holder), "bad_yaml": str(tmp_path / "bad.yaml"),
             "list_yaml": str(tmp_path / "list.yaml"), "file": str(tmp_path / "afile"),
             "folder": str(tmp_path / "spaces"), "garbage": str(garbage),
             **{f"{n}_yaml": str(tmp_path / f"{n}.yaml") for n in ("dead", "clean_only",
-                                                                   "w_ce_only")}}
+                                                                   "w_ce_only",
+                                                                   *HOSTILE_YAML)}}
 
 
 def _fill(text: str, inputs: dict[str, str]) -> str:
@@ -237,6 +370,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert code == 2, (out.getvalue()[-2000:], err.getvalue()[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+    assert len(lines[0]) < 1000, lines[0][:1000]  # one line, not a dump of the input
     assert _fill(message, inputs) in lines[0]
     assert not ray.is_initialized()
     assert _tree(tmp) == before  # no results folder, store, study or report made
@@ -268,6 +402,15 @@ def _write(kind: str, path: Path, good: Path) -> None:
         payload = torch.load(good, weights_only=True)
         del payload["head"]
         torch.save(payload, path)
+    elif kind == "missing weight":
+        payload = torch.load(good, weights_only=True)
+        del payload["head"]["trunk.1.weight"]
+        torch.save(payload, path)
+    elif kind == "weight of another shape":
+        payload = torch.load(good, weights_only=True)
+        payload["encoder"] = {k: torch.zeros(3, *v.shape[1:]) if v.dim() else v
+                              for k, v in payload["encoder"].items()}
+        torch.save(payload, path)
     elif kind == "wrong architecture":
         payload = torch.load(good, weights_only=True)
         payload["arch"] = "no_such_arch"
@@ -277,8 +420,24 @@ def _write(kind: str, path: Path, good: Path) -> None:
     # "no file": nothing written
 
 
-BAD_MODELS = ["random bytes", "truncated", "empty file", "pickled module", "a tensor",
-              "wrong class count", "missing key", "wrong architecture", "a folder", "no file"]
+# each kind and what its one line must say (the key and the expected shape, where one is off)
+BAD_MODELS = {
+    "random bytes": "cannot be read as a saved model",
+    "truncated": "cannot be read as a saved model",
+    "empty file": "cannot be read as a saved model",
+    "pickled module": "holds a pickled Python object (torch.nn.modules.linear.Linear), which is "
+                      "refused because loading it would run code",
+    "a tensor": "is not a defended model saved by this project",
+    "wrong class count": "head weight 'out.weight' has shape [10, 200], expected [7, 200] for "
+                         "a small_cnn for images [1, 8, 8] with 7 classes",
+    "missing key": "lacks the key(s) ['head']",
+    "missing weight": "head weight 'trunk.1.weight' is missing (expected shape [200, 256]",
+    "weight of another shape": "encoder weight '0.weight' has shape [3, 1, 3, 3], "
+                               "expected [32, 1, 3, 3]",
+    "wrong architecture": "architecture 'no_such_arch'",
+    "a folder": "is a directory",
+    "no file": "does not exist",
+}
 
 
 @pytest.mark.parametrize("kind", BAD_MODELS)
@@ -294,6 +453,8 @@ def test_a_bad_model_file_is_one_clear_error(tmp_path: Path, kind: str) -> None:
         load_defended_model(bad)
     message = str(caught.value)
     assert "\n" not in message and str(bad) in message
+    assert BAD_MODELS[kind] in message, message
+    assert "weights_only=False" not in message and "\x1b" not in message  # no unsafe advice
 
 
 # ---- a tracking store that does not exist is not created by looking at it
@@ -308,3 +469,18 @@ def test_report_on_a_server_without_the_experiment_creates_nothing(tmp_path: Pat
         assert err.getvalue().startswith("error: no MLflow experiment 'nope'")
     finally:
         stop_process(proc)
+
+
+@pytest.mark.parametrize("name", HOSTILE_YAML)
+def test_a_hostile_space_file_is_refused_in_a_second(tmp_path: Path, name: str) -> None:
+    import time
+
+    import spaces
+    from spaces import SpaceError
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(HOSTILE_YAML[name])
+    start = time.perf_counter()
+    with pytest.raises(SpaceError):
+        spaces.load(str(path))
+    assert time.perf_counter() - start < 2.0

@@ -1,9 +1,12 @@
-"""Faults during a search on this machine: the tracking server lost and back, a trial that
-crashes, one that diverges, a driver SIGKILLed (its Ray processes left behind, a checkpoint
-corrupted) and resumed. After each, Ray, Optuna and MLflow agree on the trials."""
+"""Faults during a search on this machine: the tracking server lost and back (also during the
+final comparison), a trial that crashes, one that diverges, a driver SIGKILLed (its Ray
+processes left behind, a checkpoint corrupted) and resumed, Ctrl-C and SIGTERM, a second
+start of the same search, a full disk. After each, Ray, Optuna and MLflow agree on the
+trials."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -248,6 +252,7 @@ def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
         stop_process(first)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "stopped" in second.stdout and "left by a search that was killed" in second.stdout
+    assert "which no longer runs: lock taken over" in second.stdout  # the killed one's lock
     assert not [pid for pid in left if Path(f"/proc/{pid}").exists()
                 and pid in session_members(first.pid)]
     done_lines = [line for line in second.stdout.splitlines() if " done: " in line]
@@ -256,3 +261,193 @@ def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
     assert all(r.data.tags["trial_status"] == "completed" for r in children)  # type: ignore[attr-defined]
     restarted = [r for r in children if r.data.tags.get("restarted")]  # type: ignore[attr-defined]
     assert restarted, second.stdout[-3000:]  # the corrupted one started over, and finished
+
+
+# ---- issue 21: interruption is a state, the final comparison journaled, a full disk
+
+
+def _parent(client: MlflowClient, experiment: str, name: str) -> Any:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    (run,) = client.search_runs([found.experiment_id], f"tags.search_name = '{name}'")
+    return run
+
+
+def _one_line_at_the_end(output: str, start: str) -> str:
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(start), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    return last
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    _, _, uri = server
+    args = _args("ctrlc", uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1",
+                 "--set", "budget.epochs=1", "--set", "baselines=[]")
+    log, folder, client = tmp_path / "first.log", tmp_path / "ray" / "ctrlc", MlflowClient(uri)
+    first = _popen(args, tmp_path, log)
+    try:
+        def one_done_one_running() -> bool:
+            statuses = [r.data.tags.get("trial_status") for r in _children(client, "ctrlc")]  # type: ignore[attr-defined]
+            return "completed" in statuses and "running" in statuses
+
+        _wait_until(one_done_one_running, first, log, timeout=900)
+        second = run_module("search.run", *args, cwd=tmp_path, timeout=300)  # same name
+        start = time.monotonic()
+        first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = first.wait(timeout=300)
+        took = time.monotonic() - start
+    finally:
+        stop_process(first)
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
+    assert f"search 'ctrlc' is already running (pid {first.pid}" in lines[0]
+    assert "give this one another --name" in lines[0]
+    output = log.read_text()
+    assert code == 130 and took < 60, (code, took, output[-3000:])
+    last = _one_line_at_the_end(output, "interrupted: resume with `python -m search.run "
+                                        "--space smoke --name ctrlc")
+    assert "--resume`" in last
+    for left_out in ("best_config.yaml", "best_model.pt", "leaderboard.csv", "report",
+                     "search.lock"):  # nothing that looks like a finished search
+        assert not (folder / left_out).exists(), left_out
+    assert _parent(client, "ctrlc", "ctrlc").info.status == "KILLED"
+    runs = _children(client, "ctrlc")
+    assert sorted((r.info.status, r.data.tags["trial_status"]) for r in runs) == [  # type: ignore[attr-defined]
+        ("FINISHED", "completed"), ("KILLED", "interrupted")]
+    resumed = run_module("search.run", *args, "--resume", cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    children = _agree(folder, client, "ctrlc", "ctrlc", 2)
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] == "completed"  # type: ignore[attr-defined]
+               for r in children)
+    assert _parent(client, "ctrlc", "ctrlc").info.status == "FINISHED"
+    assert (folder / "best_config.yaml").is_file() and not (folder / "search.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    _, _, uri = server
+    args = _args("term", uri, tmp_path, "--num-samples", "1", "--set", "budget.epochs=4",
+                 "--set", "baselines=[]")
+    log, client = tmp_path / "search.log", MlflowClient(uri)
+    search = _popen(args, tmp_path, log)
+    try:
+        def one_evaluation() -> bool:
+            runs = _children(client, "term")
+            return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id,  # type: ignore[attr-defined]
+                                                                 "val/clean/acc"))
+
+        _wait_until(one_evaluation, search, log, timeout=900)
+        start = time.monotonic()
+        search.send_signal(signal.SIGTERM)  # what `timeout` and schedulers send
+        code = search.wait(timeout=300)
+        took = time.monotonic() - start
+        deadline = time.time() + 20
+        while session_members(search.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        left = session_members(search.pid)
+    finally:
+        stop_process(search)
+    output = log.read_text()
+    assert code == 143 and took < 60, (code, took, output[-3000:])
+    _one_line_at_the_end(output, "interrupted: resume with")
+    for crash in ("Aborted", "core dumped", "*** SIG", "Stack trace", "Check failed"):
+        assert crash not in output, output[-3000:]
+    assert not left, f"Ray processes left running: {left}"
+    assert _parent(client, "term", "term").info.status == "KILLED"
+    (run,) = _children(client, "term")
+    assert run.info.status == "KILLED" and run.data.tags["trial_status"] == "interrupted"  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_mlflow_lost_during_the_final_comparison_loses_nothing(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    root, procs, uri = server
+    args = _args("final", uri, tmp_path, "--num-samples", "1", "--set", "budget.epochs=1",
+                 "--set", "baselines=[]", "--sealed-top-k", "1", "--final-seeds", "1",
+                 "--tracking-outage", "5")
+    log, folder = tmp_path / "search.log", tmp_path / "ray" / "final"
+    search = _popen(args, tmp_path, log)
+    try:
+        _wait_until(lambda: "final: 1 recipes x 1 seeds" in log.read_text(), search, log,
+                    timeout=900)
+        stop_process(procs.pop())  # the server goes away while the final tasks run
+        code = search.wait(timeout=600)
+    finally:
+        stop_process(search)
+    output = log.read_text()
+    assert code == 3, output[-3000:]
+    last = _one_line_at_the_end(output, "error: MLflow at")
+    assert "the final comparison is in" in last and "--resume" in last
+    table = (folder / "final.md").read_text()  # written before any MLflow write
+    assert "| recipe |" in table and (folder / "sealed.csv").read_text().strip()
+    journal = folder / "mlflow-pending-final.jsonl"
+    assert journal.is_file() and journal.read_text().strip()
+    procs.append(start_mlflow_server(root, port=int(uri.rsplit(":", 1)[1]))[0])
+    resumed = run_module("search.run", *args, "--resume", cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "the final comparison ran before; its" in resumed.stdout
+    assert "final: 1 recipes x" not in resumed.stdout  # logged, not evaluated again
+    assert not journal.exists()
+    client = MlflowClient(uri)
+    parent = _parent(client, "final", "final")
+    assert parent.info.status == "FINISHED"
+    assert any(k.startswith("final/") for k in parent.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"final.md", "sealed.csv", "final.json"} <= artifacts
+    (child,) = _children(client, "final")
+    assert child.data.tags.get("final_comparison") == "true"  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MB file system of its own (tmpfs), so that writes really fail when it is full."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str],
+        small_disk: Path) -> None:
+    _, _, uri = server
+    args = _args("full", uri, tmp_path, "--num-samples", "2", "--set", "budget.epochs=3",
+                 "--set", "baselines=[]", "--storage-path", str(small_disk / "ray"))
+    log, folder, filler = tmp_path / "search.log", small_disk / "ray" / "full", small_disk / "fill"
+    search = _popen(args, tmp_path, log)
+    try:
+        _wait_until(lambda: "epoch 1/3" in log.read_text(), search, log, timeout=900)
+        # something else fills the disk, to the last byte
+        with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+            while True:
+                handle.write(b"\0" * 1024 * 1024)
+        code = search.wait(timeout=300)
+        # checked before the search: another one does not start on this disk
+        other = run_module("search.run", *_args("other", uri, tmp_path, "--storage-path",
+                                                  str(small_disk / "ray")), cwd=tmp_path,
+                           timeout=300)
+    finally:
+        stop_process(search)
+    output = log.read_text()
+    assert code == 4, output[-3000:]
+    last = _one_line_at_the_end(output, "error: a disk the search writes to is full (")
+    assert "it stopped with its state kept" in last and "--resume`" in last
+    assert other.returncode == 2 and "this search writes about" in other.stderr, other.stderr
+    assert not (small_disk / "ray" / "other").exists()
+    json.loads((folder / "search.json").read_text())  # the search's own files are whole
+    assert not list(folder.glob("*.tmp-*"))
+    assert _parent(MlflowClient(uri), "full", "full").info.status == "KILLED"
+    filler.unlink()  # space freed
+    resumed = run_module("search.run", *args, "--resume", cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    children = _agree(folder, MlflowClient(uri), "full", "full", 2)
+    assert all(r.data.tags["trial_status"] == "completed" for r in children)  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_writes_metrics_and_a_loadable_model(tmp_path: Path) -> None:
     out, model = tmp_path / "result.json", tmp_path / "model.pt"
     proc = _cli("--space", "smoke", "--set", "budget.epochs=2", "--params",
-                '{"pool": ["PGD", "MIFGSM"], "w_feat": 0.5}', "--out", str(out),
+                '{"pool": ["PGD", "MIFGSM"], "w_feat": 0.5, "unig": "off"}', "--out", str(out),
                 "--save-model", str(model), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/2" in proc.stdout and "epoch 2/2" in proc.stdout
@@ -33,8 +33,10 @@ def test_cli_writes_metrics_and_a_loadable_model(tmp_path: Path) -> None:
     assert summary["config"]["pool"] == ["PGD", "MIFGSM"]
     assert summary["config"]["w_feat"] == 0.5
     assert "val/heldout/mean_acc" in summary["metrics"]
-    loaded = load_defended_model(model)
+    loaded = load_defended_model(model)  # issue 21: UniG off was saved as an enum, unreadable
+    assert loaded.unig is None
     assert loaded.info["threat_model"]["norm"] == "Linf"  # type: ignore[index]
+    assert loaded.info["config"]["unig"] == "off"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -132,6 +132,11 @@ def resolve_setup(config: TrialConfig, *, extra_attacks: Sequence[str] = (),
         raise ConfigError(f"arch {arch!r} is unknown; choose auto or one of "
                           f"{list(ARCHITECTURES)}")
     threat = info.threat_model.merged(config.threat_model or {})
+    unknown = sorted(set(threat.levels) - set(info.threat_model.levels))
+    if unknown:
+        raise ConfigError(f"threat_model.levels.{unknown[0]}: there is no attack family "
+                          f"{unknown[0]!r} with levels; choose from "
+                          f"{', '.join(sorted(info.threat_model.levels))}")
     threat.validate(info.image_shape)
     channels = info.image_shape[0]
     for name in (*config.pool, *config.heldout, *config.sealed, *extra_attacks):
