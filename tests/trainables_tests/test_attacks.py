@@ -28,6 +28,7 @@ ALL_ATTACKS = {  # the Lp attacks (torchattacks, and noise); the non-Lp families
     "APGD", "APGD-DLR", "APGDT", "FAB", "Square", "SPSA", "AutoAttack",
     "PGDL2", "APGD-L2", "FAB-L2", "Square-L2", "CW", "DeepFool",
     "EADL1", "EADEN", "JSMA", "SparseFool", "OnePixel", "Pixle", "Noise", "Noise-L2",
+    "SimBA", "SimBA-DCT", "RandomSearch",  # query attacks (ART, and our own random search)
 }
 RGB_ONLY = ("TIFGSM", "PIFGSM", "PIFGSMPP")
 BUDGETS = {"Linf": 0.2, "L2": 1.0, "L1": 4.0, "L0": 4}
