@@ -57,11 +57,11 @@ def synthetic_shared(config: TrialConfig, *, train: int, points: int) -> Shared:
 def one_trial(space_name: str, overrides: list[str], device: str, train: int, points: int,
               sealed: bool) -> dict[str, float]:
     """One epoch, one evaluation (and the sealed evaluation): the phase times."""
-    from trainables import train
+    from trainables import train as trial
     from trainables.scoring.final import final_evaluation
 
     # random labels leave nothing to learn: the chance-accuracy stop would end a timing run
-    train._check_clean = lambda *_: None  # type: ignore[assignment]
+    trial._check_clean = lambda *_: None  # type: ignore[assignment]
     space = spaces.load(space_name, overrides)
     config = space.trial_config(device=device, threads=1 if device == "cpu" else 0,
                                 epochs=1, eval_every=1, eval_samples=points,
@@ -69,7 +69,7 @@ def one_trial(space_name: str, overrides: list[str], device: str, train: int, po
                                 autoattack_samples=min(points, 100))
     shared = synthetic_shared(config, train=train, points=points)
     start = time.perf_counter()
-    result = train.run_trial(config, fidelity=space.fidelity, shared=shared, log=lambda _: None)
+    result = trial.run_trial(config, fidelity=space.fidelity, shared=shared, log=lambda _: None)
     if sealed:
         result.metrics.update(final_evaluation(result.model, shared, config,
                                                log=lambda _: None).metrics)

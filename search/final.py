@@ -360,15 +360,15 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
     report = FinalReport(candidates, list(seeds), _differences(candidates))
     write_atomic(out / ARTIFACT.FINAL_TABLE, report.markdown() + "\n")
     write_atomic(out / ARTIFACT.FINAL_CSV, report.csv())
-    for c in report.candidates:  # seed 0's model of every recipe, with its card
-        if c.model is not None:
-            for path in export_model(c.model, out / FINAL_MODELS / c.label / ARTIFACT.MODEL,
-                                     name=c.label, space=space, out=out,
-                                     final=report.facts_of(c)):
-                client.log_artifact(parent_id, str(path), f"{FINAL_MODELS}/{c.label}")
+    files = [{"kind": "file", "run": parent_id, "path": str(path),
+              "folder": f"{FINAL_MODELS}/{c.label}"}
+             for c in report.candidates if c.model is not None  # seed 0's model, its card
+             for path in export_model(c.model, out / FINAL_MODELS / c.label / ARTIFACT.MODEL,
+                                      name=c.label, space=space, out=out,
+                                      final=report.facts_of(c))]
     print("\n" + report.markdown(), flush=True)
     journal = final_journal(client, out)
-    for event in _report_writes(report, parent_id):
+    for event in [*_report_writes(report, parent_id), *files]:
         journal.submit(event)
     drain_final(journal, client.tracking_uri, out, outage_s)
     return report

@@ -156,7 +156,8 @@ class Journal:
 
 def client_writes(client: Any) -> Callable[[Event], None]:
     """Applies plain writes to runs (`run`): metrics at step 0 (`metrics`), a tag (`tag`:
-    key, value), a text artifact (`text`: text, file). Each is idempotent, so a journal of
+    key, value), a text artifact (`text`: text, file), a file kept on disk (`file`: path,
+    folder). Each is idempotent, so a journal of
     them can be replayed."""
     from mlflow.entities import Metric
 
@@ -169,6 +170,8 @@ def client_writes(client: Any) -> Callable[[Event], None]:
             client.set_tag(run, event["key"], event["value"])
         elif kind == "text":
             client.log_text(run, event["text"], event["file"])
+        elif kind == "file":
+            client.log_artifact(run, event["path"], event["folder"])
         else:
             raise ValueError(f"unknown journal event kind {kind!r}")
 

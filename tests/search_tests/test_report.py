@@ -102,8 +102,8 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
     best = min((r.data.tags.get("masking_flags", "none") != "none",
                 r.data.tags["trial_status"] != "completed") for r in searched)
     reused = int(not best[1])
-    assert f"2 recipes x 2 seeds = 4 tasks ({reused} models reused from the search)" \
-        in proc.stdout
+    assert "2 recipes x 2 seeds = 4 tasks (0 started during the search; " \
+        f"{reused} models reused from the search)" in proc.stdout
     rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.index("recipe,"):])))
     assert [r["recipe"] for r in rows][1:] == ["standard"]
     for row in rows:
