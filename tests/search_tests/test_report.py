@@ -110,4 +110,4 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
         for key in ("test/clean/acc", "test/heldout/mean_acc", "test/sealed/mean_acc",
                     "test/autoattack/acc"):
             assert 0.0 <= float(row[f"{key}_lo"]) <= float(row[key]) <= float(row[f"{key}_hi"])
-    assert "Paired difference" in proc.stdout and "| standard |" in proc.stdout
+    assert "minus each baseline" in proc.stdout and "| standard |" in proc.stdout
