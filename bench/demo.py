@@ -2,6 +2,7 @@
 
     python bench/demo.py                  # what `make demo` runs: python -m search.run --space mid
     python bench/demo.py --space smoke
+    python bench/demo.py --keep /tmp/demo    # keep its results, models and cards
 
 Runs the command in a fresh folder (its own MLflow store and results; the teacher cache is the
 usual one, so a second run skips the teacher's training as a user's second demo would) and
@@ -28,9 +29,13 @@ def main() -> None:
     p.add_argument("--space", default="mid")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--log", default=None, help="also keep the command's output here")
+    p.add_argument("--keep", default=None,
+                   help="run in this folder and keep it (results, models and cards, MLflow store)")
     args = p.parse_args()
     before = _reference(args.space, args.overrides)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or scratch
+        Path(folder).mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "search.run", "--space", args.space]
         for override in args.overrides:
             command += ["--set", override]
