@@ -248,7 +248,14 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
                               [logger, progress, guard, *([head] if head is not None else [])]))
     DiskGuard.watching()
     with graceful(stop_tune):  # a signal: Tune stops and saves its state, then Interrupted
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except Exception:
+            # a full disk also cuts Tune's own files short (an empty error.pkl makes its
+            # ResultGrid raise EOFError): the disk is the cause to report, not that
+            if (reason := disk_full_reason()) is not None:
+                raise _disk_full(plan, reason) from None
+            raise
     if (reason := disk_full_reason()) is not None:
         raise _disk_full(plan, reason)
     if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
