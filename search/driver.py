@@ -246,6 +246,17 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     tuner = (restore_tuner(plan, shared, resources, path) if resume
              else build_tuner(plan, shared, resources,
                               [logger, progress, guard, *([head] if head is not None else [])]))
+    results = fit_watched(tuner, plan)
+    if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
+        print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
+              "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
+    _drain_journal(plan, logger, journal)
+    return results, head
+
+
+def fit_watched(tuner: Any, plan: SearchPlan) -> Any:
+    """`tuner.fit()` under the disk guard and the signal handlers; a full disk is reported as
+    DiskFullError whether Tune returned or failed on it."""
     DiskGuard.watching()
     with graceful(stop_tune):  # a signal: Tune stops and saves its state, then Interrupted
         try:
@@ -258,11 +269,7 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
             raise
     if (reason := disk_full_reason()) is not None:
         raise _disk_full(plan, reason)
-    if resume and (orphans := fail_orphans(plan.optuna_storage, plan.name)):
-        print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
-              "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
-    _drain_journal(plan, logger, journal)
-    return results, head
+    return results
 
 
 def _guard(plan: SearchPlan) -> DiskGuard:

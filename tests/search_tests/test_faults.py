@@ -455,3 +455,35 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     children = _agree(folder, MlflowClient(uri), "full", "full", 2)
     assert all(r.data.tags["trial_status"] == "completed" for r in children)  # type: ignore[attr-defined]
+
+
+def test_a_tune_failure_on_a_full_disk_is_reported_as_the_full_disk(tmp_path: Path) -> None:
+    """A full disk also cuts Tune's own files short: its ResultGrid then fails reading an empty
+    error.pkl (EOFError, seen on a fresh-clone run). The search reports the disk, not that;
+    any other failure of Tune is left as it is."""
+    from types import SimpleNamespace
+
+    from search import guard
+    from search.disk import DiskFullError
+    from search.driver import fit_watched
+
+    plan = SimpleNamespace(output_dir=str(tmp_path),
+                           resume_command="python -m search.run --resume")
+
+    class Tuner:
+        def __init__(self, full: bool) -> None:
+            self.full = full
+
+        def fit(self) -> None:
+            if self.full:
+                guard._REASON.append("trial t could not write: No space left on device")
+            raise EOFError("Ran out of input")
+
+    try:
+        with pytest.raises(DiskFullError, match=r"a disk the search writes to is full \(trial "
+                           r"t could not write: No space left on device; .* --resume`"):
+            fit_watched(Tuner(full=True), plan)  # type: ignore[arg-type]
+    finally:
+        guard.DiskGuard.watching()  # no reason left over for the tests after this one
+    with pytest.raises(EOFError):
+        fit_watched(Tuner(full=False), plan)  # type: ignore[arg-type]
