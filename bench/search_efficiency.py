@@ -202,7 +202,8 @@ def main() -> None:
     if lever is not None:
         print(f"\nthe lever study's best recipe: {lever[0]}, {lever[1]:.3f} (mean over its seeds)")
     _plot(found, lever, out, f"{args.space}: samplers at {trials} trials")
-    print(f"plot: {out}")
+    shown = Path(out).resolve()
+    print(f"plot: {shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown}")
 
 
 if __name__ == "__main__":
