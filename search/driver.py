@@ -264,11 +264,10 @@ def fit_watched(tuner: Any, plan: SearchPlan) -> Any:
         except Exception:
             # a full disk also cuts Tune's own files short (an empty error.pkl makes its
             # ResultGrid raise EOFError): the disk is the cause to report, not that
-            if (reason := disk_full_reason()) is not None:
-                raise _disk_full(plan, reason) from None
-            raise
+            if disk_full_reason() is None:
+                raise
     if (reason := disk_full_reason()) is not None:
-        raise _disk_full(plan, reason)
+        raise _disk_full(plan, reason) from None
     return results
 
 
