@@ -12,8 +12,11 @@ asks (plain), then adaptively at the same budget: each query the mean of 5 (EOT)
 asked alone, and both; "adaptive" is the per-point AND of the plain and adaptive results. A
 model whose answers are the same on repeated queries and alone as in a batch (checked on the
 points first) gives the adaptive attacker nothing: its adaptive numbers are its plain ones,
-and the run says so instead of spending the queries. Differences are UniG minus each other
-recipe on the same points (per-point values averaged over seeds, paired bootstrap interval).
+and the run says so instead of spending the queries. The AND gives UniG four draws of the
+attack, so every model is also attacked `--restarts` times with fresh randomness ("plain
+restarts", AND-ed), and "worst" is the AND of everything run on a model. Differences are UniG
+minus each other recipe on the same points, with the final comparison's interval (the paired
+bootstrap over points widened by the seed-to-seed spread).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,19 +38,25 @@ from trainables.defense.unig import UniG
 from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.scoring.masking import CheckContext, batch_dependent_output, is_randomized
 from trainables.scoring.served import ADAPTIVE_ASKING, output_change
-from trainables.scoring.stats import paired_difference, seed_interval
+from trainables.scoring.stats import pooled_seed_variance, seed_interval, seeded_difference
 from trainables.setting.prepare import prepare_shared
 from trainables.train import run_trial
 from trainables.vocab import Group, Split, Stat, group_metric
 
+RESTARTS = "plain restarts"
+
 
 def _attack(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor,
-            adaptive: Adaptive | None, threat: object, seed: int) -> torch.Tensor:
+            adaptive: Adaptive | None, threat: object, seed: int, restart: int = 0
+            ) -> torch.Tensor:
     correct = clean_correct(model, x, y, 256)
-    attack = build_attack(name, model, threat, num_classes=10, seed=seed,  # type: ignore[arg-type]
-                          adaptive=adaptive)
+    # Square seeds its own generator from `seed`: a restart needs another one to draw anew.
+    # Restart 0 keeps the seed and stream the table was first measured with.
+    attack = build_attack(name, model, threat, num_classes=10,  # type: ignore[arg-type]
+                          seed=seed + 7919 * restart, adaptive=adaptive)
+    suffix = f"/restart{restart}" if restart else ""
     return robust_mask(model, attack, x, y, correct, batch_size=256, seed=seed,
-                       stream=f"{name}/{adaptive.name if adaptive else 'plain'}")
+                       stream=f"{name}/{adaptive.name if adaptive else 'plain'}{suffix}")
 
 
 def evaluate(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor,
@@ -59,6 +69,10 @@ def evaluate(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor,
     out["output change"] = cost[group_metric(Split.TEST, Group.OUTPUT, Stat.PROB_CHANGE)]
     plain = _attack(model, name, x, y, None, threat, seed)
     out["plain"] = plain.float().numpy()
+    restarted = plain.clone()
+    for restart in range(1, args.restarts):
+        restarted &= _attack(model, name, x, y, None, threat, seed, restart)
+    out[RESTARTS] = restarted.float().numpy()
     context = CheckContext(model, x, y, threat, 10)  # type: ignore[arg-type]
     batch_dependent = batch_dependent_output(context)[0] or context.batch_dependent
     randomized = is_randomized(model, x)
@@ -70,6 +84,7 @@ def evaluate(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor,
         out[asking.name] = mask.float().numpy()
         adaptive &= mask
     out["adaptive"] = adaptive.float().numpy()
+    out["worst"] = (adaptive & restarted).float().numpy()
     log(f"    randomized={randomized} batch-dependent={batch_dependent}: " + ", ".join(
         f"{k} {v.mean():.3f}" for k, v in out.items()) + f"  ({time.perf_counter() - start:.0f}s)")
     return out
@@ -81,8 +96,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--queries", type=int, default=2500)
+    p.add_argument("--restarts", type=int, default=4,
+                   help="plain runs per model, AND-ed: the adaptive AND asks UniG 4 times, so "
+                        "every model gets as many draws of the attack")
     p.add_argument("--unig", default="per_sample")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save", default=None, help="keep the per-point outcomes here (.npz)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     space = spaces.load(args.space)
@@ -110,11 +129,18 @@ def main() -> None:
             print(f"seed {seed}: {label}", flush=True)
             results.setdefault(label, []).append(
                 evaluate(model, teacher, x, y, args, threat, seed, print))
+    if args.save:
+        arrays: dict[str, Any] = {f"{label}|{seed}|{column}": values
+                                  for label, per_seed in results.items()
+                                  for seed, result in zip(args.seeds, per_seed, strict=True)
+                                  for column, values in result.items()}
+        np.savez(args.save, **arrays)
     report(results, args)
 
 
 def report(results: dict[str, list[dict[str, np.ndarray]]], args: argparse.Namespace) -> None:
-    columns = ["clean", "plain", "adaptive", "eot5", "single", "eot5+single", "output change"]
+    columns = ["clean", "plain", RESTARTS, "eot5", "single", "eot5+single", "adaptive", "worst",
+               "output change"]
     print(f"\nSquare@q{args.queries} (Linf), first {args.points} test points, seeds "
           f"{args.seeds}: mean over seeds [95% t interval]\n")
     print("| recipe | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
@@ -125,15 +151,20 @@ def report(results: dict[str, list[dict[str, np.ndarray]]], args: argparse.Names
             cells.append(str(seed_interval(values, bounds=(0, 1))) if values else "= plain")
         print(f"| {label} | " + " | ".join(cells) + " |")
     unig = f"unig-{args.unig}"
-    print(f"\nPaired difference, {unig} minus each recipe (per-point values averaged over "
-          "seeds, 95% paired bootstrap interval)\n")
-    print("| versus | clean | plain | adaptive |\n|---|---|---|---|")
+    print(f"\nPaired difference, {unig} minus each recipe on the same points (95% interval: "
+          "the paired bootstrap over points widened by the seed-to-seed spread, as the final "
+          "comparison's)\n")
+    paired = ("clean", "plain", RESTARTS, "adaptive", "worst")
+    spread = {c: pooled_seed_variance([[float(r[c].mean()) for r in per_seed]
+                                       for per_seed in results.values()]) for c in paired}
+    print("| versus | " + " | ".join(paired) + " |\n|---|" + "---|" * len(paired))
     for label in results:
         if label == unig:
             continue
-        cells = [str(paired_difference(np.mean([r[c] for r in results[unig]], axis=0),
-                                       np.mean([r[c] for r in results[label]], axis=0)))
-                 for c in ("clean", "plain", "adaptive")]
+        cells = [str(seeded_difference([r[c] for r in results[unig]],
+                                       [r[c] for r in results[label]],
+                                       seed_variance=spread[c]))
+                 for c in paired]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
