@@ -16,9 +16,11 @@ from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.scoring.masking import (
     CheckContext,
     adaptive_query_beats_plain,
+    answers_depend_on_asking,
     batch_dependent_output,
     repeated_queries_reveal_label,
 )
+from trainables.scoring.served import adaptive_query_masks
 from trainables.vocab import Access
 
 THREAT = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0})
@@ -182,3 +184,40 @@ def test_repeated_queries_reveal_a_lucky_label(digits_model: DefendedModel) -> N
     lucky = CheckContext(LuckyLabels(digits_model), x, y, THREAT, 10)
     raised, evidence = repeated_queries_reveal_label(lucky)
     assert raised, evidence
+
+
+class Counted(nn.Module):
+    """The model, counting the rows it is asked for."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.model(x)
+
+
+def test_adaptive_queries_are_spent_only_where_asking_changes_the_answers(
+        digits_model: DefendedModel) -> None:
+    torch.manual_seed(0)
+    x, y = _points(digits_model, 32)
+    assert not answers_depend_on_asking(digits_model, x)
+    assert answers_depend_on_asking(BatchUnified(digits_model), x)
+    assert answers_depend_on_asking(NoisyScores(digits_model), x)
+    name = "Square@q200"
+    for inner, adapts in ((digits_model, False), (BatchUnified(digits_model), True)):
+        model = Counted(inner)
+        attack = build_attack(name, model, THREAT, num_classes=10)
+        plain = {name: robust_mask(model, attack, x, y, clean_correct(model, x, y, 256),
+                                   batch_size=256)}
+        asked = model.rows
+        masks = adaptive_query_masks(model, x, y, plain, THREAT, num_classes=10,
+                                     batch_size=256, seed=0)
+        if adapts:  # each point alone beats the batch-unified scores
+            assert int(masks[name].sum()) < int(plain[name].sum()) - 5, masks
+            assert model.rows - asked > 1000
+        else:  # the plain result stands; only the checks' passes were asked (each point:
+            # clean, 2 repeated passes, alone, in the batch)
+            assert torch.equal(masks[name], plain[name])
+            assert model.rows - asked <= 5 * len(x), model.rows - asked

@@ -53,8 +53,8 @@ from trainables.vocab import (
     time_key,
 )
 
-__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "check_claim", "is_randomized",
-           "list_checks", "raised_flags", "run_masking_checks"]
+__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "answers_depend_on_asking",
+           "check_claim", "is_randomized", "list_checks", "raised_flags", "run_masking_checks"]
 
 
 
@@ -181,6 +181,7 @@ def probability_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
 
 
 RANDOM_SPREAD = 1e-5  # logits of two passes differing by more than this: a randomised model
+BATCH_CHANGE = 1e-4  # mean probability change, alone vs in a batch, above which answers move
 
 
 def _spread(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float]:
@@ -375,6 +376,18 @@ def _answers(model: nn.Module, x: torch.Tensor, *, alone: bool) -> torch.Tensor:
         return F.softmax(model(x), dim=1)
 
 
+def _batch_change(model: nn.Module, x: torch.Tensor, alone: torch.Tensor) -> float:
+    """Mean total-variation distance between the answers asked `alone` and inside `x`."""
+    return float((alone - _answers(model, x, alone=False)).abs().sum(1).mean()) / 2
+
+
+def answers_depend_on_asking(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether an adaptive query attacker can see anything a plain one cannot: repeated passes
+    differ, or a point's answer moves with the batch it is asked in."""
+    return is_randomized(model, x) or _batch_change(
+        model, x, _answers(model, x, alone=True)) > BATCH_CHANGE
+
+
 @register_check(claim=Access.SCORES)
 def batch_dependent_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """A point's answer is a function of the point alone: asked alone, inside its batch and
@@ -388,7 +401,7 @@ def batch_dependent_output(c: CheckContext) -> tuple[bool, dict[str, float]]:
     change = max(float((alone - other).abs().sum(1).mean()) / 2 for other in (batch, flipped))
     flips = max(float((alone.argmax(1) != other.argmax(1)).float().mean())
                 for other in (batch, flipped))
-    c.batch_dependent = change > 1e-4
+    c.batch_dependent = change > BATCH_CHANGE
     return flips > MASKING_GAP, {"batch_prob_change": change, "batch_top1_flips": flips}
 
 

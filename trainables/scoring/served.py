@@ -7,7 +7,8 @@ adaptive query attackers and the white-box reference attacks leave standing.
 - the adaptive query group: every query attack of a group asked again adaptively at the same
   budget (each query answered with the mean of MASKING_REPEATS, each point asked alone, and
   both), AND-ed per point with the plain attack: the number to trust for a defense whose
-  output changes from query to query or with the batch;
+  output changes from query to query or with the batch (for a model whose answers do not, the
+  plain result itself);
 - the white-box reference group: PGD and APGD in the threat model's norm, reported beside the
   query rows (a scores claim does not need them to hold, a reader wants to see them).
 """
@@ -25,6 +26,7 @@ from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.query import Adaptive
 from trainables.attacks.threat import ThreatModel
 from trainables.scoring.evaluate import clean_correct, robust_mask
+from trainables.scoring.masking import answers_depend_on_asking
 from trainables.scoring.stats import mean_interval
 from trainables.vocab import MASKING_REPEATS, Group, Norm, Stat, group_metric, high_key, low_key
 
@@ -68,12 +70,16 @@ def adaptive_query_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Per query attack of `plain` (name -> its plain robust mask), the mask AND-ed over the
     adaptive ways of asking; attacks without a query budget are left out."""
     correct = clean_correct(model, x, y, batch_size)
+    # A model that answers the same however it is asked (the same answer on every pass, each
+    # point's answer its own) shows the adaptive attacker what it showed the plain one: the
+    # plain result stands, and the queries (each point alone, 5 times over) are not spent.
+    adapts = answers_depend_on_asking(model, x[:batch_size])
     masks = {}
     for name, mask in plain.items():
         if not attack_spec(name).query_based or "@" not in name:
             continue
         masks[name] = mask.clone()
-        for adaptive in ADAPTIVE_ASKING:
+        for adaptive in ADAPTIVE_ASKING if adapts else ():
             attack = build_attack(name, model, threat, num_classes=num_classes, seed=seed,
                                   adaptive=adaptive)
             masks[name] &= robust_mask(model, attack, x, y, correct, batch_size=batch_size,
