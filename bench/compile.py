@@ -69,10 +69,12 @@ def main() -> None:
         last = model.to(memory_format=torch.channels_last)
         channels = _time(_step(last), x.to(memory_format=torch.channels_last), y, args.repeats)
         model.to(memory_format=torch.contiguous_format)
-        passes = compile_s / max(eager - fast, 1e-9)
+        # A compiled pass no faster than eager never repays its compile time.
+        repaid = (f"repaid after {compile_s / (eager - fast):.0f} passes" if fast < eager
+                  else "never repaid")
         print(f"  batch {batch:4d}: eager {eager * 1e3:7.2f}  compiled {fast * 1e3:7.2f} "
-              f"({eager / fast:.2f}x; compile {compile_s:.1f}s, repaid after "
-              f"{passes:.0f} passes)  channels_last {channels * 1e3:7.2f} "
+              f"({eager / fast:.2f}x; compile {compile_s:.1f}s, {repaid})  "
+              f"channels_last {channels * 1e3:7.2f} "
               f"({eager / channels:.2f}x)")
 
 
