@@ -15,6 +15,12 @@ beats the default with a paired interval above 0) and plots both curves per samp
 bench/results/search-efficiency-<space>.png, with the default recipe's value and the best
 recipe of a lever study (`--levers`, written by bench/levers.py) as lines: does the search
 beat a person?
+
+Seeds run in the outer loop, so a stopped benchmark leaves every sampler with the same seeds.
+`--record FILE` appends each finished search to a JSON-lines file and skips the ones it already
+holds; the table and plot are then over everything in it, so a long benchmark can be run in
+parts, and a variant of a sampler (`--label tpe-startup5 --set search.startup_trials=5`) can
+join the same table.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
@@ -55,6 +61,16 @@ class Search:
     default: float  # the default recipe's objective
     versus_default: Interval | None  # best searched minus default, paired on val points
     wall_min: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> Search:
+        raw = json.loads(line)
+        versus = raw.pop("versus_default")
+        raw["by_time"] = [tuple(pair) for pair in raw["by_time"]]
+        return cls(**raw, versus_default=Interval(**versus) if versus else None)
 
 
 def run_search(space: str, sampler: str, seed: int, trials: int, overrides: list[str],
@@ -124,15 +140,15 @@ def _table(found: dict[str, list[Search]], reference: str) -> list[str]:
     lines = ["| sampler | best searched objective, mean [95% t over seeds] | per seed | vs "
              "the default recipe (paired, per seed) | beats it in | vs "
              f"{reference} (mean of seeds) | wall min/search |", "|---|---|---|---|---|---|---|"]
-    ref = [s.by_trial[-1] for s in found.get(reference, [])]
+    ref = {s.seed: s.by_trial[-1] for s in found.get(reference, [])}
     for sampler, searches in found.items():
         ends = [s.by_trial[-1] for s in searches]
         wins = sum(1 for s in searches if s.versus_default and s.versus_default.low > 0)
         versus = "; ".join(f"{s.versus_default.value:+.3f} [{s.versus_default.low:+.3f}, "
                            f"{s.versus_default.high:+.3f}]" if s.versus_default else "-"
                            for s in searches)
-        gap = (seed_interval([a - b for a, b in zip(ends, ref, strict=True)])
-               if ref and sampler != reference and len(ref) == len(ends) else None)
+        paired = [s.by_trial[-1] - ref[s.seed] for s in searches if s.seed in ref]
+        gap = seed_interval(paired) if sampler != reference and len(paired) > 1 else None
         lines.append(
             f"| {sampler} | {seed_interval(ends)} | {' '.join(f'{e:.3f}' for e in ends)} | "
             f"{versus} | {wins} of {len(searches)} | "
@@ -182,21 +198,40 @@ def main() -> None:
     p.add_argument("--warm-start", default=None, help="passed to every search")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", default=None)
+    p.add_argument("--record", default=None,
+                   help="JSON lines: each finished search is appended; ones already there are "
+                        "skipped, and the table covers the whole file")
+    p.add_argument("--label", default=None,
+                   help="the table's name for the (single) sampler, e.g. for a --set variant")
     args = p.parse_args()
+    if args.label and len(args.samplers) != 1:
+        p.error(f"--label {args.label!r} names one sampler; got --samplers {args.samplers}")
     trials = args.trials or spaces.load(args.space, args.overrides).search.num_samples
     out = Path(args.out or REPO / "bench" / "results" / f"search-efficiency-{args.space}.png")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {args.space}, {trials} trials per search, "
           f"seeds {args.seeds}{', warm start ' + args.warm_start if args.warm_start else ''}",
           flush=True)
-    found: dict[str, list[Search]] = {}
-    for sampler in args.samplers:
-        for seed in args.seeds:
+    record = Path(args.record) if args.record else None
+    done = ([Search.from_json(line) for line in record.read_text().splitlines() if line]
+            if record is not None and record.exists() else [])
+    for seed in args.seeds:  # seeds outside: a stopped run leaves every sampler the same seeds
+        for sampler in args.samplers:
+            label = args.label or sampler
+            if any(s.sampler == label and s.seed == seed for s in done):
+                continue
             search = run_search(args.space, sampler, seed, trials, args.overrides,
                                 args.warm_start)
-            found.setdefault(sampler, []).append(search)
-            print(f"  {sampler} seed {seed}: best searched {search.by_trial[-1]:.3f}, default "
+            search.sampler = label
+            done.append(search)
+            if record is not None:
+                with record.open("a") as f:
+                    f.write(search.to_json() + "\n")
+            print(f"  {label} seed {seed}: best searched {search.by_trial[-1]:.3f}, default "
                   f"{search.default:.3f}, {search.wall_min:.1f} min", flush=True)
-    reference = "random" if "random" in found else args.samplers[-1]
+    found: dict[str, list[Search]] = {}
+    for search in sorted(done, key=lambda s: s.seed):
+        found.setdefault(search.sampler, []).append(search)
+    reference = "random" if "random" in found else next(iter(found))
     print("\n" + "\n".join(_table(found, reference)))
     lever = _lever_best(args.levers)
     if lever is not None:
