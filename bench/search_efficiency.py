@@ -61,6 +61,8 @@ class Search:
     default: float  # the default recipe's objective
     versus_default: Interval | None  # best searched minus default, paired on val points
     wall_min: float
+    # what became of the searched recipes: full length, stopped by ASHA, zeroed by a flag
+    fates: tuple[int, int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -70,6 +72,7 @@ class Search:
         raw = json.loads(line)
         versus = raw.pop("versus_default")
         raw["by_time"] = [tuple(pair) for pair in raw["by_time"]]
+        raw["fates"] = tuple(raw["fates"]) if raw.get("fates") else None
         return cls(**raw, versus_default=Interval(**versus) if versus else None)
 
 
@@ -108,10 +111,17 @@ def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: f
         points[last["trial_id"]] = last.get(points_key(objective))
     by_trial, by_time, best, best_run = [], [], 0.0, None
     default, default_run = 0.0, None
+    full = stopped = zeroed = 0
     for run in runs:
         origin = run.data.tags.get(TAG.ORIGIN, "")
         value = run.data.metrics.get(OBJECTIVE, 0.0)
-        if run.data.tags.get(TAG.STATUS) == TrialStatus.COMPLETED:
+        status = run.data.tags.get(TAG.STATUS)
+        if origin != "default" and not origin.startswith("baseline"):
+            full += status == TrialStatus.COMPLETED
+            stopped += status == TrialStatus.EARLY_STOPPED
+            zeroed += (status == TrialStatus.COMPLETED and value == 0
+                       and run.data.metrics.get(objective, 0.0) > 0)
+        if status == TrialStatus.COMPLETED:
             if origin == "default":
                 default, default_run = value, run
             elif not origin.startswith("baseline") and value > best:
@@ -125,7 +135,8 @@ def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: f
         if a is not None and b is not None:
             versus = paired_difference(np.asarray(a), np.asarray(b))
     by_trial += [best] * (trials - len(by_trial))
-    return Search(sampler, seed, by_trial, by_time, default, versus, wall)
+    return Search(sampler, seed, by_trial, by_time, default, versus, wall,
+                  (full, stopped, zeroed))
 
 
 def _lever_best(path: str | None) -> tuple[str, float] | None:
@@ -139,7 +150,8 @@ def _lever_best(path: str | None) -> tuple[str, float] | None:
 def _table(found: dict[str, list[Search]], reference: str) -> list[str]:
     lines = ["| sampler | best searched objective, mean [95% t over seeds] | per seed | vs "
              "the default recipe (paired, per seed) | beats it in | vs "
-             f"{reference} (mean of seeds) | wall min/search |", "|---|---|---|---|---|---|---|"]
+             f"{reference} (mean of seeds) | searched recipes: full length / ASHA-stopped / "
+             "zeroed by a flag | wall min/search |", "|---|---|---|---|---|---|---|---|"]
     ref = {s.seed: s.by_trial[-1] for s in found.get(reference, [])}
     for sampler, searches in found.items():
         ends = [s.by_trial[-1] for s in searches]
@@ -153,6 +165,7 @@ def _table(found: dict[str, list[Search]], reference: str) -> list[str]:
             f"| {sampler} | {seed_interval(ends)} | {' '.join(f'{e:.3f}' for e in ends)} | "
             f"{versus} | {wins} of {len(searches)} | "
             f"{'-' if gap is None else f'{gap.value:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]'}"
+            f" | {' '.join('/'.join(map(str, s.fates)) if s.fates else '-' for s in searches)}"
             f" | {statistics.fmean(s.wall_min for s in searches):.1f} |")
     return lines
 

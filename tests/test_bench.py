@@ -50,10 +50,11 @@ def test_search_efficiency_records_round_trip_and_pair_by_seed() -> None:
     efficiency = _bench("search_efficiency")
     interval = efficiency.Interval(0.05, 0.01, 0.09)
     tpe = [efficiency.Search("tpe", seed, [0.1, 0.2 + seed / 10], [(0.5, 0.1), (1.0, 0.2)], 0.15,
-                             interval, 12.0) for seed in (0, 1)]
+                             interval, 12.0, (3, 7, 1)) for seed in (0, 1)]
     assert efficiency.Search.from_json(tpe[0].to_json()) == tpe[0]
     # random has seeds 1 and 2 only: the gap to it pairs seed 1 alone, so it has no interval
     random = [efficiency.Search("random", seed, [0.1, 0.1], [(0.5, 0.1)], 0.15, None, 11.0)
               for seed in (1, 2)]
     rows = efficiency._table({"tpe": tpe, "random": random}, "random")
     assert rows[2].split(" | ")[4] == "2 of 2" and rows[2].split(" | ")[5] == "-"
+    assert rows[2].split(" | ")[6] == "3/7/1 3/7/1"
