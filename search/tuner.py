@@ -135,7 +135,8 @@ def make_scheduler(plan: SearchPlan) -> TrialScheduler:
     # Single objective: ASHA takes metric/mode from TuneConfig (Ray refuses them twice);
     # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
     own = plan.multi_objective
-    return BaselinesToTheEnd(time_attr="training_iteration", max_t=plan.space.max_evaluations,
+    return BaselinesToTheEnd(baselines_in_rungs=settings.baselines_in_rungs,
+                             time_attr="training_iteration", max_t=plan.space.max_evaluations,
                              grace_period=settings.grace_period,
                              reduction_factor=settings.reduction_factor,
                              metric=plan.objective if own else None,
@@ -143,18 +144,37 @@ def make_scheduler(plan: SearchPlan) -> TrialScheduler:
 
 
 class BaselinesToTheEnd(ASHAScheduler):
-    """ASHA that never stops a baseline early (its results still set the rungs' cutoffs): the
-    recipes every other one is compared with must run to the end."""
+    """ASHA that never stops a baseline early: the recipes every other one is compared with
+    must run to the end. With `baselines_in_rungs` (the default) their results still set the
+    rungs' cutoffs; without it a baseline bypasses the rungs, so the searched recipes compete
+    for the rest of the budget among themselves and the default recipe, not against
+    references that can never be the winner."""
+
+    def __init__(self, *, baselines_in_rungs: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._baselines_in_rungs = baselines_in_rungs
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if not self._baselines_in_rungs and _baseline(trial):
+            return TrialScheduler.CONTINUE
         action: str = super().on_trial_result(tune_controller, trial, result)
-        record = trial.config.get(RECORD_KEY)
-        baseline = record.baseline if record is not None else None
-        if action == TrialScheduler.STOP and baseline and \
+        if action == TrialScheduler.STOP and _baseline(trial) and \
                 result.get("training_iteration", 0) < self._max_t:
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE
         return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any,
+                          result: dict[str, Any]) -> None:
+        if not self._baselines_in_rungs and _baseline(trial):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+def _baseline(trial: Any) -> bool:
+    record = trial.config.get(RECORD_KEY)
+    return record is not None and bool(record.baseline)
 
 
 def _trainable(plan: SearchPlan, shared: Shared, resources: dict[str, float]) -> Any:

@@ -279,6 +279,8 @@ class SearchSettings:
     penalize_flags: bool = True  # gradient-masking flags zero a trial's objective
     sampler: SearchAlg = SearchAlg.TPE  # the default of --search-alg
     startup_trials: int = 10  # trials a model-based sampler samples at random first
+    # whether the baselines' results set ASHA's cutoffs (they run to the end either way)
+    baselines_in_rungs: bool = True
 
     @classmethod
     def parse(cls, raw: Any) -> SearchSettings:
@@ -289,6 +291,9 @@ class SearchSettings:
             value = getattr(settings, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpaceError(f"search.{key}={value!r} must be a whole number >= 1")
+        for key in ("penalize_flags", "baselines_in_rungs"):
+            if not isinstance(getattr(settings, key), bool):
+                raise SpaceError(f"search.{key}={getattr(settings, key)!r} must be true or false")
         if not isinstance(settings.reduction_factor, int) or settings.reduction_factor < 2:
             raise SpaceError(f"search.reduction_factor={settings.reduction_factor!r} must be >= 2")
         try:
