@@ -148,24 +148,34 @@ def _lever_best(path: str | None) -> tuple[str, float] | None:
 
 
 def _table(found: dict[str, list[Search]], reference: str) -> list[str]:
-    lines = ["| sampler | best searched objective, mean [95% t over seeds] | per seed | vs "
-             "the default recipe (paired, per seed) | beats it in | vs "
-             f"{reference} (mean of seeds) | searched recipes: full length / ASHA-stopped / "
-             "zeroed by a flag | wall min/search |", "|---|---|---|---|---|---|---|---|"]
-    ref = {s.seed: s.by_trial[-1] for s in found.get(reference, [])}
+    """Per sampler: what its searched recipes became, the best of them per seed ("-": none
+    reached full length unflagged), that best against the default recipe (paired on the
+    validation points), and the search's winner (the better of the two: what a user gets)
+    against `reference`'s winner, paired by seed."""
+    lines = ["| sampler | searched recipes per seed: full length / ASHA-stopped / zeroed by a "
+             "flag | best searched, per seed | vs the default recipe (paired, per seed) | "
+             "beats it in | the search's winner, mean [95% t over seeds] | vs "
+             f"{reference}'s winner (paired by seed) | wall min/search |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def winner(search: Search) -> float:
+        return max(search.by_trial[-1], search.default)
+
+    ref = {s.seed: winner(s) for s in found.get(reference, [])}
     for sampler, searches in found.items():
-        ends = [s.by_trial[-1] for s in searches]
+        fates = " ".join("/".join(map(str, s.fates)) if s.fates else "?" for s in searches)
+        best = " ".join(f"{s.by_trial[-1]:.3f}" if s.by_trial[-1] > 0 else "-"
+                        for s in searches)
         wins = sum(1 for s in searches if s.versus_default and s.versus_default.low > 0)
         versus = "; ".join(f"{s.versus_default.value:+.3f} [{s.versus_default.low:+.3f}, "
                            f"{s.versus_default.high:+.3f}]" if s.versus_default else "-"
                            for s in searches)
-        paired = [s.by_trial[-1] - ref[s.seed] for s in searches if s.seed in ref]
+        paired = [winner(s) - ref[s.seed] for s in searches if s.seed in ref]
         gap = seed_interval(paired) if sampler != reference and len(paired) > 1 else None
         lines.append(
-            f"| {sampler} | {seed_interval(ends)} | {' '.join(f'{e:.3f}' for e in ends)} | "
-            f"{versus} | {wins} of {len(searches)} | "
+            f"| {sampler} | {fates} | {best} | {versus} | {wins} of {len(searches)} | "
+            f"{seed_interval([winner(s) for s in searches])} | "
             f"{'-' if gap is None else f'{gap.value:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]'}"
-            f" | {' '.join('/'.join(map(str, s.fates)) if s.fates else '-' for s in searches)}"
             f" | {statistics.fmean(s.wall_min for s in searches):.1f} |")
     return lines
 
@@ -214,21 +224,25 @@ def main() -> None:
     p.add_argument("--record", default=None,
                    help="JSON lines: each finished search is appended; ones already there are "
                         "skipped, and the table covers the whole file")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: the table and plot of what --record holds")
     p.add_argument("--label", default=None,
                    help="the table's name for the (single) sampler, e.g. for a --set variant")
     args = p.parse_args()
+    if args.report and not args.record:
+        p.error("--report prints what --record FILE holds: give --record")
     if args.label and len(args.samplers) != 1:
         p.error(f"--label {args.label!r} names one sampler; got --samplers {args.samplers}")
     trials = args.trials or spaces.load(args.space, args.overrides).search.num_samples
     out = Path(args.out or REPO / "bench" / "results" / f"search-efficiency-{args.space}.png")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {args.space}, {trials} trials per search, "
-          f"seeds {args.seeds}{', warm start ' + args.warm_start if args.warm_start else ''}",
-          flush=True)
+          + (f"the searches in {args.record}" if args.report else f"seeds {args.seeds}")
+          + (f", warm start {args.warm_start}" if args.warm_start else ""), flush=True)
     record = Path(args.record) if args.record else None
     done = ([Search.from_json(line) for line in record.read_text().splitlines() if line]
             if record is not None and record.exists() else [])
-    for seed in args.seeds:  # seeds outside: a stopped run leaves every sampler the same seeds
-        for sampler in args.samplers:
+    for seed in [] if args.report else args.seeds:  # seeds outside: a stopped run leaves
+        for sampler in args.samplers:  # every sampler the same seeds
             label = args.label or sampler
             if any(s.sampler == label and s.seed == seed for s in done):
                 continue

@@ -56,5 +56,6 @@ def test_search_efficiency_records_round_trip_and_pair_by_seed() -> None:
     random = [efficiency.Search("random", seed, [0.1, 0.1], [(0.5, 0.1)], 0.15, None, 11.0)
               for seed in (1, 2)]
     rows = efficiency._table({"tpe": tpe, "random": random}, "random")
-    assert rows[2].split(" | ")[4] == "2 of 2" and rows[2].split(" | ")[5] == "-"
-    assert rows[2].split(" | ")[6] == "3/7/1 3/7/1"
+    cells = rows[2].split(" | ")
+    assert cells[1] == "3/7/1 3/7/1" and cells[2] == "0.200 0.300" and cells[4] == "2 of 2"
+    assert cells[6] == "-"
