@@ -26,6 +26,7 @@ join the same table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -77,8 +78,13 @@ class Search:
 
 
 def run_search(space: str, sampler: str, seed: int, trials: int, overrides: list[str],
-               warm: str | None) -> Search:
-    with tempfile.TemporaryDirectory() as folder:
+               warm: str | None, keep: Path | None = None) -> Search:
+    """One search in a fresh folder: a temporary one, or `keep` (left in place, with its
+    MLflow store and ray_results, to look at the recipes it found)."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=False)
+    with (contextlib.nullcontext(str(keep)) if keep is not None
+          else tempfile.TemporaryDirectory()) as folder:
         uri = f"sqlite:///{folder}/mlflow.db"
         command = [sys.executable, "-m", "search.run", "--space", space, "--num-samples",
                    str(trials), "--search-alg", sampler, "--seed", str(seed),
@@ -224,6 +230,8 @@ def main() -> None:
     p.add_argument("--record", default=None,
                    help="JSON lines: each finished search is appended; ones already there are "
                         "skipped, and the table covers the whole file")
+    p.add_argument("--keep", default=None,
+                   help="keep each search's folder as KEEP/<label>-seed<N> (else a temp folder)")
     p.add_argument("--report", action="store_true",
                    help="run nothing: the table and plot of what --record holds")
     p.add_argument("--label", default=None,
@@ -247,7 +255,9 @@ def main() -> None:
             if any(s.sampler == label and s.seed == seed for s in done):
                 continue
             search = run_search(args.space, sampler, seed, trials, args.overrides,
-                                args.warm_start)
+                                args.warm_start,
+                                Path(args.keep).resolve() / f"{label}-seed{seed}" if args.keep
+                                else None)
             search.sampler = label
             done.append(search)
             if record is not None:
