@@ -122,7 +122,8 @@ def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: f
         origin = run.data.tags.get(TAG.ORIGIN, "")
         value = run.data.metrics.get(OBJECTIVE, 0.0)
         status = run.data.tags.get(TAG.STATUS)
-        if origin != "default" and not origin.startswith("baseline"):
+        searched = origin != "default" and not origin.startswith("baseline")
+        if searched:
             full += status == TrialStatus.COMPLETED
             stopped += status == TrialStatus.EARLY_STOPPED
             zeroed += (status == TrialStatus.COMPLETED and value == 0
@@ -130,7 +131,7 @@ def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: f
         if status == TrialStatus.COMPLETED:
             if origin == "default":
                 default, default_run = value, run
-            elif not origin.startswith("baseline") and value > best:
+            elif searched and value > best:
                 best, best_run = value, run
         by_trial.append(best)
         by_time.append((((run.info.end_time or 0) / 1000 - start) / 60, best))
