@@ -11,13 +11,14 @@ with plain copies, which a full disk cuts short, and `--resume` puts the copy ba
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from search.disk import free_bytes, full_text, mb
+from search.disk import free_bytes, full_text, is_disk_full, mb
 from search.resume import STATE_COPY, damage, tune_state_files
 from search.signals import stop_tune
 from trainables.files import write_atomic
@@ -33,13 +34,27 @@ def disk_full_reason() -> str | None:
     return _REASON[0] if _REASON else None
 
 
+_CONTROLLER_LOG = "ray.tune.execution.tune_controller"  # logs "Trial task failed" + traceback
+
+
+class _QuietDiskFull(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not is_disk_full(error)
+
+
 class DiskGuard(Callback):
     """Stops the search when the disk is (nearly) full; keeps a copy of Tune's state."""
 
     @staticmethod
     def watching() -> None:
-        """A new fit starts: no reason of an earlier one left over."""
+        """A new fit starts: no reason of an earlier one left over, and Tune's traceback of a
+        trial that failed for want of space kept out of the output (the guard says it in one
+        line; the traceback stays in the trial's error file)."""
         _REASON.clear()
+        controller = logging.getLogger(_CONTROLLER_LOG)
+        if not any(isinstance(f, _QuietDiskFull) for f in controller.filters):
+            controller.addFilter(_QuietDiskFull())
 
     def __init__(self, *, folder: str, watch: list[str], reserve: int,
                  every_s: float = 2.0) -> None:

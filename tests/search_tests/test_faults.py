@@ -489,3 +489,31 @@ def test_a_tune_failure_on_a_full_disk_is_reported_as_the_full_disk(tmp_path: Pa
         guard.DiskGuard.watching()  # no reason left over for the tests after this one
     with pytest.raises(EOFError):
         fit_watched(Tuner(full=False), plan)  # type: ignore[arg-type]
+
+
+def test_tunes_traceback_of_a_trial_the_full_disk_failed_is_left_out() -> None:
+    """Tune logs a failed trial's traceback before the guard can stop the search (seen on a
+    run where the disk filled while Tune copied a checkpoint): a full disk's is dropped, the
+    guard says it in one line; any other failure's stays."""
+    import errno
+    import logging
+
+    from search import guard
+
+    guard.DiskGuard.watching()
+    guard.DiskGuard.watching()  # once per fit: the filter is not stacked
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    assert sum(isinstance(f, guard._QuietDiskFull) for f in controller.filters) == 1
+    kept: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = kept.append  # type: ignore[method-assign]
+    controller.addHandler(handler)
+    try:
+        for error in (OSError(errno.ENOSPC, "No space left on device"),
+                      RuntimeError("task failed:\nOSError: [Errno 28] Error writing bytes"),
+                      ValueError("a bug")):
+            controller.error("Trial task failed for trial t", exc_info=error)
+    finally:
+        controller.removeHandler(handler)
+    (record,) = kept
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
