@@ -148,3 +148,55 @@ def test_spatial_grid_agrees_with_foolbox(degrees: float, digits_model: Defended
     threat = ThreatModel("Linf", {"Linf": 0.2}, {"Spatial": {"medium": degrees}})
     grid = build_attack("Spatial-Grid@medium", digits_model, threat, num_classes=10)
     assert _accuracy(digits_model, grid(x, y), y) <= ours + 1e-9
+
+
+class _Coupled(torch.nn.Module):
+    """The same model, declared to couple its batch (as UniG does): judged whole every step."""
+
+    couples_batch = True
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _judged(model: torch.nn.Module) -> list[int]:
+    """Records the batch size of every forward call of `model`."""
+    sizes: list[int] = []
+    model.register_forward_hook(lambda _m, args, _out: sizes.append(len(args[0])))
+    return sizes
+
+
+@pytest.mark.parametrize("name", [*(f"{f}@medium" for f in CORRUPTIONS), "Elastic-RS@medium",
+                                  "Spatial-Grid@medium"])
+def test_early_exit_judges_only_unfooled_samples_and_finds_the_same_examples(
+        name: str, digits_model: DefendedModel, mnist_model: DefendedModel) -> None:
+    # A fooled sample keeps its first fooling latents, so dropping it from later steps changes
+    # nothing but round-off (a smaller batch): bounded here at 2% of the points' outcomes.
+    model, x, y, threat = _standard(name.split("@")[0].split("-")[0], digits_model,
+                                    mnist_model)
+    x, y = x[:96], y[:96]
+    early, whole = copy.deepcopy(model), _Coupled(copy.deepcopy(model))
+    sizes_early, sizes_whole = _judged(early), _judged(whole.model)
+    attack = build_attack(name, early, threat, num_classes=10, seed=0, steps=6)
+    x_early = attack(x, y)
+    x_whole = build_attack(name, whole, threat, num_classes=10, seed=0, steps=6)(x, y)
+    with torch.no_grad():
+        fooled_early, fooled_whole = model(x_early).argmax(1) != y, model(x_whole).argmax(1) != y
+    assert fooled_early.any()
+    assert (fooled_early != fooled_whole).float().mean() <= 0.02
+    assert attack.within_budget(x, x_early).all()
+    assert sum(sizes_early) < sum(sizes_whole)  # fewer samples judged
+    assert set(sizes_whole) == {len(x)}
+
+
+def test_a_unig_model_couples_its_batch(digits_model: DefendedModel) -> None:
+    from trainables.attacks.base import couples_batch
+    from trainables.defense.unig import UniG
+
+    assert not couples_batch(digits_model)
+    with_unig = DefendedModel(digits_model.encoder, digits_model.head, UniG("per_sample"))
+    assert couples_batch(with_unig)

@@ -107,6 +107,9 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
         return PerceptualAttack(spec, model, ctx.budget, feature_model,
                                 pixel_step=2.5 * threat.budgets.get("L2", 1.0), name=name,
                                 **args)
+    if spec.impl == Impl.SPARSE:
+        from trainables.attacks.sparse import Pixle
+        return Pixle(spec, model, ctx.budget, seed=seed, name=name, **args)
     if spec.impl == Impl.NOISE:
         from trainables.attacks.base import UniformNoise
 

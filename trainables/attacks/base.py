@@ -16,7 +16,7 @@ from torch import nn
 from trainables.attacks.norms import perturbation_norm, project, within_budget
 from trainables.attacks.specs import AttackSpec
 
-__all__ = ["Attack", "CallableAttack", "UniformNoise"]
+__all__ = ["Attack", "CallableAttack", "UniformNoise", "couples_batch"]
 
 
 class Attack(ABC):
@@ -100,3 +100,10 @@ class UniformNoise(Attack):
         if self.spec.norm != "Linf":  # a random direction of L2 length budget
             delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return x + self.budget * delta
+
+
+def couples_batch(model: nn.Module) -> bool:
+    """Whether a sample's output depends on the other samples of its batch (a module that
+    says so, as UniG does): attacks then judge the whole batch at every step, as a served
+    model would see it, instead of dropping the samples they already fooled."""
+    return any(getattr(module, "couples_batch", False) for module in model.modules())

@@ -213,6 +213,7 @@ class Impl(StrEnum):
     PERCEPTUAL = "perceptual"  # trainables/attacks/perceptual.py
     ART = "art"  # the adversarial-robustness-toolbox; `target` is its evasion attack class
     OURS = "ours"  # trainables/attacks/query.py (a random-search baseline no library has)
+    SPARSE = "sparse"  # trainables/attacks/sparse.py (batched; torchattacks' is per image)
 
 
 _GRADIENT_KINDS = (AttackKind.SINGLE_STEP, AttackKind.ITERATIVE, AttackKind.MIN_NORM,
@@ -281,7 +282,7 @@ def _row(name: str, norm: Norm, kind: AttackKind, cls: str, /, **args: Any) -> N
     flags = {k: args.pop(k) for k in ("returns_clean", "needs_rgb", "min_classes",
                                       "exact_classes", "heavy") if k in args}
     access = Access.SCORES if kind in (AttackKind.SCORE_BASED, AttackKind.SPARSE) and \
-        cls in ("Square", "SPSA", "OnePixel", "Pixle") else Access.WHITE_BOX
+        cls in ("Square", "SPSA", "OnePixel") else Access.WHITE_BOX
     _ATTACKS.add(name, AttackSpec(name, norm, kind, Impl.TORCHATTACKS, cls, args,
                                   access=access, **flags))
 
@@ -382,8 +383,10 @@ _row("SparseFool", L0, SPARSE, "SparseFool", steps=Steps(10), lam=3, overshoot=0
      heavy=True)
 _row("OnePixel", L0, SPARSE, "OnePixel", pixels=PIXELS, steps=Steps(10), popsize=10,
      heavy=True)
-_row("Pixle", L0, SPARSE, "Pixle", x_dimensions=PATCH_SIDE, y_dimensions=PATCH_SIDE,
-     restarts=Steps(20), max_iterations=10, heavy=True)
+# Pixle's search batched (sparse.py), with torchattacks' row of arguments; it reads scores only
+_ATTACKS.add("Pixle", AttackSpec("Pixle", L0, SPARSE, Impl.SPARSE, "Pixle", {
+    "x_dimensions": PATCH_SIDE, "y_dimensions": PATCH_SIDE, "restarts": Steps(20),
+    "max_iterations": 10}, heavy=True, access=Access.SCORES))
 
 
 # ---- non-Lp families (trainables/attacks/unforeseen.py): each registers its gradient attack

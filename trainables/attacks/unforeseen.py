@@ -14,6 +14,7 @@ Budgets (one number per level, its unit per family) are in the threat model's `l
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from abc import ABC, abstractmethod
@@ -30,7 +31,7 @@ from kornia.contrib import diamond_square
 from kornia.geometry import create_meshgrid
 from torch import nn
 
-from trainables.attacks.base import Attack
+from trainables.attacks.base import Attack, couples_batch
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
 
 __all__ = ["FAMILIES", "Box", "Family", "TransformAttack", "family"]
@@ -76,6 +77,11 @@ class Family(ABC):
         """Fits the corruption to the images' shape, and draws what is not optimised (masks,
         orientations) for this batch."""
         self.channels, self.height, self.width = x.shape[1:]
+
+    def rows(self, index: torch.Tensor) -> Family:
+        """The corruption of the prepared batch's samples `index` only (what `prepare` drew
+        for them, in that order); families that draw nothing per sample are their own."""
+        return self
 
     def sample(self, batch: int, device: torch.device, generator: torch.Generator) -> Latents:
         """Latents drawn uniformly inside their boxes."""
@@ -285,6 +291,11 @@ class Snow(Family):
                                         mode="bilinear")
         self.kernel = kernel / kernel.flatten(1).amax(1).view(-1, 1, 1)  # a flake keeps its peak
 
+    def rows(self, index: torch.Tensor) -> Family:
+        part = copy.copy(self)
+        part.mask, part.kernel = self.mask[index], self.kernel[index]
+        return part
+
     def boxes(self) -> list[Box]:
         return [Box(0.0, self.budget)]
 
@@ -305,6 +316,11 @@ class Gabor(Family):
         super().prepare(x, generator)
         theta = torch.rand(len(x), generator=generator, device=x.device) * math.pi
         self.kernel = gabor_kernels(theta, size=_odd(max(3, self.width // 3)))
+
+    def rows(self, index: torch.Tensor) -> Family:
+        part = copy.copy(self)
+        part.kernel = self.kernel[index]
+        return part
 
     def boxes(self) -> list[Box]:
         return [Box(-1.0, 1.0)]
@@ -398,16 +414,19 @@ class TransformAttack(Attack):
             for latents in self._grid(len(x), x.device):
                 best.judge(latents)
         elif self.search == "random":
-            for _ in range(self.steps):
+            for _ in range(self.steps):  # drawn for every sample: the same stream either way
                 best.judge(corruption.sample(len(x), x.device, generator))
         else:
             latents = corruption.sample(len(x), x.device, generator)
             sizes = [self.step_factor * box.half_width / self.steps
                      for box in corruption.boxes()]
             for _ in range(self.steps):
+                if best.done():
+                    break
                 latents = [lat.detach().requires_grad_(True) for lat in latents]
                 loss = best.judge(latents)  # one forward pass judges and steps
                 grads = torch.autograd.grad(loss.sum(), latents)
+                # a fooled sample's gradient is 0 (it is no longer judged): its latents stay
                 latents = corruption.project([lat.detach() + size * grad.sign() for lat, size,
                                               grad in zip(latents, sizes, grads, strict=True)])
             best.judge(latents)
@@ -428,7 +447,12 @@ class TransformAttack(Attack):
 
 
 class _Best:
-    """Per sample, the first latents that fool the model, else those of the highest loss."""
+    """Per sample, the first latents that fool the model, else those of the highest loss.
+
+    A sample that was fooled keeps its latents whatever comes next, so the model is only
+    asked about the others (early exit), unless its outputs couple the batch's samples (UniG
+    optimises one multiplier over the batch): then every sample is judged at every step, as
+    a served model would see them."""
 
     def __init__(self, model: nn.Module, corruption: Family, x: torch.Tensor,
                  y: torch.Tensor) -> None:
@@ -436,20 +460,38 @@ class _Best:
         self.latents: Latents = []
         self.loss = torch.full((len(x),), -math.inf, device=x.device)
         self.fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.early_exit = not couples_batch(model)
+
+    def done(self) -> bool:
+        return self.early_exit and bool(self.fooled.all())
 
     def judge(self, latents: Latents) -> torch.Tensor:
-        """Scores `latents`, keeps them where they are the best so far; returns the
-        per-sample loss (with its graph, when the latents require gradients)."""
-        with torch.set_grad_enabled(latents[0].requires_grad):
-            logits = self.model(self.corruption.apply(self.x, latents).clamp(0, 1))
-            loss = F.cross_entropy(logits, self.y, reduction="none")
-        wrong = logits.detach().argmax(1) != self.y
-        take = ~self.fooled & (wrong | (loss.detach() > self.loss))
+        """Scores `latents` (one per sample of the batch), keeps them where they are the best
+        so far; returns the loss of the samples judged (with its graph, when the latents
+        require gradients)."""
         detached = [lat.detach() for lat in latents]
-        self.latents = (detached if not self.latents else
-                        [torch.where(_rows(take, kept), new, kept)
-                         for kept, new in zip(self.latents, detached, strict=True)])
-        self.loss = torch.where(take, loss.detach(), self.loss)
+        if not self.latents:
+            self.latents = detached
+        index = (~self.fooled).nonzero().flatten() if self.early_exit else None
+        if index is not None and len(index) == 0:
+            return self.loss[:0]
+        if index is None or len(index) == len(self.x):
+            x, y, corruption, part = self.x, self.y, self.corruption, latents
+        else:
+            x, y, corruption = self.x[index], self.y[index], self.corruption.rows(index)
+            part = [lat[index] for lat in latents]
+        with torch.set_grad_enabled(latents[0].requires_grad):
+            logits = self.model(corruption.apply(x, part).clamp(0, 1))
+            loss = F.cross_entropy(logits, y, reduction="none")
+        wrong, seen = logits.detach().argmax(1) != y, loss.detach()
+        if len(x) != len(self.x):  # back to the whole batch; the others are fooled already
+            assert index is not None
+            wrong = torch.zeros_like(self.fooled).index_fill_(0, index[wrong], True)
+            seen = self.loss.index_put((index,), seen)
+        take = ~self.fooled & (wrong | (seen > self.loss))
+        self.latents = [torch.where(_rows(take, kept), new, kept)
+                        for kept, new in zip(self.latents, detached, strict=True)]
+        self.loss = torch.where(take, seen, self.loss)
         self.fooled |= wrong
         return loss
 

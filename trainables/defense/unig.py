@@ -28,6 +28,9 @@ __all__ = ["UniG", "feature_gradients"]
 class UniG(nn.Module):
     """Test-time gradient-unifying multiplier; see the module docstring for granularities."""
 
+    # one multiplier is optimised over the whole batch: a sample's output depends on the others
+    couples_batch = True
+
     def __init__(
         self,
         granularity: str = UniGSize.PER_SAMPLE,

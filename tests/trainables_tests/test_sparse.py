@@ -1,0 +1,95 @@
+"""Pixle, batched (trainables/attacks/sparse.py): inside its L0 budget, at least as strong
+inside that budget as torchattacks' per-image Pixle with the same search, seeded, and asking
+the model only about samples it has not fooled yet (unless the model couples its batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchattacks as ta
+
+from trainables.attacks import build_attack
+from trainables.attacks.norms import within_budget
+from trainables.attacks.sparse import Pixle
+from trainables.defense.models import DefendedModel
+from trainables.setting.setup import dataset_info
+
+POINTS = 120
+
+
+@pytest.fixture(scope="module")
+def points(digits_model: DefendedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_model.val_x[:POINTS], digits_model.val_y[:POINTS]  # type: ignore[attr-defined]
+    with torch.no_grad():
+        correct = digits_model(x).argmax(1) == y
+    return x[correct], y[correct]
+
+
+def _fooled_inside(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   x_adv: torch.Tensor, budget: float) -> torch.Tensor:
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    return fooled & within_budget(x_adv - x, "L0", budget)
+
+
+def test_pixle_stays_inside_its_budget_and_matches_torchattacks_inside_it(
+        digits_model: DefendedModel, points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = points
+    threat = dataset_info("digits").threat_model
+    attack = build_attack("Pixle", digits_model, threat, num_classes=10, seed=0)
+    assert isinstance(attack, Pixle)
+    x_adv = attack(x, y)
+    assert within_budget(x_adv - x, "L0", attack.budget).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    ours = _fooled_inside(digits_model, x, y, x_adv, attack.budget).float().mean()
+    np.random.seed(0)
+    theirs_attack = ta.Pixle(digits_model, x_dimensions=attack.x_dimensions,
+                             y_dimensions=attack.y_dimensions, restarts=attack.restarts,
+                             max_iterations=attack.iterations)
+    theirs = _fooled_inside(digits_model, x, y, theirs_attack(x, y), attack.budget)
+    assert ours > 0
+    assert ours >= theirs.float().mean() - 0.03, (float(ours), float(theirs.float().mean()))
+
+
+def test_pixle_is_seeded(digits_model: DefendedModel,
+                         points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = points
+    threat = dataset_info("digits").threat_model
+
+    def run(seed: int) -> torch.Tensor:
+        return build_attack("Pixle", digits_model, threat, num_classes=10, seed=seed,
+                            restarts=4)(x, y)
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+class _Coupled(torch.nn.Module):
+    couples_batch = True
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def test_pixle_asks_only_about_unfooled_samples_inside_the_budget(
+        digits_model: DefendedModel, points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = points
+    threat = dataset_info("digits").threat_model
+    asked: list[int] = []
+    handle = digits_model.register_forward_hook(lambda _m, a, _o: asked.append(len(a[0])))
+    try:
+        build_attack("Pixle", digits_model, threat, num_classes=10, seed=0, restarts=4)(x, y)
+        early = list(asked)
+        asked.clear()
+        build_attack("Pixle", _Coupled(digits_model), threat, num_classes=10, seed=0,
+                     restarts=4)(x, y)
+    finally:
+        handle.remove()
+    assert set(asked) == {len(x)}  # a coupled model: the whole batch at every step
+    assert len(asked) == 1 + 4 * 10
+    assert sum(early) < sum(asked)
