@@ -42,7 +42,7 @@ def set_threads(threads: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seeds every RNG the code and the attacks draw from (torch, numpy for Pixle, random)."""
+    """Seeds every RNG the code and the attacks draw from (torch, numpy, random)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)

@@ -81,10 +81,23 @@ def test_pixle_asks_only_about_unfooled_samples_inside_the_budget(
     x, y = points
     threat = dataset_info("digits").threat_model
     asked: list[int] = []
-    handle = digits_model.register_forward_hook(lambda _m, a, _o: asked.append(len(a[0])))
+    shown: list[torch.Tensor] = []
+
+    def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], _o: torch.Tensor) -> None:
+        asked.append(len(args[0]))
+        shown.append(args[0].detach().clone())
+
+    handle = digits_model.register_forward_hook(hook)
     try:
-        build_attack("Pixle", digits_model, threat, num_classes=10, seed=0, restarts=4)(x, y)
+        attack = build_attack("Pixle", digits_model, threat, num_classes=10, seed=0,
+                              restarts=4)
+        attack(x, y)
         early = list(asked)
+        # every candidate shown lies inside the budget around some clean point
+        for candidates in shown[1:]:
+            changed = (candidates[:, None] != x[None]).any(2).flatten(2).sum(2)
+            assert (changed.amin(1) <= attack.budget).all()
+        shown.clear()
         asked.clear()
         build_attack("Pixle", _Coupled(digits_model), threat, num_classes=10, seed=0,
                      restarts=4)(x, y)
@@ -93,3 +106,10 @@ def test_pixle_asks_only_about_unfooled_samples_inside_the_budget(
     assert set(asked) == {len(x)}  # a coupled model: the whole batch at every step
     assert len(asked) == 1 + 4 * 10
     assert sum(early) < sum(asked)
+
+
+def test_pixle_as_a_pool_attack_has_the_pgd_fallback(digits_model: DefendedModel) -> None:
+    # it returns the clean image where it fails; a training example must never be clean
+    threat = dataset_info("digits").threat_model
+    attack = build_attack("Pixle", digits_model, threat, num_classes=10, train_steps=3)
+    assert attack.fallback is not None and attack.fallback.name == "PGD"

@@ -188,6 +188,9 @@ def test_early_exit_judges_only_unfooled_samples_and_finds_the_same_examples(
         fooled_early, fooled_whole = model(x_early).argmax(1) != y, model(x_whole).argmax(1) != y
     assert fooled_early.any()
     assert (fooled_early != fooled_whole).float().mean() <= 0.02
+    # and the same examples: the kept latents of the fooled and of the others alike
+    same = (x_early - x_whole).flatten(1).abs().amax(1) <= 1e-4
+    assert same.float().mean() >= 0.98
     assert attack.within_budget(x, x_early).all()
     assert sum(sizes_early) < sum(sizes_whole)  # fewer samples judged
     assert set(sizes_whole) == {len(x)}

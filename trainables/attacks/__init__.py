@@ -107,16 +107,19 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
         return PerceptualAttack(spec, model, ctx.budget, feature_model,
                                 pixel_step=2.5 * threat.budgets.get("L2", 1.0), name=name,
                                 **args)
-    if spec.impl == Impl.SPARSE:
-        from trainables.attacks.sparse import Pixle
-        return Pixle(spec, model, ctx.budget, seed=seed, name=name, **args)
     if spec.impl == Impl.NOISE:
         from trainables.attacks.base import UniformNoise
 
         return UniformNoise(spec, model, ctx.budget)
-    from trainables.attacks.lp import torchattack
+    attack: Attack
+    if spec.impl == Impl.SPARSE:
+        from trainables.attacks.sparse import Pixle
 
-    attack = torchattack(spec, model, ctx, args)
+        attack = Pixle(spec, model, ctx.budget, seed=seed, name=name, **args)
+    else:
+        from trainables.attacks.lp import torchattack
+
+        attack = torchattack(spec, model, ctx, args)
     fallback_name = _FALLBACKS.get(str(spec.norm), _DEFAULT_FALLBACK)
     if train_steps is not None and name not in (_DEFAULT_FALLBACK, *_FALLBACKS.values()):
         attack.fallback = build_attack(fallback_name, model, threat, num_classes=num_classes,

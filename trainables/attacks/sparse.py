@@ -7,8 +7,8 @@ search on the whole batch, one pass per candidate:
 
 - each restart starts from the best image so far (the clean one at first);
 - each iteration draws, per sample, a patch of the *clean* image (each side in
-  `x_dimensions` / `y_dimensions`, clipped at the border) and writes its pixels at random
-  positions of the restart's start;
+  `x_dimensions` / `y_dimensions`, clipped at the border) and writes its pixels at distinct
+  random positions of the restart's start;
 - a candidate is kept if it lowers the true class's probability and changes at most `budget`
   pixels of the clean image (torchattacks' changes pile up across restarts without a bound,
   so its successes beyond the budget did not count; here a candidate beyond it is not even
@@ -104,12 +104,13 @@ class Pixle(Attack):
         source = ((top[:, None] + dy).clamp(max=height - 1) * width
                   + (left[:, None] + dx).clamp(max=width - 1))
         slots = len(dx)
-        target = (torch.rand(n, slots, generator=generator, device=device)
-                  * (height * width)).long().clamp(max=height * width - 1)
-        values = clean.flatten(2).gather(2, source[:, None].expand(n, channels, slots))
-        # an unused slot repeats slot 0's write (every patch has its corner pixel)
-        target = torch.where(used, target, target[:, :1])
-        values = torch.where(used[:, None], values, values[:, :, :1])
+        # distinct destinations: no two writes race for a pixel (scatter's winner among
+        # repeated indices is not defined, and on a GPU it changes from run to run)
+        target = torch.rand(n, height * width, generator=generator, device=device
+                            ).argsort(1)[:, :slots]
+        index = target[:, None].expand(n, channels, slots)
         out = start.flatten(2).clone()
-        out.scatter_(2, target[:, None].expand(n, channels, slots), values)
+        values = clean.flatten(2).gather(2, source[:, None].expand(n, channels, slots))
+        values = torch.where(used[:, None], values, out.gather(2, index))  # unused: no change
+        out.scatter_(2, index, values)
         return out.view_as(clean)

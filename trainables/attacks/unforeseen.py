@@ -487,7 +487,7 @@ class _Best:
         if len(x) != len(self.x):  # back to the whole batch; the others are fooled already
             assert index is not None
             wrong = torch.zeros_like(self.fooled).index_fill_(0, index[wrong], True)
-            seen = self.loss.index_put((index,), seen)
+            seen = self.loss.index_put((index,), seen.to(self.loss.dtype))
         take = ~self.fooled & (wrong | (seen > self.loss))
         self.latents = [torch.where(_rows(take, kept), new, kept)
                         for kept, new in zip(self.latents, detached, strict=True)]
