@@ -111,17 +111,21 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
         from trainables.attacks.base import UniformNoise
 
         return UniformNoise(spec, model, ctx.budget)
-    attack: Attack
-    if spec.impl == Impl.SPARSE:
-        from trainables.attacks.sparse import Pixle
-
-        attack = Pixle(spec, model, ctx.budget, seed=seed, name=name, **args)
-    else:
-        from trainables.attacks.lp import torchattack
-
-        attack = torchattack(spec, model, ctx, args)
+    attack = _pixel_attack(spec, model, ctx, args, name)
     fallback_name = _FALLBACKS.get(str(spec.norm), _DEFAULT_FALLBACK)
     if train_steps is not None and name not in (_DEFAULT_FALLBACK, *_FALLBACKS.values()):
         attack.fallback = build_attack(fallback_name, model, threat, num_classes=num_classes,
                                        train_steps=train_steps, seed=seed, scale=scale)
     return attack
+
+
+def _pixel_attack(spec: AttackSpec, model: nn.Module, ctx: AttackContext, args: dict[str, Any],
+                  name: str) -> Attack:
+    """A torchattacks attack, or ours batched where torchattacks' loops over images."""
+    if spec.impl == Impl.SPARSE:
+        from trainables.attacks.sparse import Pixle
+
+        return Pixle(spec, model, ctx.budget, seed=ctx.seed, name=name, **args)
+    from trainables.attacks.lp import torchattack
+
+    return torchattack(spec, model, ctx, args)
