@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchattacks as ta
 
+from tests.trainables_tests.coupled import Coupled
 from trainables.attacks import build_attack
 from trainables.attacks.norms import within_budget
 from trainables.attacks.sparse import Pixle
@@ -65,17 +66,6 @@ def test_pixle_is_seeded(digits_model: DefendedModel,
     assert not torch.equal(run(0), run(1))
 
 
-class _Coupled(torch.nn.Module):
-    couples_batch = True
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 def test_pixle_asks_only_about_unfooled_samples_inside_the_budget(
         digits_model: DefendedModel, points: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = points
@@ -99,7 +89,7 @@ def test_pixle_asks_only_about_unfooled_samples_inside_the_budget(
             assert (changed.amin(1) <= attack.budget).all()
         shown.clear()
         asked.clear()
-        build_attack("Pixle", _Coupled(digits_model), threat, num_classes=10, seed=0,
+        build_attack("Pixle", Coupled(digits_model), threat, num_classes=10, seed=0,
                      restarts=4)(x, y)
     finally:
         handle.remove()

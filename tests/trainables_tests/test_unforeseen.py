@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from tests.trainables_tests.coupled import Coupled
 from trainables.attacks import attack_spec, build_attack, check_attack_fits, list_families
 from trainables.attacks.specs import CORRUPTIONS, PERCEPTUAL
 from trainables.attacks.threat import ThreatModel
@@ -150,19 +151,6 @@ def test_spatial_grid_agrees_with_foolbox(degrees: float, digits_model: Defended
     assert _accuracy(digits_model, grid(x, y), y) <= ours + 1e-9
 
 
-class _Coupled(torch.nn.Module):
-    """The same model, declared to couple its batch (as UniG does): judged whole every step."""
-
-    couples_batch = True
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 def _judged(model: torch.nn.Module) -> list[int]:
     """Records the batch size of every forward call of `model`."""
     sizes: list[int] = []
@@ -179,7 +167,7 @@ def test_early_exit_judges_only_unfooled_samples_and_finds_the_same_examples(
     model, x, y, threat = _standard(name.split("@")[0].split("-")[0], digits_model,
                                     mnist_model)
     x, y = x[:96], y[:96]
-    early, whole = copy.deepcopy(model), _Coupled(copy.deepcopy(model))
+    early, whole = copy.deepcopy(model), Coupled(copy.deepcopy(model))
     sizes_early, sizes_whole = _judged(early), _judged(whole.model)
     attack = build_attack(name, early, threat, num_classes=10, seed=0, steps=6)
     x_early = attack(x, y)

@@ -7,6 +7,7 @@ lie inside the threat model's budget. Subclasses implement `forward` only.
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from torch import nn
 from trainables.attacks.norms import perturbation_norm, project, within_budget
 from trainables.attacks.specs import AttackSpec
 
-__all__ = ["Attack", "CallableAttack", "UniformNoise", "couples_batch"]
+__all__ = ["Attack", "CallableAttack", "SeededAttack", "UniformNoise", "couples_batch"]
 
 
 class Attack(ABC):
@@ -76,6 +77,22 @@ class Attack(ABC):
             x_adv = x_adv.clone()
             x_adv[bad] = self.fallback(x[bad], y[bad])
         return x_adv
+
+
+class SeededAttack(Attack):
+    """An attack that draws from its own random stream: seeded by `seed` and its name (so
+    adding an attack leaves the others' draws alone), continued from one call to the next."""
+
+    def __init__(self, spec: AttackSpec, model: nn.Module, budget: float, *, seed: int = 0,
+                 name: str | None = None) -> None:
+        super().__init__(spec, model, budget, name=name)
+        self.seed = seed + zlib.crc32(self.name.encode())
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
 
 
 class CallableAttack(Attack):

@@ -19,34 +19,24 @@ search on the whole batch, one pass per candidate:
 
 from __future__ import annotations
 
-import zlib
-
 import torch
 from torch import nn
 
-from trainables.attacks.base import Attack, couples_batch
+from trainables.attacks.base import SeededAttack, couples_batch
 from trainables.attacks.specs import AttackSpec
 
 __all__ = ["Pixle"]
 
 
-class Pixle(Attack):
+class Pixle(SeededAttack):
     """Random patch relocation under an L0 budget, batched (see the module docstring)."""
 
     def __init__(self, spec: AttackSpec, model: nn.Module, budget: float, *,
                  x_dimensions: tuple[int, int], y_dimensions: tuple[int, int], restarts: int,
                  max_iterations: int, seed: int = 0, name: str | None = None) -> None:
-        super().__init__(spec, model, budget, name=name)
+        super().__init__(spec, model, budget, seed=seed, name=name)
         self.x_dimensions, self.y_dimensions = x_dimensions, y_dimensions
         self.restarts, self.iterations = restarts, max_iterations
-        self.seed = seed + zlib.crc32(self.name.encode())
-        self._generator: torch.Generator | None = None
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        """One stream over the attack's calls (each batch draws on from the last)."""
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from kornia.contrib import diamond_square
 from kornia.geometry import create_meshgrid
 from torch import nn
 
-from trainables.attacks.base import Attack, couples_batch
+from trainables.attacks.base import SeededAttack, couples_batch
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
 
 __all__ = ["FAMILIES", "Box", "Family", "TransformAttack", "family"]
@@ -366,7 +365,7 @@ def family(name: str, budget: float) -> Family:
 # ---------------------------------------------------------------- the attacks
 
 
-class TransformAttack(Attack):
+class TransformAttack(SeededAttack):
     """Optimises a family's latents against a model: `search` is "gradient" (projected
     signed-gradient ascent on the CE loss), "random" (random search), "grid" (Spatial's
     worst-of-k grid) or "draw" (one random corruption, no optimisation: augmentation). Each
@@ -376,17 +375,10 @@ class TransformAttack(Attack):
     def __init__(self, spec: AttackSpec, model: nn.Module, corruption: Family, *, steps: int = 0,
                  search: str = "gradient", step_factor: float = 2.5, seed: int = 0,
                  name: str | None = None) -> None:
-        super().__init__(spec, model, corruption.budget, name=name)
+        super().__init__(spec, model, corruption.budget, seed=seed, name=name)
         self.corruption, self.steps, self.search = corruption, steps, search
         self.step_factor = step_factor
-        self.seed = seed + zlib.crc32(self.name.encode())
-        self._generator: torch.Generator | None = None
         self.last_latents: Latents | None = None
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
 
     def within_budget(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """The latents the last call kept are inside their boxes, and re-applying them gives
