@@ -235,7 +235,8 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
                                objective=plan.objective, epochs=plan.space.trial_config().epochs)
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
     head = (HeadStart(shared=shared, resources=resources, seeds=plan.final_seed_list,
-                      strength=plan.sealed_strength, max_t=plan.space.max_evaluations)
+                      strength=plan.sealed_strength, max_t=plan.space.max_evaluations,
+                      fresh=plan.fresh_final)
             if plan.sealed_top_k and not resume else None)
     if not resume:  # the defaults, the baselines and any warm start, before Tune opens it
         warm = seed_study(plan)
@@ -306,7 +307,7 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
                        client=client, parent_id=parent_id, resources=resources,
                        seeds=plan.final_seed_list, strength=plan.sealed_strength, out=out,
                        started=head.started if head is not None else None,
-                       outage_s=plan.tracking_outage_s)
+                       outage_s=plan.tracking_outage_s, fresh=plan.fresh_final)
 
 
 def _drain_journal(plan: SearchPlan, logger: MlflowTrialLogger, path: Path) -> None:

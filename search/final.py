@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from search import kept
 from search.card import FinalFacts
 from search.cli import Parser, run_cli
 from search.exports import export_model
@@ -52,16 +53,19 @@ from search.session import ray_session
 from search.vocab import (
     ARTIFACT,
     FINAL_SEEDS,
+    FRESH_FINAL_ENV,
     TAG,
     TRACKING_OUTAGE_S,
     TrialStatus,
     best_key,
     final_delta_key,
     final_key,
+    fresh_final_default,
 )
 from spaces import Space, TrialRecord
 from trainables.defense.baselines import BASELINES
 from trainables.defense.export import load_defended_model, save_defended_model
+from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError
 from trainables.files import write_atomic
 from trainables.scoring.final import Evaluation, final_evaluation
@@ -246,9 +250,10 @@ def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
 
 
 def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, strength: float,
-              threads: int, keep: bool) -> tuple[Evaluation, bytes | None]:
+              threads: int, keep: bool) -> tuple[Evaluation, bytes | None, bool]:
     """A Ray task: train the recipe with its record's seed (unless its model is given), then
-    its final evaluation; the model trained here too if `keep` (a file's bytes)."""
+    its final evaluation; the model trained here too if `keep` (a file's bytes). The answer is
+    kept for later searches (search/kept.py); the last value says it was computed here."""
     from search.trainable import assigned_device
     from trainables.train import run_trial
 
@@ -266,15 +271,21 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     trained = time.perf_counter() - start
     evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
     evaluation.metrics[TIME_TRAIN] = trained
-    if not keep or payload is not None:
-        return evaluation, None
+    saved = _saved(model, shared, record, evaluation) if keep and payload is None else None
+    kept.store(shared.cache_dir, kept.task_key(record, payload, strength), evaluation, saved)
+    return evaluation, saved, False
+
+
+def _saved(model: DefendedModel, shared: Shared, record: TrialRecord,
+           evaluation: Evaluation) -> bytes:
+    """The trained model as a file's bytes, with its record, metrics and threat model."""
     with tempfile.TemporaryDirectory() as folder:
         setup, path = shared.setup, Path(folder) / ARTIFACT.MODEL
         save_defended_model(path, model, arch=setup.arch, image_shape=setup.info.image_shape,
                             num_classes=setup.info.num_classes,
                             info={**record.to_dict(), "metrics": evaluation.metrics,
                                   "threat_model": setup.threat.to_dict()})
-        return evaluation, path.read_bytes()
+        return path.read_bytes()
 
 
 def _times(metrics: Mapping[str, float]) -> str:
@@ -328,9 +339,11 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
 
 class Tasks:
     """The final comparison's Ray tasks: train (unless a model is given) and evaluate one
-    recipe and seed, with a trial's resources."""
+    recipe and seed, with a trial's resources; an answer kept by an earlier search of the same
+    setting is taken instead unless `fresh` (search/kept.py)."""
 
-    def __init__(self, shared: Shared, resources: Mapping[str, float], strength: float) -> None:
+    def __init__(self, shared: Shared, resources: Mapping[str, float], strength: float, *,
+                 fresh: bool = False) -> None:
         import ray
 
         self.task = ray.remote(max_retries=1)(_evaluate)
@@ -340,9 +353,17 @@ class Tasks:
                                       if k not in ("cpu", "gpu")}}
         self.threads = max(1, int(resources.get("cpu", 1)))
         self.shared_ref, self.strength = ray.put(shared), strength
+        self.folder, self.fresh = shared.cache_dir, fresh
 
     def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool) -> Any:
         """`keep`: return the model trained too (seed 0's, exported with its card)."""
+        import ray
+
+        found = None if self.fresh else kept.load(
+            self.folder, kept.task_key(record, payload, self.strength),
+            keep=keep and payload is None)
+        if found is not None:
+            return ray.put((*found, True))
         return self.task.options(**self.options).remote(self.shared_ref, record, payload,
                                                         self.strength, self.threads, keep)
 
@@ -351,12 +372,14 @@ def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], cl
                 parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
                 strength: float, out: Path,
                 started: Mapping[tuple[str, int], Any] | None = None,
-                outage_s: float = TRACKING_OUTAGE_S) -> FinalReport:
+                outage_s: float = TRACKING_OUTAGE_S, fresh: bool = False) -> FinalReport:
     """Evaluates every candidate over `seeds` (parallel Ray tasks; `started`: the baselines'
     tasks search/headstart.py began during the search) and returns the report, written to `out`
     first, then logged to the MLflow parent run and the candidates' runs through a journal
-    (`out`/mlflow-pending-final.jsonl while MLflow is away, waited for up to `outage_s`)."""
-    _evaluate_all(candidates, shared, resources, seeds, strength, started or {})
+    (`out`/mlflow-pending-final.jsonl while MLflow is away, waited for up to `outage_s`).
+    `fresh`: compute every task again rather than take what an earlier search kept."""
+    _evaluate_all(candidates, Tasks(shared, resources, strength, fresh=fresh), seeds,
+                  started or {})
     report = FinalReport(candidates, list(seeds), _differences(candidates))
     write_atomic(out / ARTIFACT.FINAL_TABLE, report.markdown() + "\n")
     write_atomic(out / ARTIFACT.FINAL_CSV, report.csv())
@@ -396,14 +419,12 @@ def drain_final(journal: Journal, uri: str, out: Path, outage_s: float) -> None:
             "and --storage-path) to log them")
 
 
-def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mapping[str, float],
-                  seeds: Sequence[int], strength: float,
+def _evaluate_all(candidates: list[Candidate], tasks: Tasks, seeds: Sequence[int],
                   started: Mapping[tuple[str, int], Any]) -> None:
     """Every candidate and seed as a Ray task with a trial's resources (or the task already
     started for it); each evaluation is kept on its candidate as it arrives."""
     import ray
 
-    tasks = Tasks(shared, resources, strength)
     pending = {}
     for candidate in candidates:
         for index, seed in enumerate(seeds):
@@ -417,15 +438,22 @@ def _evaluate_all(candidates: list[Candidate], shared: Shared, resources: Mappin
           f"({early} started during the search; "
           f"{sum(c.model is not None for c in candidates)} models reused from the search)",
           flush=True)
+    reused = 0
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         candidate, seed = pending.pop(done[0])
-        candidate.evaluations[seed], trained = ray.get(done[0])
+        candidate.evaluations[seed], trained, was_kept = ray.get(done[0])
+        reused += was_kept
         candidate.model = candidate.model or trained  # seed 0's, kept beside its card
         metrics = candidate.evaluations[seed].metrics
         print(f"final: {candidate.label} seed {seed}: " + ", ".join(
             f"{title} {metrics[m]:.3f}" for title, m in COLUMNS if m in metrics)
-            + f"  ({_times(metrics)})", flush=True)
+            + f"  ({'kept by an earlier search: ' if was_kept else ''}{_times(metrics)})",
+            flush=True)
+    if reused:
+        print(f"final: {reused} of {len(candidates) * len(seeds)} answers were kept by an earlier "
+              "search of the same setting and code (--fresh-final computes them again)",
+              flush=True)
 
 
 def _report_writes(report: FinalReport, parent_id: str) -> Iterator[dict[str, Any]]:
@@ -533,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baselines", default=None, metavar="NAMES",
                    help=f"comma-separated baselines ({', '.join(BASELINES)}; default: the "
                         "space's)")
+    p.add_argument("--fresh-final", action="store_true", default=fresh_final_default(),
+                   help="compute every task again rather than take the answers an earlier "
+                        "search of the same setting and code kept (default: off, on where "
+                        f"{FRESH_FINAL_ENV}=1)")
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     args = p.parse_args(argv)
 
@@ -559,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 space=opened.space, shared=opened.shared, candidates=candidates,
                 client=found.client, parent_id=found.parent_id, resources=opened.resources,
                 seeds=[opened.seed + i for i in range(args.seeds)], strength=args.strength,
-                out=found.folder)
+                out=found.folder, fresh=args.fresh_final)
         if args.format == "csv":
             print(report.csv())
         return 0

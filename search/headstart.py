@@ -25,9 +25,10 @@ class HeadStart(Callback):
     """A Tune callback: starts a completed baseline trial's final tasks (every seed)."""
 
     def __init__(self, *, shared: Shared | None, resources: Mapping[str, float],
-                 seeds: Sequence[int], strength: float, max_t: int) -> None:
+                 seeds: Sequence[int], strength: float, max_t: int, fresh: bool = False
+                 ) -> None:
         self.shared, self.resources, self.seeds = shared, dict(resources), list(seeds)
-        self.strength, self.max_t = strength, max_t
+        self.strength, self.max_t, self.fresh = strength, max_t, fresh
         self.started: dict[tuple[str, int], Any] = {}  # (baseline, seed) -> Ray object ref
         self._tasks: Tasks | None = None
 
@@ -44,7 +45,7 @@ class HeadStart(Callback):
                 trial_status(result, self.max_t) != TrialStatus.COMPLETED:
             return
         if self._tasks is None:
-            self._tasks = Tasks(self.shared, self.resources, self.strength)
+            self._tasks = Tasks(self.shared, self.resources, self.strength, fresh=self.fresh)
         payload = _checkpoint_model(trial)
         for index, seed in enumerate(self.seeds):
             key = (record.baseline, seed)

@@ -37,6 +37,7 @@ class SearchPlan:
     sealed_top_k: int = 1
     sealed_strength: float = SEALED_STRENGTH
     final_seeds: int = FINAL_SEEDS
+    fresh_final: bool = False  # compute every final task again (search/kept.py)
     tracking_outage_s: float = TRACKING_OUTAGE_S
     startup_trials: int = 10
     warm_start: str | None = None  # an earlier search or a lever table (search/warmstart.py)

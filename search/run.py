@@ -24,7 +24,14 @@ from search.records import DEFAULT_OUTPUT, use_loopback_for
 from search.resume import check_resumable
 from search.signals import catch_signals
 from search.stores import check_name, check_tracking_uri, inside, writable_folder
-from search.vocab import ARTIFACT, FINAL_SEEDS, TRACKING_OUTAGE_S, Scheduler
+from search.vocab import (
+    ARTIFACT,
+    FINAL_SEEDS,
+    FRESH_FINAL_ENV,
+    TRACKING_OUTAGE_S,
+    Scheduler,
+    fresh_final_default,
+)
 from spaces import SearchAlg, Space
 from trainables.errors import ConfigError
 from trainables.vocab import SEALED_STRENGTH
@@ -129,6 +136,10 @@ def _final_arguments(p: argparse.ArgumentParser) -> None:
                    help="seeds each recipe of the final comparison is trained with")
     p.add_argument("--sealed-strength", type=float, default=SEALED_STRENGTH,
                    help="multiplier of attack iterations/queries/restarts in that evaluation")
+    p.add_argument("--fresh-final", action="store_true", default=fresh_final_default(),
+                   help="compute every final task again rather than take the answers an "
+                        "earlier search of the same setting and code kept (default: off, "
+                        f"on where {FRESH_FINAL_ENV}=1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,7 +215,8 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures, trial_resources=trial_resources,
         sealed_top_k=args.sealed_top_k, sealed_strength=args.sealed_strength,
-        final_seeds=args.final_seeds, tracking_outage_s=args.tracking_outage,
+        final_seeds=args.final_seeds, fresh_final=args.fresh_final,
+        tracking_outage_s=args.tracking_outage,
         startup_trials=space.search.startup_trials, warm_start=warm)
 
 

@@ -4,6 +4,7 @@ trainables/vocab.py). Each is spelled here once and read through these names."""
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
 from trainables.vocab import Split, time_key
@@ -13,6 +14,7 @@ __all__ = [
     "FAILURE_LINES",
     "FAILURE_REASON",
     "FINAL_SEEDS",
+    "FRESH_FINAL_ENV",
     "METRIC_PREFIXES",
     "OBJECTIVE",
     "ORPHANED",
@@ -28,6 +30,7 @@ __all__ = [
     "best_key",
     "final_delta_key",
     "final_key",
+    "fresh_final_default",
     "phase_key",
     "points_key",
     "trials_key",
@@ -154,4 +157,12 @@ class ARTIFACT:
 
 
 FINAL_SEEDS = 3  # the final comparison trains every recipe with this many seeds
+# where this is 1, final tasks are computed again rather than taken from an earlier search
+# (search/kept.py); the test suite sets it, so that no test reads another one's answers
+FRESH_FINAL_ENV = "DEFENSE_SEARCH_FRESH_FINAL"
+
+
+def fresh_final_default() -> bool:
+    """`--fresh-final`'s default."""
+    return os.environ.get(FRESH_FINAL_ENV, "") == "1"
 TRACKING_OUTAGE_S = 300.0  # how long a finished search waits for a lost tracking server

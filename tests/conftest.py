@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import spaces
+from search.vocab import FRESH_FINAL_ENV
 from tests.processes import start_mlflow_server, stop_process
 from trainables.defense.models import DefendedModel
 from trainables.setting.prepare import Shared, prepare_shared
@@ -17,15 +18,19 @@ from trainables.setting.prepare import Shared, prepare_shared
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Teachers and targets trained by tests go to a temporary cache, not ~/.cache."""
+    """Teachers and targets trained by tests go to a temporary cache, not ~/.cache; final
+    tasks are computed afresh unless a test asks for kept answers (search/kept.py), so that
+    no test reads what another one computed."""
     path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("DEFENSE_SEARCH_CACHE")
-    os.environ["DEFENSE_SEARCH_CACHE"] = str(path)
+    changes = {"DEFENSE_SEARCH_CACHE": str(path), FRESH_FINAL_ENV: "1"}
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
     yield path
-    if old is None:
-        os.environ.pop("DEFENSE_SEARCH_CACHE", None)
-    else:
-        os.environ["DEFENSE_SEARCH_CACHE"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

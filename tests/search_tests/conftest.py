@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 600
-               ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600,
+               drop_env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` in `cwd`, without the variables `drop_env` names."""
+    env = {k: v for k, v in os.environ.items() if k not in drop_env} | {"PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -10,7 +10,7 @@ import pytest
 
 import spaces
 from search.trainable import objective_value
-from search.vocab import OBJECTIVE
+from search.vocab import FRESH_FINAL_ENV, OBJECTIVE
 from tests.search_tests.conftest import FinishedSearch, run_module
 
 
@@ -111,3 +111,23 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
                     "test/autoattack/acc"):
             assert 0.0 <= float(row[f"{key}_lo"]) <= float(row[key]) <= float(row[f"{key}_hi"])
     assert "minus each baseline" in proc.stdout and "| standard |" in proc.stdout
+    assert "kept by an earlier search" not in proc.stdout  # the suite computes afresh
+
+
+@pytest.mark.slow
+def test_final_cli_takes_the_answers_an_earlier_run_kept(smoke_search: FinishedSearch) -> None:
+    """Without --fresh-final, a second final comparison of the same setting and code trains
+    and attacks nothing: every task's answer is the one the first run kept, so the table is
+    the same."""
+    args = ("search.final", "--name", smoke_search.name, "--storage-path",
+            str(smoke_search.storage), "--seeds", "2", "--baselines", "pgd-at", "--format",
+            "csv")
+    runs = [run_module(*args, cwd=smoke_search.cwd, timeout=900, drop_env=(FRESH_FINAL_ENV,))
+            for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    second = runs[1].stdout
+    assert "4 of 4 answers were kept by an earlier search" in second, second[-3000:]
+    assert second.count("(kept by an earlier search: ") == 4
+    tables = [proc.stdout[proc.stdout.index("recipe,"):] for proc in runs]
+    assert tables[0] == tables[1]

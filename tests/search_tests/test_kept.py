@@ -1,0 +1,66 @@
+"""search/kept.py: what a final task's kept answer is keyed by, and how it is read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spaces
+from search import kept
+from trainables.scoring.final import Evaluation
+
+
+def _record(**changes: object) -> spaces.TrialRecord:
+    return spaces.load("smoke").baseline_record("pgd-at").with_config(**changes)
+
+
+def _evaluation() -> Evaluation:
+    return Evaluation({"test/clean/acc": 0.75, "time/train_s": 3.0},
+                      {"test/clean/acc": np.array([1.0, 0.0, 1.0, 1.0], dtype=np.float32),
+                       "test/sealed/union_acc": np.array([True, False, False, True])})
+
+
+def test_the_key_changes_with_everything_the_answer_depends_on() -> None:
+    base = kept.task_key(_record(seed=1), None, 2.0)
+    assert kept.task_key(_record(seed=1), None, 2.0) == base
+    others = [kept.task_key(_record(seed=2), None, 2.0),  # the seed
+              kept.task_key(_record(seed=1, epochs=3), None, 2.0),  # the recipe
+              kept.task_key(_record(seed=1, test_samples=7), None, 2.0),  # the points
+              kept.task_key(_record(seed=1), None, 1.0),  # the strength
+              kept.task_key(_record(seed=1), b"a model", 2.0),  # the model given
+              kept.task_key(_record(seed=1), b"another model", 2.0)]
+    assert len({base, *others}) == len(others) + 1
+    # where it runs is not part of the answer
+    assert kept.task_key(_record(seed=1, threads=3, device="cpu"), None, 2.0) == base
+
+
+def test_the_code_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = kept.task_key(_record(seed=1), None, 2.0)
+    monkeypatch.setattr(kept, "code_hash", lambda: "edited")
+    assert kept.task_key(_record(seed=1), None, 2.0) != base
+
+
+def test_an_answer_reads_back_as_it_was_kept(tmp_path: Path) -> None:
+    kept.store(tmp_path, "k1", _evaluation(), b"model bytes")
+    found = kept.load(tmp_path, "k1", keep=True)
+    assert found is not None
+    evaluation, model = found
+    assert evaluation.metrics == _evaluation().metrics and model == b"model bytes"
+    for key, values in _evaluation().points.items():
+        assert evaluation.points[key].dtype == values.dtype
+        np.testing.assert_array_equal(evaluation.points[key], values)
+    without = kept.load(tmp_path, "k1", keep=False)
+    assert without is not None and without[1] is None  # the model only where asked for
+    assert kept.load(tmp_path, "k2", keep=False) is None
+    assert kept.load(None, "k1", keep=False) is None
+
+
+def test_a_missing_model_or_a_torn_file_computes_again(tmp_path: Path) -> None:
+    kept.store(tmp_path, "no-model", _evaluation(), None)
+    assert kept.load(tmp_path, "no-model", keep=False) is not None
+    assert kept.load(tmp_path, "no-model", keep=True) is None  # the model is asked for
+    (tmp_path / "final" / "torn.pt").write_bytes(b"PK\x03\x04 half a file")
+    assert kept.load(tmp_path, "torn", keep=False) is None
+    assert not list((tmp_path / "final").glob("*.tmp"))
