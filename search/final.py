@@ -7,13 +7,14 @@ search, e.g. with more seeds, more trials or other baselines:
 
 Each candidate (the best `top_k` completed searched trials, and every baseline of the space) is
 trained with `seeds` seeds and evaluated on the test split: held-out and sealed attacks at
-`strength`, the transfer group, AutoAttack (trainables/scoring/final.py). Seed 0's model is the
-search's own when its trial completed; the others are trained again, all as parallel Ray tasks
-with a trial's resources. Every number is a mean over seeds with a 95% t interval, and the best
-recipe is compared with each baseline by the difference of their means on the same test
-points, whose 95% interval holds both the point sampling (a paired bootstrap) and the training
-randomness (the seed-to-seed spread pooled over the candidates): the verdict says "better"
-only when it excludes 0.
+`strength`, the transfer group, AutoAttack (trainables/scoring/final.py). A searched recipe's
+seed-0 model is the search's own when its trial completed; the others, and every seed of a
+baseline, are trained again, all as parallel Ray tasks with a trial's resources, and each task's
+answer is kept for later searches of the same setting (search/kept.py). Every number is a mean
+over seeds with a 95% t interval, and the best recipe is compared with each baseline by the
+difference of their means on the same test points, whose 95% interval holds both the point
+sampling (a paired bootstrap) and the training randomness (the seed-to-seed spread pooled over
+the candidates): the verdict says "better" only when it excludes 0.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,15 @@ class FinalReport:
                           None if clean is None else len(clean), means, self.seeds)
 
     def facts_of_run(self, run_id: str) -> FinalFacts | None:
-        """The same for the candidate of a search's run (its seed-0 model is the run's own
-        when the run completed)."""
+        """The same for the model of a search's run: a searched recipe's seed-0 model is the
+        run's own when the run completed; a baseline's is trained again (its answers must
+        not depend on the search, see `candidates_of`), so only its means over seeds are the
+        run's."""
         found = next((c for c in self.candidates if c.run_id == run_id), None)
-        return None if found is None else self.facts_of(found)
+        if found is None:
+            return None
+        facts = self.facts_of(found)
+        return replace(facts, own=None, points=None) if found.baseline else facts
 
     def verdict(self, baseline: str) -> str:
         """Whether the best recipe beats `baseline` on the sealed mean, significantly."""
@@ -251,9 +257,10 @@ def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
 
 def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, strength: float,
               threads: int, keep: bool) -> tuple[Evaluation, bytes | None, bool]:
-    """A Ray task: train the recipe with its record's seed (unless its model is given), then
-    its final evaluation; the model trained here too if `keep` (a file's bytes). The answer is
-    kept for later searches (search/kept.py); the last value says it was computed here."""
+    """A Ray task: train the recipe with its record's seed (unless its model is given; with
+    the validation its early stopping needs, if it stops early), then its final evaluation;
+    the model trained here too if `keep` (a file's bytes). The last value, False, says the
+    answer was computed (Tasks.submit gives True for a kept one)."""
     from search.trainable import assigned_device
     from trainables.train import run_trial
 
@@ -262,7 +269,8 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     config = record.config.replace(device=device, threads=threads, masking_samples=0)
     start = time.perf_counter()
     if payload is None:
-        model = run_trial(config, shared=shared, log=lambda _: None, validation=False).model
+        model = run_trial(config, shared=shared, log=lambda _: None,
+                          validation=config.early_stopping).model
     else:
         with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
             handle.write(payload)
@@ -272,7 +280,6 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
     evaluation.metrics[TIME_TRAIN] = trained
     saved = _saved(model, shared, record, evaluation) if keep and payload is None else None
-    kept.store(shared.cache_dir, kept.task_key(record, payload, strength), evaluation, saved)
     return evaluation, saved, False
 
 
@@ -307,7 +314,9 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
     raised no masking flag against the space's claim come first (a flagged trial's robustness
     is not real against the attacker the space assumes), then those
     that ran to the end; an early-stopped one is only taken when too few did, and is trained
-    full-length here like every other seed."""
+    full-length here like every other seed. A baseline's seeds are all trained here, its
+    search trial's model is not reused: its answers then depend on nothing the search did,
+    and a later search of the same setting takes them as they were kept (search/kept.py)."""
     out: list[Candidate] = []
     baseline_runs: dict[str, Entry] = {}
     searched = []
@@ -331,9 +340,7 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
             continue
         record = record_of(results, run.trial_id)
         assert record is not None
-        done = run.status == TrialStatus.COMPLETED
-        out.append(Candidate(name, record, run.run_id, True,
-                             model_file(results, run.trial_id) if done else None))
+        out.append(Candidate(name, record, run.run_id, True))
     return out
 
 
@@ -366,6 +373,14 @@ class Tasks:
             return ray.put((*found, True))
         return self.task.options(**self.options).remote(self.shared_ref, record, payload,
                                                         self.strength, self.threads, keep)
+
+    def keep(self, key: str, evaluation: Evaluation, model: bytes | None) -> None:
+        """Keeps a computed answer for later searches; a disk that refuses it costs only
+        that (the answer is computed again next time)."""
+        try:
+            kept.store(self.folder, key, evaluation, model)
+        except OSError as err:
+            print(f"final: could not keep a task's answer in {self.folder}: {err}", flush=True)
 
 
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
@@ -428,11 +443,12 @@ def _evaluate_all(candidates: list[Candidate], tasks: Tasks, seeds: Sequence[int
     pending = {}
     for candidate in candidates:
         for index, seed in enumerate(seeds):
+            record = candidate.record.with_config(seed=seed)
+            payload = candidate.model if index == 0 else None  # None for a baseline
             ref = started.get((candidate.label, seed)) if candidate.baseline else None
             if ref is None:
-                ref = tasks.submit(candidate.record.with_config(seed=seed),
-                                   candidate.model if index == 0 else None, keep=index == 0)
-            pending[ref] = (candidate, seed)
+                ref = tasks.submit(record, payload, keep=index == 0)
+            pending[ref] = (candidate, seed, kept.task_key(record, payload, tasks.strength))
     early = sum(1 for c in candidates for s in seeds if c.baseline and (c.label, s) in started)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
           f"({early} started during the search; "
@@ -441,9 +457,11 @@ def _evaluate_all(candidates: list[Candidate], tasks: Tasks, seeds: Sequence[int
     reused = 0
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        candidate, seed = pending.pop(done[0])
+        candidate, seed, key = pending.pop(done[0])
         candidate.evaluations[seed], trained, was_kept = ray.get(done[0])
         reused += was_kept
+        if not was_kept:
+            tasks.keep(key, candidate.evaluations[seed], trained)
         candidate.model = candidate.model or trained  # seed 0's, kept beside its card
         metrics = candidate.evaluations[seed].metrics
         print(f"final: {candidate.label} seed {seed}: " + ", ".join(

@@ -1,20 +1,19 @@
 """The final comparison's head start: a baseline's recipe does not depend on the search's
-winner, so as soon as its trial completes, its seed-0 model is evaluated and its other seeds
-are trained, as Ray tasks that take a core whenever one is free, while the search still runs.
-The search's tail then no longer leaves a core idle, and the final comparison has less left
-to do when the search ends."""
+winner, so as soon as its trial completes, its seeds are trained and evaluated (or taken as an
+earlier search kept them, search/kept.py), as Ray tasks that take a core whenever one is free,
+while the search still runs. The search's tail then no longer leaves a core idle, and the
+final comparison has less left to do when the search ends."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search.final import Tasks
 from search.records import trial_status
-from search.vocab import ARTIFACT, TrialStatus
+from search.vocab import TrialStatus
 from spaces import RECORD_KEY, TrialRecord
 from trainables.setting.prepare import Shared
 
@@ -46,22 +45,11 @@ class HeadStart(Callback):
             return
         if self._tasks is None:
             self._tasks = Tasks(self.shared, self.resources, self.strength, fresh=self.fresh)
-        payload = _checkpoint_model(trial)
         for index, seed in enumerate(self.seeds):
             key = (record.baseline, seed)
-            if key not in self.started:
-                self.started[key] = self._tasks.submit(
-                    record.with_config(seed=seed), payload if index == 0 else None,
-                    keep=index == 0)
+            if key not in self.started:  # every seed trained: see final.candidates_of
+                self.started[key] = self._tasks.submit(record.with_config(seed=seed), None,
+                                                       keep=index == 0)
         print(f"final: {record.baseline}'s {len(self.seeds)} seeds started while the search "
               "runs", flush=True)
 
-
-def _checkpoint_model(trial: Any) -> bytes | None:
-    """The defended model a finished trial saved in its last checkpoint."""
-    checkpoint = getattr(trial, "checkpoint", None)
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        path = Path(folder) / ARTIFACT.MODEL
-        return path.read_bytes() if path.exists() else None

@@ -157,6 +157,7 @@ class ARTIFACT:
 
 
 FINAL_SEEDS = 3  # the final comparison trains every recipe with this many seeds
+TRACKING_OUTAGE_S = 300.0  # how long a finished search waits for a lost tracking server
 # where this is 1, final tasks are computed again rather than taken from an earlier search
 # (search/kept.py); the test suite sets it, so that no test reads another one's answers
 FRESH_FINAL_ENV = "DEFENSE_SEARCH_FRESH_FINAL"
@@ -165,4 +166,3 @@ FRESH_FINAL_ENV = "DEFENSE_SEARCH_FRESH_FINAL"
 def fresh_final_default() -> bool:
     """`--fresh-final`'s default."""
     return os.environ.get(FRESH_FINAL_ENV, "") == "1"
-TRACKING_OUTAGE_S = 300.0  # how long a finished search waits for a lost tracking server

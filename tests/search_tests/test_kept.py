@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import spaces
 from search import kept
+from trainables.defense.export import save_defended_model
+from trainables.defense.models import DefendedModel
 from trainables.scoring.final import Evaluation
 
 
@@ -34,6 +38,26 @@ def test_the_key_changes_with_everything_the_answer_depends_on() -> None:
     assert len({base, *others}) == len(others) + 1
     # where it runs is not part of the answer
     assert kept.task_key(_record(seed=1, threads=3, device="cpu"), None, 2.0) == base
+
+
+def test_a_model_is_known_by_its_weights_not_by_its_file(tmp_path: Path,
+                                                         digits_model: DefendedModel) -> None:
+    """Two files of the same weights (a later search's seed-0 model, with other metrics and
+    timings beside them) give one key; other weights another."""
+    tiny_model, files = copy.deepcopy(digits_model), []
+    for elapsed in (1.0, 2.0):
+        path = tmp_path / f"m{elapsed}.pt"
+        save_defended_model(path, tiny_model, arch="small_cnn", image_shape=(1, 8, 8),
+                            num_classes=10, info={"metrics": {"time/elapsed_s": elapsed}})
+        files.append(path.read_bytes())
+    assert files[0] != files[1]
+    keys = {kept.task_key(_record(seed=1), payload, 2.0) for payload in files}
+    assert len(keys) == 1
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(1e-3)
+    save_defended_model(tmp_path / "other.pt", tiny_model, arch="small_cnn",
+                        image_shape=(1, 8, 8), num_classes=10, info={})
+    assert kept.task_key(_record(seed=1), (tmp_path / "other.pt").read_bytes(), 2.0) not in keys
 
 
 def test_the_code_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,4 +87,4 @@ def test_a_missing_model_or_a_torn_file_computes_again(tmp_path: Path) -> None:
     assert kept.load(tmp_path, "no-model", keep=True) is None  # the model is asked for
     (tmp_path / "final" / "torn.pt").write_bytes(b"PK\x03\x04 half a file")
     assert kept.load(tmp_path, "torn", keep=False) is None
-    assert not list((tmp_path / "final").glob("*.tmp"))
+    assert not [p.name for p in (tmp_path / "final").iterdir() if p.suffix == ".tmp"]

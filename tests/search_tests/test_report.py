@@ -122,10 +122,11 @@ def test_final_cli_takes_the_answers_an_earlier_run_kept(smoke_search: FinishedS
     args = ("search.final", "--name", smoke_search.name, "--storage-path",
             str(smoke_search.storage), "--seeds", "2", "--baselines", "pgd-at", "--format",
             "csv")
-    runs = [run_module(*args, cwd=smoke_search.cwd, timeout=900, drop_env=(FRESH_FINAL_ENV,))
-            for _ in range(2)]
+    runs = [run_module(*args, *extra, cwd=smoke_search.cwd, timeout=900,
+                       drop_env=(FRESH_FINAL_ENV,)) for extra in (["--fresh-final"], [])]
     for proc in runs:
         assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kept by an earlier search" not in runs[0].stdout  # computed, and kept
     second = runs[1].stdout
     assert "4 of 4 answers were kept by an earlier search" in second, second[-3000:]
     assert second.count("(kept by an earlier search: ") == 4
