@@ -70,6 +70,18 @@ LEVERS_MNIST5K = (
     Lever("pgd-at, student from teacher", "pgd-at", {"student_init": "teacher"}),
     Lever("PGD+PGDL2 worst, teacher + distillation 0.5", "multi-at",
           {"pool": ["PGD", "PGDL2"], "student_init": "teacher", "w_feat": 0.5}),
+    # the second round: the first round's best baseline (TRADES) with the levers on top
+    Lever("trades 3", "trades", {"w_trades": 3.0}),
+    Lever("trades, student from teacher", "trades", {"student_init": "teacher"}),
+    Lever("trades, teacher + distillation 0.5", "trades",
+          {"student_init": "teacher", "w_feat": 0.5}),
+    Lever("trades + variation regularisation 1", "trades", {"w_vr": 1.0}),
+    Lever("trades, TPGD+PGDL2 worst", "trades",
+          {"pool": ["TPGD", "PGDL2"], "pool_combine": "worst"}),
+    Lever("trades, TPGD+PGDL2 each", "trades", {"pool": ["TPGD", "PGDL2"]}),
+    Lever("trades + random Spatial+Contrast", "trades",
+          {"pool": ["TPGD", SPATIAL_RAND, CONTRAST_RAND]}),
+    Lever("trades + Perceptual", "trades", {"pool": ["TPGD", PERCEPTUAL]}),
 )
 LEVERS = (
     Lever("standard", "standard"),
