@@ -85,6 +85,9 @@ LEVERS_MNIST5K = (
     Lever("trades + random Spatial+Contrast, teacher + distillation 0.5", "trades",
           {"pool": ["TPGD", SPATIAL_RAND, CONTRAST_RAND], "student_init": "teacher",
            "w_feat": 0.5}),
+    # the third round: the second round's two best together
+    Lever("trades 3 + random Spatial+Contrast", "trades",
+          {"pool": ["TPGD", SPATIAL_RAND, CONTRAST_RAND], "w_trades": 3.0}),
 )
 LEVERS = (
     Lever("standard", "standard"),
@@ -152,6 +155,13 @@ def _run(space_name: str, overrides: list[str], lever: Lever, seed: int
     return lever.name, seed, result.metrics, result.points, time.perf_counter() - start
 
 
+def _flags(runs: list[dict[str, float]]) -> list[str]:
+    """The masking flags raised in any of `runs`."""
+    return sorted({k.split("/")[1] for m in runs for k, v in m.items()
+                   if k.startswith("masking/") and k.count("/") == 1
+                   and k != "masking/any" and v})
+
+
 def _cell(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]" if len(values) > 1 \
@@ -195,7 +205,8 @@ def main() -> None:
             runs.setdefault(name, []).append((metrics, points, wall))
             print(f"[{time.perf_counter() - started:6.0f}s] {name} seed {seed}: "
                   f"{objective} {metrics[objective]:.3f}, union {metrics[UNION]:.3f}, "
-                  f"clean {metrics[CLEAN_ACC]:.3f}, {wall:.0f}s", flush=True)
+                  f"clean {metrics[CLEAN_ACC]:.3f}, flags {', '.join(_flags([metrics]))}, "
+                  f"{wall:.0f}s", flush=True)
 
     def averaged(name: str, metric: str) -> np.ndarray:
         return np.mean([pts[f"{metric}"] for _, pts, _ in runs[name]], axis=0)
@@ -207,9 +218,7 @@ def main() -> None:
              "s/trial |", "|---|---|---|---|---|---|---|---|"]
     for lever in levers:
         rows = runs[lever.name]
-        flags = sorted({k.split("/")[1] for m, _, _ in rows for k, v in m.items()
-                        if k.startswith("masking/") and k.count("/") == 1
-                        and k != "masking/any" and v})
+        flags = _flags([m for m, _, _ in rows])
         deltas = [paired_difference(averaged(lever.name, m), averaged(args.reference, m))
                   for m in (objective, UNION)]
         lines.append(
