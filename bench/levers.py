@@ -101,6 +101,13 @@ LEVERS_MNIST5K = (
     Lever("trades 3 + random Spatial+Contrast, Linf eps x1.25", "trades",
           {"pool": ["TPGD", SPATIAL_RAND, CONTRAST_RAND], "w_trades": 3.0,
            "train_eps_scale": 1.25}),
+    # the fifth round: more of the KL on Linf examples, or one corruption instead of two
+    Lever("trades 3 + TPGD+PGD + random Spatial+Contrast", "trades",
+          {"pool": ["TPGD", "PGD", SPATIAL_RAND, CONTRAST_RAND], "w_trades": 3.0}),
+    Lever("trades 3 + random Contrast", "trades",
+          {"pool": ["TPGD", CONTRAST_RAND], "w_trades": 3.0}),
+    Lever("trades 3 + random Spatial", "trades",
+          {"pool": ["TPGD", SPATIAL_RAND], "w_trades": 3.0}),
 )
 LEVERS = (
     Lever("standard", "standard"),
