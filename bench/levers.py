@@ -3,6 +3,8 @@
     python bench/levers.py                          # mid, seeds 0 1, 2 workers
     python bench/levers.py --only pgd-at multi-at --seeds 0 1 2
     python bench/levers.py --space mnist5k --out bench/results/levers-mnist5k.md
+    python bench/levers.py --space mnist5k --merge bench/results/levers-mnist5k*.json \
+        --out bench/results/levers-mnist5k-all.json   # every round's recipes, one warm start
 
 Each lever is a recipe written as one of the space's baselines (or its defaults) plus changed
 values, trained standalone (no Ray, 1 thread per worker) on every validation point, once per
@@ -213,6 +215,35 @@ def _cell(values: list[float]) -> str:
         else f"{mean:.3f}"
 
 
+def merge(space: spaces.Space, sources: list[str], out: str) -> None:
+    """One lever table (.json, what `search.run --warm-start` reads) from several rounds' of
+    the same space, data set and objective: a lever in several rounds is taken once (the
+    rounds give it identical values); one the space cannot express now is left out, said so."""
+    levers: dict[str, Any] = {}
+    for source in sources:
+        table = json.loads(Path(source).read_text())
+        if (table["space"], table["objective"]) != (space.name, space.search.objective):
+            raise SystemExit(f"{source}: space {table['space']!r}, objective "
+                             f"{table['objective']!r}; expected {space.name!r}, "
+                             f"{space.search.objective!r}")
+        known = set(space.params) | set(space.pool.flags(space.pool.candidates))
+        for name, lever in table["levers"].items():
+            values = dict(lever["values"])
+            # a pool flag of a candidate the space lacks (a round with --set) is harmless off
+            extra = {k for k in set(values) - known if values[k] is not False}
+            values = {k: v for k, v in values.items() if k in known}
+            if extra or space.point(values) != values:
+                print(f"left out {name!r} ({source}): not a point of space {space.name!r} "
+                      f"as it is now{f' ({sorted(extra)})' if extra else ''}")
+                continue
+            levers.setdefault(name, {**lever, "values": values})
+    Path(out).write_text(json.dumps(
+        {"space": space.name, "dataset": space.base["dataset"],
+         "objective": space.search.objective, "sources": sources, "levers": levers},
+        indent=1, default=str))
+    print(f"{len(levers)} levers from {len(sources)} tables written to {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="mid")
@@ -228,8 +259,13 @@ def main() -> None:
     p.add_argument("--out", default=None,
                    help="also write the table (markdown) here, and every run's metrics "
                         "(masking evidence included) beside it as .json")
+    p.add_argument("--merge", nargs="+", default=None, metavar="TABLE",
+                   help="run nothing: merge these rounds' .json tables into --out (.json)")
     args = p.parse_args()
     space = spaces.load(args.space, args.overrides)
+    if args.merge:
+        merge(space, args.merge, args.out or f"levers-{space.name}-all.json")
+        return
     objective = space.search.objective
     known = LEVERS_MNIST5K if space.name == "mnist5k" else LEVERS
     levers = [lv for lv in known if args.only is None or lv.name in args.only]
