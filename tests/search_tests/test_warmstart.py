@@ -88,3 +88,18 @@ def test_an_incompatible_warm_start_is_refused_in_one_line_before_ray(tmp_path: 
         code = run.main(["--space", "smoke", "--warm-start", str(tmp_path / "nothing.json")])
     assert code == 2 and err.getvalue().count("\n") == 1
     assert "is neither a search's output folder" in err.getvalue()
+
+
+def test_the_shipped_mnist5k_lever_study_is_a_warm_start_of_the_space_as_it_is() -> None:
+    # bench/levers.py --merge wrote it from every round; a change to the space that leaves
+    # its recipes out of the space must be seen here, not at the start of a long search
+    from search.warmstart import load_warm_start
+
+    source = Path(__file__).resolve().parents[2] / "bench/results/levers-mnist5k-all.json"
+    space = spaces.load("mnist5k")
+    warm = load_warm_start(str(source), space)
+    assert not warm.proposals and len(warm.results) == len(json.loads(source.read_text())[
+        "levers"]) >= 30
+    best, value = max(warm.results, key=lambda r: r[1])
+    assert value == pytest.approx(0.6445, abs=5e-4)  # trades 3 + random Spatial+Contrast
+    assert best["w_trades"] == 3.0
