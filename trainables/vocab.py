@@ -83,6 +83,7 @@ class Arch(StrEnum):
     """The architectures trainables/defense/models.py builds."""
 
     SMALL_CNN = "small_cnn"
+    WIDE_CNN = "wide_cnn"  # small_cnn at twice the width: the capacity lever
     RESNET = "resnet"
 
 

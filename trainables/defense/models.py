@@ -79,6 +79,18 @@ def small_cnn(
     image_shape: tuple[int, int, int], num_classes: int, *, width: int = 32, hidden: int = 200
 ) -> ModelParts:
     """MID's LeNet-style autoencoder: two conv/pool stages, transposed-conv decoder, MLP head."""
+    return _cnn(image_shape, num_classes, width=width, hidden=hidden)
+
+
+@register_arch
+def wide_cnn(image_shape: tuple[int, int, int], num_classes: int) -> ModelParts:
+    """small_cnn at twice the width (64 and 128 filters, 400 hidden units, ~2.5x the compute):
+    capacity is what Madry et al. 2018 found robust MNIST training needs most."""
+    return _cnn(image_shape, num_classes, width=64, hidden=400)
+
+
+def _cnn(image_shape: tuple[int, int, int], num_classes: int, *, width: int, hidden: int
+         ) -> ModelParts:
     channels, height, width_px = image_shape
     if height % 4 or width_px % 4:
         raise ConfigError(f"small_cnn needs image sides divisible by 4, got {height}x{width_px}")
