@@ -74,8 +74,9 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-alg", choices=[a.value for a in SearchAlg], default=None,
                    help="Optuna sampler (default: the space's search.sampler): tpe, tpe-mv "
                         "(multivariate TPE over the values that appear together), gp "
-                        "(Gaussian process), random; nsga2 searches the clean vs held-out "
-                        "Pareto front")
+                        "(Gaussian process), random, local (one or two values of the best "
+                        "recipe so far changed: search/local.py); nsga2 searches the clean vs "
+                        "held-out Pareto front")
     p.add_argument("--warm-start", default=None, metavar="SOURCE",
                    help="start from an earlier search's folder (its trials become results "
                         "when the space and data set match, proposals otherwise) or a lever "

@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from search.local import LocalSampler
 from search.plan import SearchPlan
 from search.trainable import train_recipe
 from search.vocab import FAILURE_REASON, ORPHANED, Scheduler
@@ -106,6 +107,8 @@ def make_sampler(alg: SearchAlg, *, seed: int, startup: int) -> optuna.samplers.
         return optuna.samplers.RandomSampler(seed=seed)
     if alg == SearchAlg.NSGA2:
         return _NSGAII(seed=seed)
+    if alg == SearchAlg.LOCAL:  # next to the incumbent from the first finished trial on
+        return LocalSampler(seed=seed)
     if alg == SearchAlg.GP:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)

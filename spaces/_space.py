@@ -66,13 +66,15 @@ class Mode(StrEnum):
 class SearchAlg(StrEnum):
     """Optuna's sampler: TPE (independent per value), multivariate TPE over groups of values
     that appear together (Optuna's `group`), the Gaussian-process sampler, random sampling,
-    or NSGA-II for the clean vs held-out front."""
+    or NSGA-II for the clean vs held-out front; `local` changes one or two values of the best
+    recipe so far (search/local.py)."""
 
     TPE = "tpe"
     TPE_MV = "tpe-mv"
     GP = "gp"
     RANDOM = "random"
     NSGA2 = "nsga2"
+    LOCAL = "local"
 
 
 class SpaceError(ConfigError):

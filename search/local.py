@@ -1,0 +1,119 @@
+"""A local sampler: each proposal is the best finished recipe so far with one or two of its
+values changed, the way a person's lever study moves.
+
+TPE and the GP sampler model the whole space; with a few dozen finished recipes in a space of
+thirty-odd values (most of them conditional) they propose far from anything known to work
+(measured on mnist5k: warm-started from the 33-recipe lever study, TPE's proposals were
+4-attack pools with UniG on, all stopped by ASHA). This one stays next to the incumbent:
+the best COMPLETE trial of the study (warm-start results and baselines included; a trial
+zeroed by a masking flag or pruned by ASHA is never the incumbent). Per proposal it picks
+1 or `max_changes` of the incumbent's values and moves each: a float or int by a Gaussian
+step of `step` of its range (in log space where the range is), a categorical to another
+choice. A value the incumbent lacks (a newly active conditional one) and every value before
+the first finished trial are drawn at random.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["LocalSampler"]
+
+
+class LocalSampler(optuna.samplers.BaseSampler):
+    def __init__(self, *, seed: int = 0, max_changes: int = 2, step: float = 0.15) -> None:
+        self.seed, self.max_changes, self.step = seed, max_changes, step
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+        # per trial number: the incumbent's values and which of them this proposal changes
+        self._plans: dict[int, tuple[dict[str, Any], frozenset[str]]] = {}
+
+    def reseed_rng(self) -> None:
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        incumbent = _incumbent(study)
+        if incumbent is None:
+            return
+        rng = random.Random(f"{self.seed}:{trial.number}")
+        names = sorted(incumbent.params)
+        changed = rng.sample(names, min(len(names), rng.randint(1, self.max_changes)))
+        self._plans[trial.number] = (dict(incumbent.params), frozenset(changed))
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        plan = self._plans.get(trial.number)
+        if plan is None or param_name not in plan[0]:
+            return self._random.sample_independent(study, trial, param_name,
+                                                   param_distribution)
+        value = plan[0][param_name]
+        if not _fits(value, param_distribution):  # the space moved since that trial
+            return self._random.sample_independent(study, trial, param_name,
+                                                   param_distribution)
+        if param_name not in plan[1]:
+            return value
+        rng = random.Random(f"{self.seed}:{trial.number}:{param_name}")
+        return _moved(value, param_distribution, rng, self.step)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._plans.pop(trial.number, None)
+
+
+def _incumbent(study: optuna.Study) -> FrozenTrial | None:
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    done = [(sign * t.value, t) for t in study.get_trials(deepcopy=False,
+                                                          states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return max(done, key=lambda d: d[0])[1] if done else None
+
+
+def _fits(value: Any, distribution: BaseDistribution) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    if isinstance(distribution, FloatDistribution | IntDistribution):
+        return isinstance(value, int | float) and distribution.low <= value <= distribution.high
+    return False
+
+
+def _moved(value: Any, distribution: BaseDistribution, rng: random.Random, step: float) -> Any:
+    """`value` moved within `distribution`: another choice, or a clipped Gaussian step."""
+    if isinstance(distribution, CategoricalDistribution):
+        others = [c for c in distribution.choices if c != value]
+        return rng.choice(others) if others else value
+    if isinstance(distribution, FloatDistribution | IntDistribution):
+        low, high = distribution.low, distribution.high
+        log = distribution.log and low > 0
+        to = (lambda v: math.log(v)) if log else (lambda v: float(v))
+        back = (lambda v: math.exp(v)) if log else (lambda v: v)
+        span = to(high) - to(low)
+        moved = to(value) + rng.gauss(0.0, step * span)
+        # reflected at the bounds: a value at one (a loss weight that is off) moves as often
+        moved = to(low) + abs(moved - to(low)) if moved < to(low) else moved
+        moved = to(high) - abs(to(high) - moved) if moved > to(high) else moved
+        moved = min(max(back(moved), low), high)
+        if isinstance(distribution, IntDistribution):
+            return round(moved)
+        if distribution.step is not None:
+            return low + round((moved - low) / distribution.step) * distribution.step
+        return moved
+    raise TypeError(f"no local move for {type(distribution).__name__}")

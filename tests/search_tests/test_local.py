@@ -1,0 +1,91 @@
+"""The local sampler (search/local.py): proposals next to the best finished recipe."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+
+import spaces
+from search.local import LocalSampler
+from search.warmstart import load_warm_start
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+DISTRIBUTIONS = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                 "w": optuna.distributions.FloatDistribution(0.0, 4.0),
+                 "steps": optuna.distributions.IntDistribution(1, 20),
+                 "opt": optuna.distributions.CategoricalDistribution(["adam", "sgd", "adamw"])}
+
+
+def _ask(study: optuna.Study) -> dict[str, object]:
+    trial = study.ask()
+    values = {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+              "w": trial.suggest_float("w", 0.0, 4.0),
+              "steps": trial.suggest_int("steps", 1, 20),
+              "opt": trial.suggest_categorical("opt", ["adam", "sgd", "adamw"])}
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # never an incumbent itself
+    return values
+
+
+def _study(seed: int = 0) -> optuna.Study:
+    return optuna.create_study(direction="maximize", sampler=LocalSampler(seed=seed))
+
+
+def _add(study: optuna.Study, value: float, state: optuna.trial.TrialState =
+         optuna.trial.TrialState.COMPLETE, **params: object) -> None:
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions=DISTRIBUTIONS, state=state,
+        value=value if state == optuna.trial.TrialState.COMPLETE else None))
+
+
+def test_each_proposal_is_the_best_finished_recipe_with_one_or_two_values_moved() -> None:
+    study = _study()
+    best = {"lr": 1e-3, "w": 0.0, "steps": 10, "opt": "adam"}
+    _add(study, 0.4, lr=5e-3, w=2.0, steps=3, opt="sgd")
+    _add(study, 0.6, **best)
+    _add(study, 0.0, lr=1e-4, w=4.0, steps=20, opt="adamw")  # zeroed by a masking flag
+    _add(study, math.nan, optuna.trial.TrialState.PRUNED, lr=2e-3, w=1.0, steps=5, opt="adam")
+    moved_w = 0
+    for _ in range(40):
+        values = _ask(study)
+        changed = {k for k in best if values[k] != best[k]}
+        assert 1 <= len(changed) <= 2, values
+        assert 1e-4 <= values["lr"] <= 1e-2 and 0.0 <= values["w"] <= 4.0  # type: ignore[operator]
+        assert 1 <= values["steps"] <= 20  # type: ignore[operator]
+        moved_w += "w" in changed
+    # a weight at its lower bound (off) moves as often as the others (reflected, not clipped)
+    assert moved_w >= 8
+
+
+def test_before_any_finished_trial_it_samples_at_random_and_is_repeatable() -> None:
+    first = [_ask(s) for s in [_study(seed=3)] for _ in range(5)]
+    again = [_ask(s) for s in [_study(seed=3)] for _ in range(5)]
+    assert first == again
+    assert len({v["lr"] for v in first}) == 5
+
+
+def test_on_mnist5k_warm_started_from_the_lever_study_it_stays_next_to_the_best() -> None:
+    space = spaces.load("mnist5k")
+    source = Path(__file__).resolve().parents[2] / "bench/results/levers-mnist5k-all.json"
+    warm = load_warm_start(str(source), space)
+    study = _study(seed=1)
+    for values, value in warm.results:
+        point = space.point(values)
+        study.add_trial(optuna.trial.create_trial(
+            params=point, distributions=space.distributions(point), value=value))
+    incumbent = space.point(max(warm.results, key=lambda r: r[1])[0])
+    for _ in range(12):
+        trial = study.ask()
+        proposed = space.point(space.suggest(trial))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        changed = {k for k in incumbent.keys() | proposed.keys()
+                   if incumbent.get(k) != proposed.get(k)}
+        # one or two values moved, plus what a condition or the pool's size bounds then force
+        assert 1 <= len(changed) <= 6, changed
+
+
+def test_the_local_sampler_is_a_search_alg_of_every_space() -> None:
+    from search.tuner import make_sampler
+
+    assert isinstance(make_sampler(spaces.SearchAlg("local"), seed=0, startup=5), LocalSampler)
