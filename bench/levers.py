@@ -222,10 +222,11 @@ def merge(space: spaces.Space, sources: list[str], out: str) -> None:
     levers: dict[str, Any] = {}
     for source in sources:
         table = json.loads(Path(source).read_text())
-        if (table["space"], table["objective"]) != (space.name, space.search.objective):
-            raise SystemExit(f"{source}: space {table['space']!r}, objective "
-                             f"{table['objective']!r}; expected {space.name!r}, "
-                             f"{space.search.objective!r}")
+        found = (table["space"], table["dataset"], table["objective"])
+        expected = (space.name, space.base["dataset"], space.search.objective)
+        if found != expected:
+            raise SystemExit(f"{source}: space, data set, objective {found}; expected "
+                             f"{expected}")
         known = set(space.params) | set(space.pool.flags(space.pool.candidates))
         for name, lever in table["levers"].items():
             values = dict(lever["values"])

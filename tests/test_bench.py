@@ -59,3 +59,30 @@ def test_search_efficiency_records_round_trip_and_pair_by_seed() -> None:
     cells = rows[2].split(" | ")
     assert cells[1] == "3/7/1 3/7/1" and cells[2] == "0.200 0.300" and cells[4] == "2 of 2"
     assert cells[6] == "-"
+
+
+def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_express(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    levers = _bench("levers")
+    space = spaces.load("smoke")
+    pgd = space.point(space.baseline_values("pgd-at"))
+    rounds = [{"pgd-at": {"values": pgd, "objective": [0.4, 0.5]},
+               "gone": {"values": {**pgd, "pool.Spatial-Rand.medium": True},
+                        "objective": [0.9]}},
+              {"pgd-at": {"values": {**pgd, "pool.Spatial-Rand.medium": False},
+                          "objective": [0.4, 0.5]},
+               "defaults": {"values": space.point(space.default_values()), "objective": [0.6]}}]
+    sources = []
+    for index, table in enumerate(rounds):
+        sources.append(str(tmp_path / f"round{index}.json"))
+        Path(sources[-1]).write_text(json.dumps(
+            {"space": "smoke", "dataset": "digits", "objective": space.search.objective,
+             "levers": table}))
+    out = tmp_path / "all.json"
+    levers.merge(space, sources, str(out))
+    merged = json.loads(out.read_text())
+    assert sorted(merged["levers"]) == ["defaults", "pgd-at"]
+    assert merged["levers"]["pgd-at"]["values"] == pgd  # the harmless off flag dropped
+    assert "left out 'gone'" in capsys.readouterr().out
