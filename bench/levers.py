@@ -3,8 +3,8 @@
     python bench/levers.py                          # mid, seeds 0 1, 2 workers
     python bench/levers.py --only pgd-at multi-at --seeds 0 1 2
     python bench/levers.py --space mnist5k --out bench/results/levers-mnist5k.md
-    python bench/levers.py --space mnist5k --merge bench/results/levers-mnist5k*.json \
-        --out bench/results/levers-mnist5k-all.json   # every round's recipes, one warm start
+    python bench/levers.py --space mnist5k --merge bench/results/levers-mnist5k.json \
+        bench/results/levers-mnist5k-round[2-6].json --out bench/results/levers-mnist5k-all.json
 
 Each lever is a recipe written as one of the space's baselines (or its defaults) plus changed
 values, trained standalone (no Ray, 1 thread per worker) on every validation point, once per
@@ -218,18 +218,23 @@ def _cell(values: list[float]) -> str:
         else f"{mean:.3f}"
 
 
-def merge(space: spaces.Space, sources: list[str], out: str) -> None:
+def merge(space: spaces.Space, sources: list[str], out: str,
+          overrides: list[str] | None = None) -> None:
     """One lever table (.json, what `search.run --warm-start` reads) from several rounds' of
     the same space, data set and objective: a lever in several rounds is taken once (the
-    rounds give it identical values); one the space cannot express now is left out, said so."""
+    rounds give it identical values); one the space cannot express now is left out, said so.
+    Every table must have been run with the same `--set` overrides as `overrides` (a round at
+    another width, say, measured another problem)."""
+    overrides = overrides or []
     levers: dict[str, Any] = {}
     for source in sources:
         table = json.loads(Path(source).read_text())
-        found = (table["space"], table["dataset"], table["objective"])
-        expected = (space.name, space.base["dataset"], space.search.objective)
+        found = (table["space"], table["dataset"], table["objective"],
+                 table.get("overrides", []))
+        expected = (space.name, space.base["dataset"], space.search.objective, overrides)
         if found != expected:
-            raise SystemExit(f"{source}: space, data set, objective {found}; expected "
-                             f"{expected}")
+            raise SystemExit(f"{source}: space, data set, objective, overrides {found}; "
+                             f"expected {expected}")
         known = set(space.params) | set(space.pool.flags(space.pool.candidates))
         for name, lever in table["levers"].items():
             values = dict(lever["values"])
@@ -240,10 +245,14 @@ def merge(space: spaces.Space, sources: list[str], out: str) -> None:
                 print(f"left out {name!r} ({source}): not a point of space {space.name!r} "
                       f"as it is now{f' ({sorted(extra)})' if extra else ''}")
                 continue
+            if name in levers and levers[name]["values"] != values:
+                print(f"{name!r} ({source}) has other values than in an earlier table: the "
+                      "earlier kept")
             levers.setdefault(name, {**lever, "values": values})
     Path(out).write_text(json.dumps(
         {"space": space.name, "dataset": space.base["dataset"],
-         "objective": space.search.objective, "sources": sources, "levers": levers},
+         "objective": space.search.objective, "overrides": overrides, "sources": sources,
+         "levers": levers},
         indent=1, default=str))
     print(f"{len(levers)} levers from {len(sources)} tables written to {out}")
 
@@ -266,9 +275,11 @@ def main() -> None:
     p.add_argument("--merge", nargs="+", default=None, metavar="TABLE",
                    help="run nothing: merge these rounds' .json tables into --out (.json)")
     args = p.parse_args()
+    if args.autoattack < 0:
+        p.error(f"--autoattack {args.autoattack}: a number of points, >= 0 (0: off)")
     space = spaces.load(args.space, args.overrides)
     if args.merge:
-        merge(space, args.merge, args.out or f"levers-{space.name}-all.json")
+        merge(space, args.merge, args.out or f"levers-{space.name}-all.json", args.overrides)
         return
     objective = space.search.objective
     known = LEVERS_MNIST5K if space.name == "mnist5k" else LEVERS
@@ -336,7 +347,7 @@ def main() -> None:
                    for lv in levers}
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {"space": space.name, "dataset": space.base["dataset"], "objective": objective,
-             "seeds": args.seeds, "levers": recipes,
+             "overrides": args.overrides, "seeds": args.seeds, "levers": recipes,
              "runs": {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
                       for name, rows in runs.items()}}, indent=1, default=str))
         print(f"written to {args.out} (+ .json)")

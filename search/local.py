@@ -7,10 +7,12 @@ thirty-odd values (most of them conditional) they propose far from anything know
 4-attack pools with UniG on, all stopped by ASHA). This one stays next to the incumbent:
 the best COMPLETE trial of the study (warm-start results and baselines included; a trial
 zeroed by a masking flag or pruned by ASHA is never the incumbent). Per proposal it picks
-1 or `max_changes` of the incumbent's values and moves each: a float or int by a Gaussian
+1 to `max_changes` of the incumbent's values and moves each: a float or int by a Gaussian
 step of `step` of its range (in log space where the range is), a categorical to another
 choice. A value the incumbent lacks (a newly active conditional one) and every value before
-the first finished trial are drawn at random.
+the first finished trial are drawn at random. An int always moves (at least one step), so
+a proposal is never the incumbent itself. One objective only (search.run refuses it with
+--multi-objective).
 """
 
 from __future__ import annotations
@@ -111,9 +113,13 @@ def _moved(value: Any, distribution: BaseDistribution, rng: random.Random, step:
         moved = to(low) + abs(moved - to(low)) if moved < to(low) else moved
         moved = to(high) - abs(to(high) - moved) if moved > to(high) else moved
         moved = min(max(back(moved), low), high)
+        grid = distribution.step
+        if grid is not None:  # on the grid, inside the bounds after round-off
+            moved = min(max(low + round((moved - low) / grid) * grid, low), high)
         if isinstance(distribution, IntDistribution):
-            return round(moved)
-        if distribution.step is not None:
-            return low + round((moved - low) / distribution.step) * distribution.step
+            moved = int(moved)
+            if moved == value:  # a step that rounded back: one grid step, inward at a bound
+                moved = value + grid if value + grid <= high else value - grid
+            return max(low, min(high, moved))
         return moved
     raise TypeError(f"no local move for {type(distribution).__name__}")

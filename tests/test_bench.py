@@ -68,11 +68,11 @@ def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_e
     levers = _bench("levers")
     space = spaces.load("smoke")
     pgd = space.point(space.baseline_values("pgd-at"))
-    rounds = [{"pgd-at": {"values": pgd, "objective": [0.4, 0.5]},
+    rounds = [{"pgd-at": {"values": {**pgd, "pool.Spatial-Rand.medium": False},
+                          "objective": [0.4, 0.5]},
                "gone": {"values": {**pgd, "pool.Spatial-Rand.medium": True},
                         "objective": [0.9]}},
-              {"pgd-at": {"values": {**pgd, "pool.Spatial-Rand.medium": False},
-                          "objective": [0.4, 0.5]},
+              {"pgd-at": {"values": pgd, "objective": [0.4, 0.5]},
                "defaults": {"values": space.point(space.default_values()), "objective": [0.6]}}]
     sources = []
     for index, table in enumerate(rounds):
@@ -86,3 +86,8 @@ def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_e
     assert sorted(merged["levers"]) == ["defaults", "pgd-at"]
     assert merged["levers"]["pgd-at"]["values"] == pgd  # the harmless off flag dropped
     assert "left out 'gone'" in capsys.readouterr().out
+    # a round run with other overrides (another width, say) measured another problem
+    table = json.loads(Path(sources[1]).read_text())
+    Path(sources[1]).write_text(json.dumps({**table, "overrides": ["fixed.arch=wide_cnn"]}))
+    with pytest.raises(SystemExit, match="overrides"):
+        levers.merge(space, sources, str(out))

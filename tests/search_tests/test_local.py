@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -32,7 +33,7 @@ def _study(seed: int = 0) -> optuna.Study:
     return optuna.create_study(direction="maximize", sampler=LocalSampler(seed=seed))
 
 
-def _add(study: optuna.Study, value: float, state: optuna.trial.TrialState =
+def _add(study: optuna.Study, value: float, *, state: optuna.trial.TrialState =
          optuna.trial.TrialState.COMPLETE, **params: object) -> None:
     study.add_trial(optuna.trial.create_trial(
         params=params, distributions=DISTRIBUTIONS, state=state,
@@ -41,11 +42,12 @@ def _add(study: optuna.Study, value: float, state: optuna.trial.TrialState =
 
 def test_each_proposal_is_the_best_finished_recipe_with_one_or_two_values_moved() -> None:
     study = _study()
-    best = {"lr": 1e-3, "w": 0.0, "steps": 10, "opt": "adam"}
+    best: dict[str, Any] = {"lr": 1e-3, "w": 0.0, "steps": 10, "opt": "adam"}
     _add(study, 0.4, lr=5e-3, w=2.0, steps=3, opt="sgd")
     _add(study, 0.6, **best)
     _add(study, 0.0, lr=1e-4, w=4.0, steps=20, opt="adamw")  # zeroed by a masking flag
-    _add(study, math.nan, optuna.trial.TrialState.PRUNED, lr=2e-3, w=1.0, steps=5, opt="adam")
+    _add(study, math.nan, state=optuna.trial.TrialState.PRUNED, lr=2e-3, w=1.0, steps=5,
+         opt="adam")
     moved_w = 0
     for _ in range(40):
         values = _ask(study)
@@ -89,3 +91,36 @@ def test_the_local_sampler_is_a_search_alg_of_every_space() -> None:
     from search.tuner import make_sampler
 
     assert isinstance(make_sampler(spaces.SearchAlg("local"), seed=0, startup=5), LocalSampler)
+
+
+def test_an_int_always_moves_on_its_grid_and_a_minimised_objective_keeps_the_lowest() -> None:
+    study = optuna.create_study(direction="minimize", sampler=LocalSampler(seed=5,
+                                                                           max_changes=1))
+    grid = {"k": optuna.distributions.IntDistribution(2, 20, step=2),
+            "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for value, k in ((0.9, 4), (0.1, 10), (0.5, 16)):
+        study.add_trial(optuna.trial.create_trial(params={"k": k, "lr": 1e-3},
+                                                  distributions=grid, value=value))
+    for _ in range(30):
+        trial = study.ask()
+        k, lr = trial.suggest_int("k", 2, 20, step=2), trial.suggest_float("lr", 1e-4, 1e-2,
+                                                                           log=True)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        assert (k != 10) != (lr != 1e-3)  # exactly one value moved, from the lowest (k=10)
+        assert k % 2 == 0 and 2 <= k <= 20 and 1e-4 <= lr <= 1e-2
+
+
+def test_the_local_sampler_is_refused_with_several_objectives_before_ray(
+        tmp_path: Path) -> None:
+    from search import run
+    from trainables.errors import ConfigError
+
+    args = run.build_parser().parse_args(
+        ["--space", "smoke", "--search-alg", "local", "--multi-objective",
+         "--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    try:
+        run.make_plan(args)
+    except ConfigError as err:
+        assert "--search-alg local" in str(err) and "\n" not in str(err)
+    else:
+        raise AssertionError("a local multi-objective search was planned")

@@ -93,7 +93,8 @@ def _cnn(image_shape: tuple[int, int, int], num_classes: int, *, width: int, hid
          ) -> ModelParts:
     channels, height, width_px = image_shape
     if height % 4 or width_px % 4:
-        raise ConfigError(f"small_cnn needs image sides divisible by 4, got {height}x{width_px}")
+        raise ConfigError(f"small_cnn and wide_cnn need image sides divisible by 4, got "
+                          f"{height}x{width_px}")
     encoder = nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
