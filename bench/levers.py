@@ -226,6 +226,7 @@ def merge(space: spaces.Space, sources: list[str], out: str,
     Every table must have been run with the same `--set` overrides as `overrides` (a round at
     another width, say, measured another problem)."""
     overrides = overrides or []
+    known = set(space.params) | set(space.pool.flags(space.pool.candidates))
     levers: dict[str, Any] = {}
     for source in sources:
         table = json.loads(Path(source).read_text())
@@ -235,7 +236,6 @@ def merge(space: spaces.Space, sources: list[str], out: str,
         if found != expected:
             raise SystemExit(f"{source}: space, data set, objective, overrides {found}; "
                              f"expected {expected}")
-        known = set(space.params) | set(space.pool.flags(space.pool.candidates))
         for name, lever in table["levers"].items():
             values = dict(lever["values"])
             # a pool flag of a candidate the space lacks (a round with --set) is harmless off

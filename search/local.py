@@ -64,11 +64,9 @@ class LocalSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         plan = self._plans.get(trial.number)
-        if plan is None or param_name not in plan[0]:
-            return self._random.sample_independent(study, trial, param_name,
-                                                   param_distribution)
-        value = plan[0][param_name]
-        if not _fits(value, param_distribution):  # the space moved since that trial
+        value = plan[0].get(param_name) if plan is not None else None
+        # nothing finished yet, a value the incumbent lacks, or one the space no longer allows
+        if plan is None or param_name not in plan[0] or not _fits(value, param_distribution):
             return self._random.sample_independent(study, trial, param_name,
                                                    param_distribution)
         if param_name not in plan[1]:
