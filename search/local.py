@@ -11,8 +11,10 @@ zeroed by a masking flag or pruned by ASHA is never the incumbent). Per proposal
 step of `step` of its range (in log space where the range is), a categorical to another
 choice. A value the incumbent lacks (a newly active conditional one) and every value before
 the first finished trial are drawn at random. An int always moves (at least one step), so
-a proposal is never the incumbent itself. One objective only (search.run refuses it with
---multi-objective).
+a proposal is never the incumbent itself. A proposal equal to a recipe the study already
+holds (run, running or failed) is drawn again, up to `attempts` times, then sampled at random:
+moving a pool flag back and forth would otherwise spend trials on known answers. One
+objective only (search.run refuses it with --multi-objective).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ __all__ = ["LocalSampler"]
 
 
 class LocalSampler(optuna.samplers.BaseSampler):
-    def __init__(self, *, seed: int = 0, max_changes: int = 2, step: float = 0.15) -> None:
+    def __init__(self, *, seed: int = 0, max_changes: int = 2, step: float = 0.15,
+                 attempts: int = 10) -> None:
         self.seed, self.max_changes, self.step = seed, max_changes, step
+        self.attempts = attempts
         self._random = optuna.samplers.RandomSampler(seed=seed)
-        # per trial number: the incumbent's values and which of them this proposal changes
-        self._plans: dict[int, tuple[dict[str, Any], frozenset[str]]] = {}
+        # per trial number: the proposal (the incumbent's values, one or two of them moved)
+        self._plans: dict[int, dict[str, Any]] = {}
 
     def reseed_rng(self) -> None:
         self._random.reseed_rng()
@@ -56,23 +60,32 @@ class LocalSampler(optuna.samplers.BaseSampler):
         incumbent = _incumbent(study)
         if incumbent is None:
             return
-        rng = random.Random(f"{self.seed}:{trial.number}")
-        names = sorted(incumbent.params)
-        changed = rng.sample(names, min(len(names), rng.randint(1, self.max_changes)))
-        self._plans[trial.number] = (dict(incumbent.params), frozenset(changed))
+        known = [t.params for t in study.get_trials(deepcopy=False)
+                 if t.params and t.number != trial.number]
+        for attempt in range(self.attempts):
+            # attempt 0 draws what the sampler drew before it skipped duplicates
+            salt = f"{self.seed}:{trial.number}" + (f"/{attempt}" if attempt else "")
+            rng = random.Random(salt)
+            names = sorted(incumbent.params)
+            changed = rng.sample(names, min(len(names), rng.randint(1, self.max_changes)))
+            proposal = dict(incumbent.params)
+            for name in changed:
+                proposal[name] = _moved(proposal[name], incumbent.distributions[name],
+                                        random.Random(f"{salt}:{name}"), self.step)
+            if not any(_same(proposal, params) for params in known):
+                self._plans[trial.number] = proposal
+                return
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         plan = self._plans.get(trial.number)
-        value = plan[0].get(param_name) if plan is not None else None
-        # nothing finished yet, a value the incumbent lacks, or one the space no longer allows
-        if plan is None or param_name not in plan[0] or not _fits(value, param_distribution):
+        value = plan.get(param_name) if plan is not None else None
+        # nothing finished yet, every local move known already, a value the incumbent lacks,
+        # or one the space no longer allows
+        if plan is None or param_name not in plan or not _fits(value, param_distribution):
             return self._random.sample_independent(study, trial, param_name,
                                                    param_distribution)
-        if param_name not in plan[1]:
-            return value
-        rng = random.Random(f"{self.seed}:{trial.number}:{param_name}")
-        return _moved(value, param_distribution, rng, self.step)
+        return value
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
@@ -85,6 +98,12 @@ def _incumbent(study: optuna.Study) -> FrozenTrial | None:
                                                           states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
     return max(done, key=lambda d: d[0])[1] if done else None
+
+
+def _same(proposal: dict[str, Any], params: dict[str, Any]) -> bool:
+    """A known recipe is the proposal: each of its values is the proposal's. (Values only the
+    proposal has are inactive under the shared ones, so they do not tell the two apart.)"""
+    return all(name in proposal and proposal[name] == value for name, value in params.items())
 
 
 def _fits(value: Any, distribution: BaseDistribution) -> bool:

@@ -124,3 +124,27 @@ def test_the_local_sampler_is_refused_with_several_objectives_before_ray(
         assert "--search-alg local" in str(err) and "\n" not in str(err)
     else:
         raise AssertionError("a local multi-objective search was planned")
+
+
+def test_a_proposal_the_study_already_holds_is_drawn_again() -> None:
+    flags = {"opt": optuna.distributions.CategoricalDistribution(["adam", "sgd"]),
+             "flag": optuna.distributions.CategoricalDistribution([True, False])}
+
+    def ask(study: optuna.Study) -> dict[str, object]:
+        trial = study.ask()
+        values = {"opt": trial.suggest_categorical("opt", ["adam", "sgd"]),
+                  "flag": trial.suggest_categorical("flag", [True, False])}
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return values
+
+    for seed in range(6):
+        study = optuna.create_study(direction="maximize",
+                                    sampler=LocalSampler(seed=seed, max_changes=1))
+        for value, opt in ((0.6, "adam"), (0.1, "sgd")):
+            study.add_trial(optuna.trial.create_trial(params={"opt": opt, "flag": True},
+                                                      distributions=flags, value=value))
+        # of the incumbent's two one-value neighbours, only flag=False is not known yet
+        assert ask(study) == {"opt": "adam", "flag": False}
+        # both neighbours known: a random draw, still a point of the space
+        again = ask(study)
+        assert again["opt"] in ("adam", "sgd") and again["flag"] in (True, False)
