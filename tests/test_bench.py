@@ -91,3 +91,13 @@ def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_e
     Path(sources[1]).write_text(json.dumps({**table, "overrides": ["fixed.arch=wide_cnn"]}))
     with pytest.raises(SystemExit, match="overrides"):
         levers.merge(space, sources, str(out))
+
+
+def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = _bench("pool")
+    monkeypatch.setattr(sys, "argv", ["pool.py", "--dataset", "digits", "--batches", "8",
+                                      "--repeats", "1"])
+    pool.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
+    assert len(rows) == 4 and all("bitwise equal: yes" in row for row in rows), rows
