@@ -22,19 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch
+from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_pooling
 from trainables.setting.setup import dataset_info
 
 Pass = Callable[[], torch.Tensor]
-
-
-def _with_torch_pool(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for module in twin.modules():
-        for name, child in module.named_children():
-            if isinstance(child, MaxPool2x2):
-                setattr(module, name, nn.MaxPool2d(2))
-    return twin
 
 
 def _passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Pass]:
@@ -85,7 +76,7 @@ def main() -> None:
     info = dataset_info(args.dataset)
     parts = build_arch(info.default_arch, info.image_shape, info.num_classes)
     ours = DefendedModel(parts.encoder, parts.head).eval()
-    theirs = _with_torch_pool(ours)
+    theirs = with_torch_pooling(copy.deepcopy(ours))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {args.dataset} {info.default_arch}, "
           f"{args.threads} thread(s), median of {args.repeats}; ms, nn.MaxPool2d(2) vs "
           "MaxPool2x2")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from trainables.attacks.specs import attack_budget
 from trainables.config import TrialConfig
-from trainables.defense.models import build_arch
+from trainables.defense.models import build_arch, with_torch_pooling
 from trainables.setting.prepare import Shared
 
 __all__ = ["plain_pgd_at"]
@@ -25,7 +25,9 @@ def plain_pgd_at(config: TrialConfig, shared: Shared) -> float:
     torch.manual_seed(config.seed)
     setup = shared.setup
     parts = build_arch(setup.arch, setup.info.image_shape, setup.info.num_classes)
-    model = torch.nn.Sequential(parts.encoder, parts.head)
+    # PyTorch's own layers (nn.MaxPool2d, not the project's faster MaxPool2x2): what a user
+    # writes, so a lever of the project's model shows in the ratio
+    model = with_torch_pooling(torch.nn.Sequential(parts.encoder, parts.head))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     eps = attack_budget("PGD", setup.threat)
     steps = config.train_attack_steps

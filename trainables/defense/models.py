@@ -22,9 +22,11 @@ from trainables.vocab import Arch
 __all__ = [
     "ClassifierHead",
     "DefendedModel",
+    "MaxPool2x2",
     "ModelParts",
     "build_arch",
     "list_archs",
+    "with_torch_pooling",
 ]
 
 
@@ -96,6 +98,16 @@ class MaxPool2x2(nn.Module):
                                  torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
         out: torch.Tensor = _Pool2x2.apply(x)
         return out
+
+
+def with_torch_pooling(module: nn.Module) -> nn.Module:
+    """`module`, changed in place, with nn.MaxPool2d(2) for each MaxPool2x2: the same model
+    as a user writes it with PyTorch's own layers (the benchmarks' reference loop, tests)."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, MaxPool2x2):
+                setattr(parent, name, nn.MaxPool2d(2))
+    return module
 
 
 class _Pool2x2(torch.autograd.Function):
