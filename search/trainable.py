@@ -88,6 +88,8 @@ def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: 
 
 def _train(record: TrialRecord, space: Space, shared: Shared, cpus: float,
            gpu_memory_fraction: float, lines: deque[str]) -> None:
+    if record.invalid is not None:
+        raise ConfigError(record.invalid)
     device, threads = _device_and_threads(cpus, gpu_memory_fraction)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     trial_config = record.config.replace(device=device, threads=threads)

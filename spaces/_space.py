@@ -371,7 +371,12 @@ class Space:
         once; Tune merges `{RECORD_KEY: record}` into the trial's config, where the trainable,
         MLflow, the checkpoint and the exported model all read it. An enqueued point (the
         defaults, a baseline, a warm start) carries its origin in the Optuna trial."""
-        record = self.record(self.suggest(trial))
+        values = self.suggest(trial)
+        try:
+            record = self.record(values)
+        except ConfigError as err:  # e.g. every loss weight 0: a failed trial, not a dead search
+            record = replace(self.record(self.default_values()), baseline=None,
+                             params=self.logged_params(values), invalid=str(err))
         ot_trial = getattr(trial, "ot_trial", None)  # Ray's wrapper of the Optuna trial
         origin = getattr(ot_trial, "user_attrs", {}).get(ORIGIN)
         return {RECORD_KEY: replace(record, origin=origin) if origin else record}

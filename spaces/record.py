@@ -26,13 +26,17 @@ class TrialRecord:
     of a space: each searched value, `inactive` where a condition did not apply, one
     `pool.<attack>` flag per candidate and the pool), the baseline it is (if any), the
     fidelity of its early evaluations, and where it came from (`default`, `baseline:<name>`,
-    `warm-start:<source>`; None: the sampler proposed it)."""
+    `warm-start:<source>`; None: the sampler proposed it). `invalid`: why a sampler's values
+    make no recipe (a cross-field check of the config failed; the config is then the space's
+    default, never trained): the trial fails at its start with this reason and the search goes
+    on."""
 
     config: TrialConfig
     params: Mapping[str, Any] = field(default_factory=dict)
     baseline: str | None = None
     fidelity: Fidelity = field(default_factory=Fidelity)
     origin: str | None = None
+    invalid: str | None = None
 
     def __post_init__(self) -> None:  # searched values as plain types, whoever built them
         object.__setattr__(self, "params", {k: plain(v) for k, v in self.params.items()})
@@ -41,13 +45,13 @@ class TrialRecord:
         """Plain JSON/YAML types (enums as strings, tuples as lists)."""
         return {"config": self.config.to_dict(), "params": dict(self.params),
                 "baseline": self.baseline, "fidelity": self.fidelity.to_dict(),
-                "origin": self.origin}
+                "origin": self.origin, "invalid": self.invalid}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         return cls(TrialConfig.from_dict(data["config"]), dict(data.get("params", {})),
                    data.get("baseline"), Fidelity.from_dict(data.get("fidelity", {})),
-                   data.get("origin"))
+                   data.get("origin"), data.get("invalid"))
 
     def model_info(self, *, threat: Mapping[str, Any], metrics: Mapping[str, float],
                    space: str) -> dict[str, Any]:

@@ -215,6 +215,45 @@ def test_a_diverging_trial_fails_with_its_reason_and_is_not_retried(
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
 
 
+NO_RECIPE_SPACE = """
+name: norecipe
+dataset: digits
+attacks:
+  pool: {candidates: [FGSM], min_size: 1, max_size: 1, default: [FGSM]}
+  heldout: [PGDL2]
+  sealed: [Fog@medium]
+baselines: []
+budget: {epochs: 1, eval_every: 1, batch_size: 256, eval_samples: 32, test_samples: 64,
+         autoattack_samples: 16}
+fixed: {train_attack_steps: 1, meta: "off", include_clean: true, unig: "off", w_ce: 1.0,
+        w_feat: 0.0, w_cyc: 0.0, w_pcl: 0.0, w_trades: 0.0}
+params:
+  train_on: {type: categorical, choices: [adversarial, clean], default: adversarial}
+  w_ce_clean: {type: float, low: 0.0, high: 1.0, default: 0.0}
+"""
+
+
+@pytest.mark.slow
+def test_a_proposal_that_makes_no_recipe_fails_its_trial_and_the_search_goes_on(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    """The local sampler's first proposal (seed 0) moves train_on alone: clean training with
+    every clean-side weight 0 trains nothing. It used to end the whole search (exit 2)."""
+    _, _, uri = server
+    space = tmp_path / "norecipe.yaml"
+    space.write_text(NO_RECIPE_SPACE)
+    args = _args("norecipe", uri, tmp_path, "--num-samples", "3", "--search-alg", "local",
+                 "--seed", "0", "--max-concurrent", "1")
+    args[1] = str(space)
+    proc = run_module("search.run", *args, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "trains nothing" in proc.stdout and "not retried" in proc.stdout
+    client = MlflowClient(uri)
+    runs = _agree(tmp_path / "ray" / "norecipe", client, "norecipe", "norecipe", 3)
+    failed = [r for r in runs if r.info.status == "FAILED"]  # type: ignore[attr-defined]
+    assert len(failed) == 1 and "trains nothing" in failed[0].data.tags["failure"]  # type: ignore[attr-defined]
+    assert failed[0].data.params["train_on"] == "clean"  # type: ignore[attr-defined]
+
+
 @pytest.mark.slow
 def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
         tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:

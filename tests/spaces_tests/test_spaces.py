@@ -487,3 +487,20 @@ def test_loading_a_space_imports_no_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[2])
     assert proc.stdout.strip() == ""
+
+
+def test_a_sampled_point_that_makes_no_recipe_is_a_failing_record_not_an_error() -> None:
+    from spaces._space import RECORD_KEY, _Answers
+    from spaces.record import TrialRecord
+
+    space = spaces.load("mid")
+    values = {**space.default_values(), "train_on": "clean", "include_clean": True,
+              "w_ce_clean": 0.0, "w_feat": 0.0}
+    with pytest.raises(ConfigError, match="trains nothing"):
+        space.trial_config(values)
+    record = space.sample(_Answers(values))[RECORD_KEY]
+    assert record.invalid is not None and "trains nothing" in record.invalid
+    assert record.params["train_on"] == "clean" and record.params["w_ce_clean"] == 0.0
+    assert record.baseline is None
+    assert TrialRecord.from_dict(record.to_dict()) == record
+    assert space.sample(_Answers(space.default_values()))[RECORD_KEY].invalid is None
