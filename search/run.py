@@ -194,6 +194,8 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         writable_folder(args.cache_dir, "--cache-dir")
     mlflow_uri = _tracking_uri(args, address)
     alg = SearchAlg(args.search_alg or space.search.sampler)
+    if alg == SearchAlg.LOCAL and args.multi_objective and args.search_alg is None:
+        alg = SearchAlg.TPE  # the space's local default has one objective; TPE takes several
     if alg == SearchAlg.LOCAL and args.multi_objective:
         raise ConfigError("--search-alg local moves the best recipe of one objective; with "
                           "--multi-objective use tpe, tpe-mv, gp, random or nsga2")

@@ -148,3 +148,18 @@ def test_a_proposal_the_study_already_holds_is_drawn_again() -> None:
         # both neighbours known: a random draw, still a point of the space
         again = ask(study)
         assert again["opt"] in ("adam", "sgd") and again["flag"] in (True, False)
+
+
+def test_mid_searches_locally_by_default_and_with_several_objectives_by_tpe(
+        tmp_path: Path) -> None:
+    from search import run
+
+    def planned(*extra: str) -> str:
+        args = run.build_parser().parse_args(
+            ["--space", "mid", *extra, "--storage-path", str(tmp_path),
+             "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+        return str(run.make_plan(args).search_alg)
+
+    assert planned() == "local"
+    assert planned("--multi-objective") == "tpe"
+    assert planned("--search-alg", "random") == "random"
