@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyautoattack
+import pytest
 import torch
 
 from trainables.defense.models import DefendedModel
@@ -29,23 +32,22 @@ def test_autoattack_is_the_official_code_and_its_dynamic_check_starts_clean(
 
 
 def test_the_adaptive_union_attacks_only_points_still_standing(
-        digits_model: DefendedModel, smoke_shared: Shared, smoke_space: object) -> None:
+        digits_model: DefendedModel, smoke_shared: Shared) -> None:
     """Early exit: a point the plain attack already broke is not attacked again by BPDA or the
     module-free attack; the union is what attacking every point and AND-ing would give, up to
     the attacks' randomness (the random starts of fewer points), which this bounds."""
     from trainables.attacks import build_attack
     from trainables.scoring.evaluate import clean_correct, evaluate_groups, robust_mask
-    from trainables.scoring.final import _adaptive
-    from trainables.scoring.masking import StraightThrough
+    from trainables.scoring.masking import StraightThrough, adaptive_and
 
-    config = smoke_space.trial_config(heldout=["PGDL2"], eval_batch_size=64)  # type: ignore[attr-defined]
     model = DefendedModel(digits_model.encoder, digits_model.head, UniG("per_sample")).eval()
     x, y = digits_model.val_x[:96], digits_model.val_y[:96]  # type: ignore[index]
     threat = smoke_shared.setup.threat
     plain = build_attack("PGDL2", model, threat, num_classes=10, strength=2.0, seed=0)
     _, masks = evaluate_groups(model, x, y, {"heldout": [plain]}, split="test",
                                batch_size=64, seed=0)
-    early = _adaptive(model, config, smoke_shared, x, y, masks, 2.0)["PGDL2"]
+    early = adaptive_and(model, {"PGDL2": masks["heldout/PGDL2"]}, x, y, threat,
+                         num_classes=10, strength=2.0, batch_size=64, seed=0)["PGDL2"]
     assert not (early & ~masks["heldout/PGDL2"]).any()  # never more robust than plain
     base = DefendedModel(digits_model.encoder, digits_model.head).eval()
     full = masks["heldout/PGDL2"].clone()
@@ -93,3 +95,43 @@ def test_a_final_task_gives_the_same_answer_twice(smoke_space: object,
     assert answers[0].points.keys() == answers[1].points.keys()
     for key, values in answers[0].points.items():
         assert np.array_equal(values, answers[1].points[key]), key
+
+
+def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
+        smoke_space: object, smoke_shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UniG's plain white-box score overstates it (its own gradients hide the way): the
+    validation objective and the test split's held-out and sealed scores of a UniG model are
+    the AND of the plain attack with BPDA and the module-free attack."""
+    from trainables.config import Fidelity
+    from trainables.runtime import Stopwatch
+    from trainables.scoring import validation
+    from trainables.scoring.evaluate import group_metrics
+    from trainables.scoring.final import final_evaluation
+    from trainables.train import run_trial
+
+    config = smoke_space.trial_config(  # type: ignore[attr-defined]
+        {"unig": "per_sample"}, epochs=1, masking_samples=0)
+    model = run_trial(config, shared=smoke_shared, log=lambda _: None).model.eval()
+    rung = validation.Rungs.of(config, Fidelity(), smoke_shared, torch.device("cpu")).last
+    key, real, anded = "val/heldout/family_mean_acc", validation.adaptive_and, []
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        anded.append(real(*args, **kwargs))
+        return anded[-1]
+
+    def score() -> float:
+        return validation.validate(model, smoke_shared, config, rung, final=False,
+                                   watch=Stopwatch())[0][key]
+
+    monkeypatch.setattr(validation, "adaptive_and", spy)
+    adaptive = score()
+    assert len(anded) == 1 and adaptive == group_metrics("val", "heldout", anded[0])[key]
+    monkeypatch.setattr(validation, "adaptive_and", lambda model, plain, *_, **__: dict(plain))
+    assert adaptive < score()  # the plain attacks alone overstate this UniG model
+    test = final_evaluation(model, smoke_shared, config, autoattack=False,
+                            log=lambda _: None).metrics
+    # every held-out attack of smoke is gradient-based: the adaptive group is the held-out one
+    assert test["test/adaptive/union_acc"] == test["test/heldout/union_acc"]
+    base = DefendedModel(model.encoder, model.head).eval()  # without UniG: plain scores only
+    assert "test/adaptive/union_acc" not in final_evaluation(
+        base, smoke_shared, config, autoattack=False, log=lambda _: None).metrics

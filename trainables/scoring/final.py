@@ -6,9 +6,10 @@ The test split and the sealed attacks are never used while searching. The report
   queries and restarts;
 - `test/transfer/...`: the held-out attacks crafted on the undefended target (MID's own
   protocol), kept apart from the white-box numbers;
-- `test/adaptive/...` (models with UniG): each gradient-based held-out attack also run through
-  BPDA and on the model without UniG, all judged on the defended model, AND-ed with the plain
-  attack; this is the number to trust for UniG;
+- models with UniG: each gradient-based held-out and sealed attack also run through BPDA and
+  on the model without UniG, all judged on the defended model, AND-ed with the plain attack
+  (masking.adaptive_and): that is what their `test/heldout/...` and `test/sealed/...` are, and
+  `test/adaptive/...` repeats the gradient-based held-out ones;
 - for a scores claim (a served model): `test/adaptive_query/...`, each query attack asked
   adaptively (repeats averaged, points alone) at its own budget, AND-ed with the plain one, on
   the AutoAttack points; and `test/white_box/...`, PGD and APGD beside the query rows
@@ -42,10 +43,9 @@ from trainables.scoring.evaluate import (
     group_metrics,
     group_points,
     predict,
-    robust_mask,
     transfer_masks,
 )
-from trainables.scoring.masking import StraightThrough, is_randomized
+from trainables.scoring.masking import adaptive_and, is_randomized
 from trainables.scoring.served import adaptive_query_masks, output_change, white_box_names
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared
@@ -103,30 +103,6 @@ def autoattack_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     robust = clean_correct(model, x, y, batch_size) & (predict(model, x_adv, batch_size) == y)
     notes = [str(w.message) for w in caught if "autoattack" in str(w.filename).replace("_", "")]
     return robust, notes, version
-
-
-def _adaptive(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
-              y: torch.Tensor, plain: dict[str, torch.Tensor], strength: float
-              ) -> dict[str, torch.Tensor]:
-    """Gradient-based held-out attacks through BPDA and on the model without UniG, AND-ed
-    with the plain attack: a point one of them already broke is not attacked again (its
-    union is decided; early exit), the others are judged on the defended model."""
-    base = DefendedModel(model.encoder, model.head).eval()
-    surrogates: dict[str, torch.nn.Module] = {"bpda": StraightThrough(model, base),
-                                              "module_free": base}
-    masks = {}
-    for name in config.heldout:
-        if not attack_spec(name).gradient_based:
-            continue
-        mask = plain[f"{Group.HELDOUT}/{name}"].clone()
-        for via in surrogates.values():
-            crafted = build_attack(name, via, shared.setup.threat,
-                                   num_classes=shared.setup.info.num_classes, strength=strength,
-                                   seed=config.seed)  # judged on the defended model
-            mask = robust_mask(model, crafted, x, y, mask, batch_size=config.eval_batch_size,
-                               seed=config.seed)
-        masks[name] = mask
-    return masks
 
 
 def _served(model: DefendedModel, config: TrialConfig, shared: Shared, x: torch.Tensor,
@@ -210,8 +186,15 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
         by_group[Group.TRANSFER] = transfer_masks(model, x, y, shared.transfer["test"],
                                                   setup.threat,
                                                   batch_size=config.eval_batch_size)
-    if model.unig is not None:
-        by_group[Group.ADAPTIVE] = _adaptive(model, config, shared, x, y, masks, strength)
+    if model.unig is not None:  # what an attacker who knows UniG reaches (adaptive_and)
+        for group in (Group.HELDOUT, Group.SEALED):
+            by_group[group] = adaptive_and(
+                model, by_group[group], x, y, setup.threat,
+                num_classes=setup.info.num_classes, strength=strength,
+                batch_size=config.eval_batch_size, seed=config.seed)
+            metrics.update(group_metrics(Split.TEST, group, by_group[group]))
+        by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()
+                                    if attack_spec(name).gradient_based}
     for group in (Group.TRANSFER, Group.ADAPTIVE, Group.ADAPTIVE_QUERY):
         if by_group.get(group):
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))

@@ -1,5 +1,6 @@
-"""A trial's evaluation on the validation split: the white-box pool and held-out groups, the
-transfer group and the gradient-masking checks (the cheap ones at every evaluation, the whole
+"""A trial's evaluation on the validation split: the white-box pool and held-out groups (a UniG
+model's held-out attacks also adaptive, masking.adaptive_and: the objective is what an attacker
+who knows the defense reaches), the transfer group and the gradient-masking checks (the cheap ones at every evaluation, the whole
 list at the last one), at the fidelity of the evaluation (ASHA's early rungs score fewer
 points at a lower attack strength than the last one)."""
 
@@ -22,7 +23,7 @@ from trainables.scoring.evaluate import (
     group_points,
     transfer_masks,
 )
-from trainables.scoring.masking import run_masking_checks
+from trainables.scoring.masking import adaptive_and, run_masking_checks
 from trainables.scoring.served import output_change
 from trainables.setting.prepare import Shared
 from trainables.vocab import (
@@ -102,12 +103,17 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
     with watch.phase("eval_attacks"):
         metrics, masks = evaluate_groups(model, x, y, groups, split=Split.VAL,
                                          batch_size=config.eval_batch_size, seed=config.seed)
+        heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
+                   if name.startswith(f"{Group.HELDOUT}/")}
+        if model.unig is not None:  # the objective is what an attacker who knows UniG reaches
+            heldout = adaptive_and(model, heldout, x, y, setup.threat,
+                                   num_classes=setup.info.num_classes, strength=rung.strength,
+                                   batch_size=config.eval_batch_size, seed=config.seed)
+            metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
     teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
     metrics.update(output_change(model, teacher, x, split=Split.VAL,
                                  batch_size=config.eval_batch_size)[0])
-    heldout = {name.split("/", 1)[1]: mask for name, mask in masks.items()
-               if name.startswith(f"{Group.HELDOUT}/")}
     points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
               for stat, values in group_points(heldout).items()}
     points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
