@@ -1,8 +1,8 @@
 """A trial's evaluation on the validation split: the white-box pool and held-out groups (a UniG
 model's held-out attacks also adaptive, masking.adaptive_and: the objective is what an attacker
-who knows the defense reaches), the transfer group and the gradient-masking checks (the cheap ones at every evaluation, the whole
-list at the last one), at the fidelity of the evaluation (ASHA's early rungs score fewer
-points at a lower attack strength than the last one)."""
+who knows the defense reaches), the transfer group and the gradient-masking checks (the cheap
+ones at every evaluation, the whole list at the last one), at the fidelity of the evaluation
+(ASHA's early rungs score fewer points at a lower attack strength than the last one)."""
 
 from __future__ import annotations
 
