@@ -62,11 +62,11 @@ class LocalSampler(optuna.samplers.BaseSampler):
             return
         known = [t.params for t in study.get_trials(deepcopy=False)
                  if t.params and t.number != trial.number]
+        names = sorted(incumbent.params)
         for attempt in range(self.attempts):
             # attempt 0 draws what the sampler drew before it skipped duplicates
             salt = f"{self.seed}:{trial.number}" + (f"/{attempt}" if attempt else "")
             rng = random.Random(salt)
-            names = sorted(incumbent.params)
             changed = rng.sample(names, min(len(names), rng.randint(1, self.max_changes)))
             proposal = dict(incumbent.params)
             for name in changed:

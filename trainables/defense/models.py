@@ -128,7 +128,6 @@ class _Pool2x2(torch.autograd.Function):
             grad.contiguous(), x.contiguous(), *_Pool2x2._ARGS, index)
 
 
-
 @register_arch
 def small_cnn(
     image_shape: tuple[int, int, int], num_classes: int, *, width: int = 32, hidden: int = 200

@@ -54,8 +54,8 @@ from trainables.vocab import (
 )
 
 __all__ = ["CheckContext", "MaskingReport", "StraightThrough", "adaptive_and",
-           "answers_depend_on_asking",
-           "check_claim", "is_randomized", "list_checks", "raised_flags", "run_masking_checks"]
+           "answers_depend_on_asking", "check_claim", "is_randomized", "list_checks",
+           "raised_flags", "run_masking_checks"]
 
 
 
