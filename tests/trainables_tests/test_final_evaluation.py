@@ -128,8 +128,26 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     assert len(anded) == 1 and adaptive == group_metrics("val", "heldout", anded[0])[key]
     monkeypatch.setattr(validation, "adaptive_and", lambda model, plain, *_, **__: dict(plain))
     assert adaptive < score()  # the plain attacks alone overstate this UniG model
+    from trainables.scoring import final
+    calls: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def spy_final(model: Any, plain: dict[str, torch.Tensor], *args: Any, **kwargs: Any
+                  ) -> dict[str, torch.Tensor]:
+        calls.append((dict(plain), real(model, plain, *args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(final, "adaptive_and", spy_final)
     test = final_evaluation(model, smoke_shared, config, autoattack=False,
                             log=lambda _: None).metrics
+    assert len(calls) == 2  # the held-out group, then the sealed one
+    for group, (plain, anded_masks) in zip(("heldout", "sealed"), calls, strict=True):
+        for name, value in group_metrics("test", group, anded_masks).items():
+            assert test[name] == value, name
+        assert all(bool((anded_masks[n] <= plain[n]).all()) for n in plain)
+    held = "test/heldout/family_mean_acc"
+    assert test[held] < group_metrics("test", "heldout", calls[0][0])[held]
+    # judged as deployed throughout: BatchNorm (resnet) must not end in training mode
+    assert not any(module.training for module in model.modules())
     # every held-out attack of smoke is gradient-based: the adaptive group is the held-out one
     assert test["test/adaptive/union_acc"] == test["test/heldout/union_acc"]
     base = DefendedModel(model.encoder, model.head).eval()  # without UniG: plain scores only
