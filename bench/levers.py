@@ -158,6 +158,13 @@ LEVERS = (
           {"student_init": "teacher", "w_feat": 0.5}),
     Lever("MID defaults, UniG off", "defaults", {"unig": "off"}),
     Lever("MID defaults + TRADES 3, UniG off", "defaults", {"unig": "off", "w_trades": 3.0}),
+    # training hygiene on the default recipe (issue 18: in mid's space since, never studied)
+    Lever("defaults", "defaults"),
+    Lever("defaults, lr 0.002", "defaults", {"lr": 0.002}),
+    Lever("defaults, EMA 0.95", "defaults", {"ema": 0.95}),
+    Lever("defaults, cosine", "defaults", {"lr_schedule": "cosine"}),
+    Lever("defaults, label smoothing 0.1", "defaults", {"label_smoothing": 0.1}),
+    Lever("defaults, variation regularisation 1", "defaults", {"w_vr": 1.0}),
 )
 
 

@@ -456,8 +456,9 @@ def test_logged_params_have_the_same_keys_for_every_trial() -> None:
 
 def test_trial_config_of_unknown_values_is_refused() -> None:
     space = spaces.load("mid")
-    with pytest.raises(SpaceError, match=r"unknown parameter\(s\) \['lr'\] of space 'mid'"):
-        space.trial_config({"lr": 0.1})
+    with pytest.raises(SpaceError,
+                       match=r"unknown parameter\(s\) \['train_eps_scale_l2'\] of space 'mid'"):
+        space.trial_config({"train_eps_scale_l2": 2.0})
     with pytest.raises(SpaceError, match=r"\['pool\.CW'\]"):
         space.trial_config({"pool.CW": True})
 
