@@ -160,13 +160,10 @@ class StraightThrough(nn.Module):
     def __init__(self, defended: nn.Module, base: nn.Module) -> None:
         super().__init__()
         self.defended, self.base = defended, base
+        # an attack restores the mode it found (Attack.__call__): a fresh module's, training,
+        # would put the wrapped models' BatchNorm (resnet) in training mode for every later
+        # judgement and update its statistics
         self.eval()
-
-    def train(self, mode: bool = True) -> StraightThrough:
-        # always judged as deployed: an attack restores the mode it found (Attack.__call__),
-        # and a fresh module's is training, which would put the wrapped models' BatchNorm
-        # (resnet) into training mode for every later judgement and update its statistics
-        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
