@@ -64,6 +64,8 @@ class Search:
     wall_min: float
     # what became of the searched recipes: full length, stopped by ASHA, zeroed by a flag
     fates: tuple[int, int, int] | None = None
+    # the best searched recipe's values where they differ from the default recipe's
+    best_changes: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -142,8 +144,12 @@ def _read(folder: Path, uri: str, sampler: str, seed: int, trials: int, start: f
         if a is not None and b is not None:
             versus = paired_difference(np.asarray(a), np.asarray(b))
     by_trial += [best] * (trials - len(by_trial))
+    changes = None
+    if best_run is not None and default_run is not None:
+        own, base = best_run.data.params, default_run.data.params
+        changes = {k: v for k, v in sorted(own.items()) if base.get(k) != v}
     return Search(sampler, seed, by_trial, by_time, default, versus, wall,
-                  (full, stopped, zeroed))
+                  (full, stopped, zeroed), changes)
 
 
 def _lever_best(path: str | None) -> tuple[str, float] | None:
@@ -265,7 +271,8 @@ def main() -> None:
                 with record.open("a") as f:
                     f.write(search.to_json() + "\n")
             print(f"  {label} seed {seed}: best searched {search.by_trial[-1]:.3f}, default "
-                  f"{search.default:.3f}, {search.wall_min:.1f} min", flush=True)
+                  f"{search.default:.3f}, {search.wall_min:.1f} min; the best's changes to "
+                  f"the default: {search.best_changes}", flush=True)
     found: dict[str, list[Search]] = {}
     for search in sorted(done, key=lambda s: s.seed):
         found.setdefault(search.sampler, []).append(search)

@@ -33,9 +33,9 @@ from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError, TrialFailedError
 from trainables.setting.prepare import Shared
 from trainables.train import Points, run_trial
-from trainables.vocab import EPOCH, MASKING_ANY, masking_claim_key
+from trainables.vocab import EPOCH, MASKING_ANY, high_key, low_key, masking_claim_key
 
-__all__ = ["assigned_device", "objective_value", "train_recipe"]
+__all__ = ["assigned_device", "objective_metrics", "objective_value", "train_recipe"]
 
 LAST_LINES = 20  # of a trial's log, kept for its failure report
 
@@ -65,6 +65,18 @@ def objective_value(metrics: Mapping[str, float], space: Space) -> float:
     if space.search.penalize_flags and raised > 0:
         return 0.0 if space.search.mode == Mode.MAX else float("inf")
     return value
+
+
+def objective_metrics(metrics: Mapping[str, float], space: Space) -> dict[str, float]:
+    """The objective ASHA and the sampler see, with its 95% interval (ASHA's interval rule,
+    spaces.RungStop): the space's objective metric's, or a point where a flag zeroed it."""
+    value, own = objective_value(metrics, space), metrics[space.search.objective]
+    zeroed = value != own
+    return {OBJECTIVE: value,
+            low_key(OBJECTIVE): value if zeroed else metrics.get(low_key(space.search.objective),
+                                                                 value),
+            high_key(OBJECTIVE): value if zeroed else metrics.get(
+                high_key(space.search.objective), value)}
 
 
 def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
@@ -109,7 +121,7 @@ def _train(record: TrialRecord, space: Space, shared: Shared, cpus: float,
                                            space=space.name))
             placement = {TRIAL_NODE: ray.get_runtime_context().get_node_id(),
                          TRIAL_DEVICE: device, TRIAL_RESTARTED: float(restarted)}
-            metrics[OBJECTIVE] = objective_value(metrics, space)
+            metrics.update(objective_metrics(metrics, space))
             # the last evaluation's per-point values: paired comparisons with the baselines
             per_point = ({points_key(key): values.tolist() for key, values in points.items()}
                          if final else {})

@@ -9,6 +9,7 @@ Two Ray/Optuna traps handled here (see stack-notes):
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -22,8 +23,9 @@ from search.local import LocalSampler
 from search.plan import SearchPlan
 from search.trainable import train_recipe
 from search.vocab import FAILURE_REASON, ORPHANED, Scheduler
-from spaces import RECORD_KEY, SearchAlg
+from spaces import RECORD_KEY, RungStop, SearchAlg
 from trainables.setting.prepare import Shared
+from trainables.vocab import high_key, low_key
 
 __all__ = ["PruneAwareOptunaSearch", "build_tuner", "fail_orphans", "make_sampler",
            "restore_tuner"]
@@ -139,6 +141,7 @@ def make_scheduler(plan: SearchPlan) -> TrialScheduler:
     # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
     own = plan.multi_objective
     return BaselinesToTheEnd(baselines_in_rungs=settings.baselines_in_rungs,
+                             rung_stop=settings.rung_stop,
                              time_attr="training_iteration", max_t=plan.space.max_evaluations,
                              grace_period=settings.grace_period,
                              reduction_factor=settings.reduction_factor,
@@ -151,21 +154,47 @@ class BaselinesToTheEnd(ASHAScheduler):
     must run to the end. With `baselines_in_rungs` (the default) their results still set the
     rungs' cutoffs; without it a baseline bypasses the rungs, so the searched recipes compete
     for the rest of the budget among themselves and the default recipe, not against
-    references that can never be the winner."""
+    references that can never be the winner. With `rung_stop` interval, a searched recipe
+    below a rung's cutoff is stopped only when its interval's optimistic end is below it too
+    (spaces.RungStop)."""
 
-    def __init__(self, *, baselines_in_rungs: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, baselines_in_rungs: bool = True,
+                 rung_stop: RungStop = RungStop.QUANTILE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._baselines_in_rungs = baselines_in_rungs
+        self._rung_stop = RungStop(rung_stop)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         if not self._baselines_in_rungs and _baseline(trial):
             return TrialScheduler.CONTINUE
+        cutoff = self._cutoff(trial, result)  # before super() records this result
         action: str = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and _baseline(trial) and \
-                result.get("training_iteration", 0) < self._max_t:
+        if action != TrialScheduler.STOP or result.get(self._time_attr, 0) >= self._max_t:
+            return action
+        if _baseline(trial) or (cutoff is not None and self._optimistic(result) >= cutoff):
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE
         return action
+
+    def _cutoff(self, trial: Any, result: dict[str, Any]) -> float | None:
+        """The cutoff of the rung this result reaches (in ASHA's sign: higher is better);
+        None under the quantile rule or where the result reaches no new rung."""
+        bracket = self._trial_info.get(trial.trial_id)
+        if self._rung_stop != RungStop.INTERVAL or bracket is None \
+                or self._time_attr not in result:
+            return None
+        for milestone, recorded in bracket._rungs:  # highest milestone first, as ASHA's own
+            if result[self._time_attr] >= milestone and trial.trial_id not in recorded:
+                cutoff = bracket.cutoff(recorded)
+                return None if cutoff is None else float(cutoff)
+        return None
+
+    def _optimistic(self, result: dict[str, Any]) -> float:
+        """The result's 95% interval end in the better direction (ASHA's sign); without an
+        interval, its value."""
+        metric, sign = str(self._metric), float(self._metric_op or 1.0)
+        end = high_key(metric) if sign > 0 else low_key(metric)
+        return sign * float(result.get(end, result.get(metric, -sign * math.inf)))
 
     def on_trial_complete(self, tune_controller: Any, trial: Any,
                           result: dict[str, Any]) -> None:

@@ -77,6 +77,16 @@ class SearchAlg(StrEnum):
     LOCAL = "local"
 
 
+class RungStop(StrEnum):
+    """When ASHA stops a searched recipe at an early rung: `quantile`, ASHA's own rule (below
+    the rung's top 1/reduction_factor); `interval`, only when the upper end of the recipe's
+    95% interval there is below that cutoff too, so a recipe level with the best within the
+    rung's noise (a few hundred points at low fidelity) runs on."""
+
+    QUANTILE = "quantile"
+    INTERVAL = "interval"
+
+
 class SpaceError(ConfigError):
     """A space file is malformed or inconsistent; the message names the key at fault."""
 
@@ -283,6 +293,7 @@ class SearchSettings:
     startup_trials: int = 10  # trials a model-based sampler samples at random first
     # whether the baselines' results set ASHA's cutoffs (they run to the end either way)
     baselines_in_rungs: bool = True
+    rung_stop: RungStop = RungStop.QUANTILE
 
     @classmethod
     def parse(cls, raw: Any) -> SearchSettings:
@@ -302,6 +313,11 @@ class SearchSettings:
             settings = replace(settings, mode=Mode(settings.mode))
         except ValueError:
             raise SpaceError(f"search.mode={settings.mode!r}; choose max or min") from None
+        try:
+            settings = replace(settings, rung_stop=RungStop(settings.rung_stop))
+        except ValueError:
+            raise SpaceError(f"search.rung_stop={settings.rung_stop!r}; choose one of "
+                             f"{', '.join(r.value for r in RungStop)}") from None
         try:
             return replace(settings, sampler=SearchAlg(settings.sampler))
         except ValueError:

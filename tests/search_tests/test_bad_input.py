@@ -156,6 +156,8 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("unknown scheduler", RUN, [*S, "--scheduler", "hyperband"], "invalid choice"),
     ("baselines in rungs not a bool", RUN, [*S, "--set", "search.baselines_in_rungs=3"],
      "search.baselines_in_rungs=3 must be true or false"),
+    ("unknown rung rule", RUN, [*S, "--set", "search.rung_stop=never"],
+     "search.rung_stop='never'; choose one of quantile, interval"),
     ("unknown flag", RUN, [*S, "--epochs", "3"], "unrecognized arguments: --epochs"),
     ("storage path is a file", RUN, [*S, "--storage-path", "{file}"], "is a file"),
     ("resume without a search", RUN, [*S, "--resume"], "no search of space 'smoke'"),

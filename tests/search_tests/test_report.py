@@ -9,7 +9,7 @@ import json
 import pytest
 
 import spaces
-from search.trainable import objective_value
+from search.trainable import objective_metrics, objective_value
 from search.vocab import FRESH_FINAL_ENV, OBJECTIVE
 from tests.search_tests.conftest import FinishedSearch, run_module
 
@@ -23,6 +23,12 @@ def test_masking_flags_zero_the_objective() -> None:
     lenient = spaces.load("smoke", ["search.penalize_flags=false"])
     assert objective_value(flagged, lenient) == 0.7
     assert OBJECTIVE == "val/objective"
+    # its interval (ASHA's interval rule) is the metric's, or the zero point where flagged
+    bounds = {"val/heldout/family_mean_acc_lo": 0.33, "val/heldout/family_mean_acc_hi": 0.47}
+    assert objective_metrics({**clean, **bounds}, space) == {
+        OBJECTIVE: 0.4, "val/objective_lo": 0.33, "val/objective_hi": 0.47}
+    assert objective_metrics({**flagged, **bounds}, space) == {
+        OBJECTIVE: 0.0, "val/objective_lo": 0.0, "val/objective_hi": 0.0}
 
 
 @pytest.mark.parametrize(("raised", "zeroed"), [

@@ -9,7 +9,7 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from search.tuner import BaselinesToTheEnd
-from spaces import RECORD_KEY
+from spaces import RECORD_KEY, RungStop
 
 
 def _trial(trial_id: str, baseline: str | None) -> SimpleNamespace:
@@ -49,3 +49,30 @@ def test_a_strong_baseline_sets_the_cutoff_only_when_baselines_are_in_the_rungs(
         scheduler.on_trial_complete(None, trial, {"training_iteration": 3,
                                                   "val/objective": 0.5})
     assert scheduler._num_stopped == (2 if baselines_in_rungs else 0)
+
+
+@pytest.mark.parametrize("rule", list(RungStop))
+def test_the_interval_rule_stops_only_a_recipe_whose_interval_is_below_the_cutoff(
+        rule: RungStop) -> None:
+    scheduler = BaselinesToTheEnd(rung_stop=rule, metric="val/objective", mode="max",
+                                  time_attr="training_iteration", max_t=3, grace_period=1,
+                                  reduction_factor=3)
+    default, level, broken = _trial("t1", None), _trial("t2", None), _trial("t3", None)
+    for trial in (default, level, broken):
+        scheduler.on_trial_add(None, trial)  # type: ignore[arg-type]  # a stand-in
+
+    def report(trial: SimpleNamespace, value: float, high: float) -> str:
+        return scheduler.on_trial_result(None, trial, {
+            "training_iteration": 1, "val/objective": value, "val/objective_hi": high})
+
+    assert report(default, 0.45, 0.52) == TrialScheduler.CONTINUE
+    # below the cutoff (0.45), level with it within its interval: on under the interval rule
+    assert report(level, 0.42, 0.49) == (TrialScheduler.CONTINUE if rule == RungStop.INTERVAL
+                                         else TrialScheduler.STOP)
+    # below it by more than the noise: stopped by either rule
+    assert report(broken, 0.30, 0.37) == TrialScheduler.STOP
+    assert scheduler._num_stopped == (1 if rule == RungStop.INTERVAL else 2)
+    # past the rung, the level recipe is not judged again; at the end every trial stops
+    assert scheduler.on_trial_result(None, level, {
+        "training_iteration": 3, "val/objective": 0.40, "val/objective_hi": 0.47}) == \
+        TrialScheduler.STOP
