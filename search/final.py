@@ -256,11 +256,13 @@ def _fmt(interval: Interval | None, *, signed: bool = False) -> str:
 
 
 def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, strength: float,
-              threads: int, keep: bool) -> tuple[Evaluation, bytes | None, bool]:
+              threads: int, keep: bool, own: bool = False
+              ) -> tuple[Evaluation, bytes | None, bool]:
     """A Ray task: train the recipe with its record's seed (unless its model is given; with
     the validation its early stopping needs, if it stops early), then its final evaluation;
-    the model trained here too if `keep` (a file's bytes). The last value, False, says the
-    answer was computed (Tasks.submit gives True for a kept one)."""
+    the model trained here too if `keep` (a file's bytes; `own`: the given model is the
+    search's training of this very record, kept as if trained here). The last value, False,
+    says the answer was computed (Tasks.submit gives True for a kept one)."""
     from search.trainable import assigned_device
     from trainables.train import run_trial
 
@@ -279,7 +281,8 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     trained = time.perf_counter() - start
     evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
     evaluation.metrics[TIME_TRAIN] = trained
-    saved = _saved(model, shared, record, evaluation) if keep and payload is None else None
+    saved = (_saved(model, shared, record, evaluation)
+             if keep and (payload is None or own) else None)
     return evaluation, saved, False
 
 
@@ -362,8 +365,13 @@ class Tasks:
         self.shared_ref, self.strength = ray.put(shared), strength
         self.folder, self.fresh = shared.cache_dir, fresh
 
-    def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool) -> Any:
-        """`keep`: return the model trained too (seed 0's, exported with its card)."""
+    def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool,
+               own: bytes | None = None) -> Any:
+        """`keep`: return the model trained too (seed 0's, exported with its card). `own`: the
+        model the search trained from exactly this record (a baseline's trial), evaluated
+        instead of training it again: the same weights, bitwise on a CPU (the trial's
+        evaluations draw no training randomness; tests/trainables_tests/test_trial.py), so
+        its answer is the training's and kept as such."""
         import ray
 
         found = None if self.fresh else kept.load(
@@ -371,8 +379,10 @@ class Tasks:
             keep=keep and payload is None)
         if found is not None:
             return ray.put((*found, True))
-        return self.task.options(**self.options).remote(self.shared_ref, record, payload,
-                                                        self.strength, self.threads, keep)
+        # Ray's stubs type remote calls of up to six arguments
+        return self.task.options(**self.options).remote(  # type: ignore[call-arg]
+            self.shared_ref, record, payload if own is None else own, self.strength,
+            self.threads, keep, own is not None)
 
     def keep(self, key: str, evaluation: Evaluation, model: bytes | None) -> None:
         """Keeps a computed answer for later searches; a disk that refuses it costs only

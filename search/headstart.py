@@ -7,13 +7,14 @@ final comparison has less left to do when the search ends."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search.final import Tasks
 from search.records import trial_status
-from search.vocab import TrialStatus
+from search.vocab import ARTIFACT, TrialStatus
 from spaces import RECORD_KEY, TrialRecord
 from trainables.setting.prepare import Shared
 
@@ -45,11 +46,27 @@ class HeadStart(Callback):
             return
         if self._tasks is None:
             self._tasks = Tasks(self.shared, self.resources, self.strength, fresh=self.fresh)
+        own = _own_model(trial, record)
         for index, seed in enumerate(self.seeds):
             key = (record.baseline, seed)
             if key not in self.started:  # every seed trained: see final.candidates_of
-                self.started[key] = self._tasks.submit(record.with_config(seed=seed), None,
-                                                       keep=index == 0)
+                self.started[key] = self._tasks.submit(
+                    record.with_config(seed=seed), None, keep=index == 0,
+                    own=own if seed == record.config.seed else None)
         print(f"final: {record.baseline}'s {len(self.seeds)} seeds started while the search "
               "runs", flush=True)
 
+
+
+def _own_model(trial: Any, record: TrialRecord) -> bytes | None:
+    """The model the baseline's trial trained (its last checkpoint's), where retraining its
+    seed would give the same one: not with early stopping (the trial chose its checkpoint on
+    cheaper early evaluations, the retraining on full ones)."""
+    if record.config.early_stopping or trial.checkpoint is None:
+        return None
+    try:
+        with trial.checkpoint.as_directory() as folder:
+            path = Path(folder) / ARTIFACT.MODEL
+            return path.read_bytes() if path.exists() else None
+    except OSError:
+        return None

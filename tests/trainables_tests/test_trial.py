@@ -164,6 +164,23 @@ def test_cheaper_early_evaluations_leave_training_and_the_last_evaluation_unchan
         (16.0, 0.5), (64.0, 1.0)]
 
 
+@pytest.mark.parametrize("baseline", [None, "pgd-at"])
+def test_a_trial_trains_the_model_the_final_comparison_would_train_again(
+        smoke_space: spaces.Space, smoke_shared: Shared, baseline: str | None) -> None:
+    # exact lever: the final comparison evaluates a baseline trial's own model instead of
+    # training its seed again (search/headstart.py), which needs the same weights bitwise
+    record = (smoke_space.baseline_record(baseline) if baseline
+              else smoke_space.record(smoke_space.default_values()))
+    config = record.config.replace(epochs=2, eval_every=1)
+    rungs = Fidelity(rung_samples=16, rung_strength=0.5, rung_heldout_only=True)
+    in_search = run_trial(config, fidelity=rungs, shared=smoke_shared, log=_quiet).model
+    again = run_trial(config.replace(masking_samples=0), shared=smoke_shared, log=_quiet,
+                      validation=False).model
+    ours, theirs = in_search.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_fused_task_passes_agree_with_separate_ones(smoke_space: spaces.Space,
                                                    smoke_shared: Shared) -> None:
     # inexact lever: one forward pass over the tasks changes batch sums by float round-off
