@@ -8,9 +8,11 @@ search, e.g. with more seeds, more trials or other baselines:
 Each candidate (the best `top_k` completed searched trials, and every baseline of the space) is
 trained with `seeds` seeds and evaluated on the test split: held-out and sealed attacks at
 `strength`, the transfer group, AutoAttack (trainables/scoring/final.py). A searched recipe's
-seed-0 model is the search's own when its trial completed; the others, and every seed of a
-baseline, are trained again, all as parallel Ray tasks with a trial's resources, and each task's
-answer is kept for later searches of the same setting (search/kept.py). Every number is a mean
+seed-0 model is the search's own when its trial completed, and so is a baseline's when its
+trial started its tasks during the search (search/headstart.py: the very model its seed-0 task
+would train); the others are trained again, all as parallel Ray tasks with a trial's
+resources, and each task's answer is kept for later searches of the same setting
+(search/kept.py). Every number is a mean
 over seeds with a 95% t interval, and the best recipe is compared with each baseline by the
 difference of their means on the same test points, whose 95% interval holds both the point
 sampling (a paired bootstrap) and the training randomness (the seed-to-seed spread pooled over
@@ -317,9 +319,10 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
     raised no masking flag against the space's claim come first (a flagged trial's robustness
     is not real against the attacker the space assumes), then those
     that ran to the end; an early-stopped one is only taken when too few did, and is trained
-    full-length here like every other seed. A baseline's seeds are all trained here, its
-    search trial's model is not reused: its answers then depend on nothing the search did,
-    and a later search of the same setting takes them as they were kept (search/kept.py)."""
+    full-length here like every other seed. A baseline's answers depend on nothing the
+    search did (a later search of the same setting takes them as they were kept,
+    search/kept.py): its seeds are trained here, or its seed-0 model is its trial's, bitwise
+    the model that training would give (search/headstart.py)."""
     out: list[Candidate] = []
     baseline_runs: dict[str, Entry] = {}
     searched = []
