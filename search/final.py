@@ -280,7 +280,7 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
             handle.write(payload)
             handle.flush()
             model = load_defended_model(handle.name, device=device)
-    trained = time.perf_counter() - start
+    trained = time.perf_counter() - start if payload is None else 0.0  # 0: a model reused
     evaluation = final_evaluation(model, shared, config, strength=strength, log=lambda _: None)
     evaluation.metrics[TIME_TRAIN] = trained
     saved = (_saved(model, shared, record, evaluation)
@@ -305,7 +305,7 @@ def _times(metrics: Mapping[str, float]) -> str:
     trained = metrics.get(TIME_TRAIN, 0.0)
     low, high = metrics.get(low_key(AUTOATTACK)), metrics.get(high_key(AUTOATTACK))
     width = f" for +-{(high - low) / 2:.3f}" if low is not None and high is not None else ""
-    return (f"{'trained in ' + format(trained, '.0f') + 's' if trained >= 1 else 'model reused'}"
+    return (f"{'trained in ' + format(trained, '.0f') + 's' if trained > 0 else 'model reused'}"
             f", evaluated in {metrics.get(TIME_FINAL, 0.0):.0f}s, AutoAttack "
             f"{metrics.get(TIME_AUTOATTACK, 0.0):.0f}s of it{width}")
 

@@ -114,6 +114,11 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     # the baselines' final tasks started while the search ran (search/headstart.py)
     assert "final: pgd-at's 2 seeds started while the search runs" in printed
     assert "(4 started during the search;" in printed
+    # ... seed 0 on the model the baseline's trial trained (the same weights), seed 1 trained
+    lines = {line.split(":")[1].strip(): line for line in printed.splitlines()
+             if line.startswith("final: pgd-at seed")}
+    assert "(model reused," in lines["pgd-at seed 0"], lines
+    assert "(trained in " in lines["pgd-at seed 1"], lines
 
     # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
     storage = f"sqlite:///{smoke_search.output / 'optuna.db'}"
