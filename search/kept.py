@@ -127,8 +127,8 @@ def store(folder: Path | None, key: str, evaluation: Evaluation, model: bytes | 
     path = _path(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"metrics": {k: float(v) for k, v in evaluation.metrics.items()},
-            "points": {k: torch.from_numpy(np.ascontiguousarray(v))
-                       for k, v in evaluation.points.items()},
+            # a copy: points from Ray's object store are read-only, which torch warns about
+            "points": {k: torch.from_numpy(np.array(v)) for k, v in evaluation.points.items()},
             "model": None if model is None else torch.frombuffer(bytearray(model),
                                                                  dtype=torch.uint8)}
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")

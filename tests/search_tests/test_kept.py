@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,19 @@ def test_an_answer_reads_back_as_it_was_kept(tmp_path: Path) -> None:
     assert without is not None and without[1] is None  # the model only where asked for
     assert kept.load(tmp_path, "k2", keep=False) is None
     assert kept.load(None, "k1", keep=False) is None
+
+
+def test_read_only_points_are_kept_without_a_warning(tmp_path: Path) -> None:
+    # what a Ray task returns lives in the read-only object store; torch warns on those
+    evaluation = _evaluation()
+    for values in evaluation.points.values():
+        values.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept.store(tmp_path, "k1", evaluation, None)
+    found = kept.load(tmp_path, "k1", keep=False)
+    assert found is not None
+    np.testing.assert_array_equal(found[0].points["test/clean/acc"], [1.0, 0.0, 1.0, 1.0])
 
 
 def test_a_missing_model_or_a_torn_file_computes_again(tmp_path: Path) -> None:
