@@ -7,14 +7,13 @@ final comparison has less left to do when the search ends."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search.final import Tasks
-from search.records import trial_status
-from search.vocab import ARTIFACT, TrialStatus
+from search.records import checkpoint_model, trial_status
+from search.vocab import TrialStatus
 from spaces import RECORD_KEY, TrialRecord
 from trainables.setting.prepare import Shared
 
@@ -65,8 +64,6 @@ def _own_model(trial: Any, record: TrialRecord) -> bytes | None:
     if record.config.early_stopping or trial.checkpoint is None:
         return None
     try:
-        with trial.checkpoint.as_directory() as folder:
-            path = Path(folder) / ARTIFACT.MODEL
-            return path.read_bytes() if path.exists() else None
+        return checkpoint_model(trial.checkpoint)
     except OSError:
         return None

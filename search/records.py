@@ -29,6 +29,7 @@ from trainables.files import write_atomic
 __all__ = [
     "Located",
     "SearchInfo",
+    "checkpoint_model",
     "find_search",
     "locate",
     "model_file",
@@ -138,10 +139,15 @@ def model_file(results: Any, trial_id: str) -> bytes | None:
     for result in results:
         if result.metrics.get("trial_id") != trial_id or result.checkpoint is None:
             continue
-        with result.checkpoint.as_directory() as folder:
-            path = Path(folder) / ARTIFACT.MODEL
-            return path.read_bytes() if path.exists() else None
+        return checkpoint_model(result.checkpoint)
     return None
+
+
+def checkpoint_model(checkpoint: Any) -> bytes | None:
+    """The defended model a trial's checkpoint holds (its final one does), as bytes."""
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / ARTIFACT.MODEL
+        return path.read_bytes() if path.exists() else None
 
 
 @dataclass

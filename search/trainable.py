@@ -70,13 +70,11 @@ def objective_value(metrics: Mapping[str, float], space: Space) -> float:
 def objective_metrics(metrics: Mapping[str, float], space: Space) -> dict[str, float]:
     """The objective ASHA and the sampler see, with its 95% interval (ASHA's interval rule,
     spaces.RungStop): the space's objective metric's, or a point where a flag zeroed it."""
-    value, own = objective_value(metrics, space), metrics[space.search.objective]
-    zeroed = value != own
-    return {OBJECTIVE: value,
-            low_key(OBJECTIVE): value if zeroed else metrics.get(low_key(space.search.objective),
-                                                                 value),
-            high_key(OBJECTIVE): value if zeroed else metrics.get(
-                high_key(space.search.objective), value)}
+    name, value = space.search.objective, objective_value(metrics, space)
+    if value != metrics[name]:  # zeroed by a flag
+        return {OBJECTIVE: value, low_key(OBJECTIVE): value, high_key(OBJECTIVE): value}
+    return {OBJECTIVE: value, low_key(OBJECTIVE): metrics.get(low_key(name), value),
+            high_key(OBJECTIVE): metrics.get(high_key(name), value)}
 
 
 def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
