@@ -27,7 +27,7 @@ import spaces
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.baselines import baseline_config
 from trainables.defense.models import DefendedModel
-from trainables.scoring.final import autoattack_robust, final_evaluation
+from trainables.scoring.final import autoattack_points, autoattack_robust, final_evaluation
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial
@@ -78,8 +78,9 @@ def _final(model: DefendedModel, shared: Shared, config: TrialConfig,
     x, y = shared.points(Split.TEST, config)
     threat, classes = shared.setup.threat, shared.setup.info.num_classes
     for count in counts:
+        part = autoattack_points(config.replace(autoattack_samples=count), len(y))
         start = time.perf_counter()
-        found = autoattack_robust(model, x[:count], y[:count], threat, num_classes=classes,
+        found = autoattack_robust(model, x[part], y[part], threat, num_classes=classes,
                                   seed=config.seed, batch_size=config.eval_batch_size)
         if found is None:
             break
