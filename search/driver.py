@@ -82,6 +82,7 @@ def _parent_run(client: Any, experiment_id: str, plan: SearchPlan, *, resume: bo
               "search_alg": plan.search_alg, "multi_objective": plan.multi_objective,
               "scheduler": plan.scheduler, "objective": plan.raw_objective, "mode": plan.mode,
               "penalize_flags": space.search.penalize_flags,
+              "robust_floor": space.search.robust_floor,
               "max_t": space.max_evaluations, "grace_period": space.search.grace_period,
               "reduction_factor": space.search.reduction_factor, "seed": plan.seed,
               "epochs": config.epochs, "eval_every": config.eval_every,
@@ -232,7 +233,8 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
         if logger.journal.flush(force=True):
             print(f"mlflow: {count} write(s) kept from the last run's outage logged", flush=True)
     progress = ProgressPrinter(num_samples=plan.num_samples, max_t=plan.space.max_evaluations,
-                               objective=plan.objective, epochs=plan.space.trial_config().epochs)
+                               objective=plan.objective, epochs=plan.space.trial_config().epochs,
+                               robust_floor=plan.space.search.robust_floor)
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
     head = (HeadStart(shared=shared, resources=resources, seeds=plan.final_seed_list,
                       strength=plan.sealed_strength, max_t=plan.space.max_evaluations,

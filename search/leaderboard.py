@@ -18,6 +18,7 @@ from trainables.vocab import (
     HELDOUT_MEAN,
     MASKING,
     MASKING_ANY,
+    THREAT_PGD10,
     Group,
     Split,
     Stat,
@@ -32,7 +33,8 @@ STATUS_ORDER: dict[str, int] = {
 COLUMNS = (("objective", OBJECTIVE), ("held-out mean", HELDOUT_MEAN),
            ("worst", group_metric(Split.VAL, Group.HELDOUT, Stat.WORST)),
            ("union", group_metric(Split.VAL, Group.HELDOUT, Stat.UNION)),
-           ("clean", CLEAN_ACC), ("transfer", group_metric(Split.VAL, Group.TRANSFER)),
+           ("clean", CLEAN_ACC), ("PGD-10", THREAT_PGD10),
+           ("transfer", group_metric(Split.VAL, Group.TRANSFER)),
            ("sealed mean", group_metric(Split.TEST, Group.SEALED)),
            ("AA", group_metric(Split.TEST, Group.AUTOATTACK, Stat.ACC)))
 

@@ -11,7 +11,15 @@ from search.records import trial_status
 from search.vocab import FAILURE_REASON, TrialStatus
 from spaces import RECORD_KEY, TrialRecord
 from trainables.scoring.masking import raised_flags
-from trainables.vocab import CLEAN_ACC, HELDOUT_MEAN, Group, Split, Stat, group_metric
+from trainables.vocab import (
+    CLEAN_ACC,
+    HELDOUT_MEAN,
+    THREAT_PGD10,
+    Group,
+    Split,
+    Stat,
+    group_metric,
+)
 
 __all__ = ["ProgressPrinter", "trial_label"]
 
@@ -35,9 +43,11 @@ class ProgressPrinter(Callback):
     """Counts come from the trials Tune passes to each hook, so a resumed search goes on
     counting where it stopped."""
 
-    def __init__(self, *, num_samples: int, max_t: int, objective: str, epochs: int) -> None:
+    def __init__(self, *, num_samples: int, max_t: int, objective: str, epochs: int,
+                 robust_floor: float | None = None) -> None:
         self.num_samples, self.max_t = num_samples, max_t
         self.objective, self.epochs = objective, epochs
+        self.robust_floor = robust_floor
         self.start = time.time()
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # restored by --resume: a new clock
@@ -73,6 +83,10 @@ class ProgressPrinter(Callback):
         flags = raised_flags(result)
         penalty = (f"; masking flags {', '.join(flags)}: objective zeroed"
                    if flags and result.get(self.objective) == 0 else "")
+        floor, pgd10 = getattr(self, "robust_floor", None), result.get(THREAT_PGD10)
+        if (not penalty and floor is not None and pgd10 is not None and pgd10 < floor
+                and status == TrialStatus.COMPLETED):  # early rungs pay nothing
+            penalty = f"; PGD-10 {pgd10:.3f} below the robust floor {floor:g}: objective lowered"
         note = {TrialStatus.COMPLETED: penalty[2:] and f" ({penalty[2:]})",
                 TrialStatus.FAILED: f" ({result.get(FAILURE_REASON)}; not retried)"}.get(
             status, f" by ASHA after {done}/{self.max_t} evaluations{penalty}")

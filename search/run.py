@@ -366,7 +366,9 @@ def describe_plan(plan: SearchPlan) -> str:
         f"{space.pool.max_size}, default {'+'.join(space.pool.default)}), crafted against "
         f"{config.craft_against}",
         f"  held-out     {'+'.join(config.heldout)}  (objective {plan.raw_objective}, "
-        f"{plan.mode}{', zeroed for masking flags' if space.search.penalize_flags else ''})",
+        f"{plan.mode}{', zeroed for masking flags' if space.search.penalize_flags else ''}"
+        + (f", minus the PGD-10 shortfall below {space.search.robust_floor:g}"
+           if space.search.robust_floor is not None else "") + ")",
         f"  sealed       {'+'.join(config.sealed) or '-'}  (final report only)",
         f"  budget       {config.epochs} epochs, evaluation every {config.eval_every} on "
         f"{config.eval_samples or 'all'} validation points",

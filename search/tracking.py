@@ -39,7 +39,7 @@ from trainables.attacks import attack_spec, list_families
 from trainables.attacks.threat import NORMS
 from trainables.errors import ConfigError
 from trainables.scoring.masking import raised_flags
-from trainables.vocab import MASKING, MASKING_ANY, Group, Stat
+from trainables.vocab import MASKING, MASKING_ANY, THREAT_PGD10, Group, Stat
 
 __all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness_table",
            "stop_running_children", "trial_metrics"]
@@ -81,14 +81,14 @@ def stop_running_children(client: MlflowClient, experiment_id: str, parent_id: s
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The project's metrics in a Tune result (no config/*, pid, timestamp noise).
 
-    Of the masking checks only `masking/any` is a metric; the flags raised go to the
-    `masking_flags` tag and the evidence to masking.json, so they do not bury the held-out
-    numbers in the UI's metric lists.
+    Of the masking checks only `masking/any` and the PGD-10 accuracy the search's robust floor
+    reads are metrics; the flags raised go to the `masking_flags` tag and the evidence to
+    masking.json, so they do not bury the held-out numbers in the UI's metric lists.
     """
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))
             and not isinstance(v, bool)
-            and (not k.startswith(f"{MASKING}/") or k == MASKING_ANY)}
+            and (not k.startswith(f"{MASKING}/") or k in (MASKING_ANY, THREAT_PGD10))}
 
 
 def masking_record(result: Mapping[str, Any]) -> dict[str, Any]:

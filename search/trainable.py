@@ -6,6 +6,7 @@ only through `tune.report` and `tune.get_checkpoint`, and never to MLflow (the d
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections import deque
@@ -33,9 +34,17 @@ from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError, TrialFailedError
 from trainables.setting.prepare import Shared
 from trainables.train import Points, run_trial
-from trainables.vocab import EPOCH, MASKING_ANY, high_key, low_key, masking_claim_key
+from trainables.vocab import (
+    EPOCH,
+    MASKING_ANY,
+    THREAT_PGD10,
+    high_key,
+    low_key,
+    masking_claim_key,
+)
 
-__all__ = ["assigned_device", "objective_metrics", "objective_value", "train_recipe"]
+__all__ = ["assigned_device", "objective_metrics", "objective_value", "robust_shortfall",
+           "train_recipe"]
 
 LAST_LINES = 20  # of a trial's log, kept for its failure report
 
@@ -54,27 +63,49 @@ def _device_and_threads(cpus: float, gpu_memory_fraction: float) -> tuple[str, i
     return device, threads
 
 
-def objective_value(metrics: Mapping[str, float], space: Space) -> float:
+def objective_value(metrics: Mapping[str, float], space: Space, *, final: bool = True
+                    ) -> float:
     """The space's objective, zeroed when a masking check raised a flag that invalidates the
     space's claim (search.penalize_flags): a score that only looks robust against the attacker
     the space assumes must not win the search. A gradient-masking flag does not zero a query
-    claim, nor a query flag a white-box one (every flag stays reported)."""
+    claim, nor a query flag a white-box one (every flag stays reported). A `final` evaluation
+    also pays for its shortfall below search.robust_floor."""
     value = metrics[space.search.objective]
     claim = masking_claim_key(space.access)
     raised = metrics.get(claim, metrics.get(MASKING_ANY, 0.0))  # results of older versions
     if space.search.penalize_flags and raised > 0:
         return 0.0 if space.search.mode == Mode.MAX else float("inf")
-    return value
+    shortfall = robust_shortfall(metrics, space) if final else 0.0
+    return max(0.0, value - shortfall) if shortfall > 0 else value
 
 
-def objective_metrics(metrics: Mapping[str, float], space: Space) -> dict[str, float]:
+def robust_shortfall(metrics: Mapping[str, float], space: Space) -> float:
+    """How far a recipe's PGD-10 accuracy is below the space's robust floor (0 without one).
+    Only a full-length trial pays it: at an early rung every recipe is still far below the
+    floor, and ASHA compares recipes at the same rung anyway."""
+    floor = space.search.robust_floor
+    if floor is None:
+        return 0.0
+    measured = metrics.get(THREAT_PGD10, math.nan)
+    if not math.isfinite(measured):  # the space's checks make it reported: a bug, not a retry
+        raise TrialFailedError(f"search.robust_floor={floor} needs {THREAT_PGD10}, which this "
+                               f"evaluation did not report ({measured})")
+    return max(0.0, floor - measured)
+
+
+def objective_metrics(metrics: Mapping[str, float], space: Space, *, final: bool = True
+                      ) -> dict[str, float]:
     """The objective ASHA and the sampler see, with its 95% interval (ASHA's interval rule,
-    spaces.RungStop): the space's objective metric's, or a point where a flag zeroed it."""
-    name, value = space.search.objective, objective_value(metrics, space)
-    if value != metrics[name]:  # zeroed by a flag
+    spaces.RungStop): the space's objective metric's shifted by the floor's shortfall, or a
+    point where a flag zeroed it."""
+    name, value = space.search.objective, objective_value(metrics, space, final=final)
+    raw = metrics[name]
+    if value != raw and value in (0.0, float("inf")):  # zeroed by a flag (or the shortfall)
         return {OBJECTIVE: value, low_key(OBJECTIVE): value, high_key(OBJECTIVE): value}
-    return {OBJECTIVE: value, low_key(OBJECTIVE): metrics.get(low_key(name), value),
-            high_key(OBJECTIVE): metrics.get(high_key(name), value)}
+    shift = raw - value  # the floor's shortfall (0 without one): the interval moves with it
+    low, high = metrics.get(low_key(name), raw) - shift, metrics.get(high_key(name), raw) - shift
+    return {OBJECTIVE: value, low_key(OBJECTIVE): max(0.0, low) if shift else low,
+            high_key(OBJECTIVE): high}
 
 
 def train_recipe(config: dict[str, Any], *, space: Space, shared: Shared, cpus: float,
@@ -119,7 +150,7 @@ def _train(record: TrialRecord, space: Space, shared: Shared, cpus: float,
                                            space=space.name))
             placement = {TRIAL_NODE: ray.get_runtime_context().get_node_id(),
                          TRIAL_DEVICE: device, TRIAL_RESTARTED: float(restarted)}
-            metrics.update(objective_metrics(metrics, space))
+            metrics.update(objective_metrics(metrics, space, final=final))
             # the last evaluation's per-point values: paired comparisons with the baselines
             per_point = ({points_key(key): values.tolist() for key, values in points.items()}
                          if final else {})

@@ -55,7 +55,8 @@ class TrialStatus(StrEnum):
 
 # ---------------------------------------------------------------- metric keys
 
-# What Tune optimises: the space's objective, zeroed for a trial that raised a masking flag.
+# What Tune optimises: the space's objective, zeroed for a trial that raised a masking flag,
+# less a full-length trial's PGD-10 shortfall below search.robust_floor.
 OBJECTIVE = f"{Split.VAL}/objective"
 # Where a trial ran (reported with each result; the MLflow tags ray_node_id, device)
 TRIAL_NODE = "trial/node_id"

@@ -94,8 +94,11 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
     try:
         table = json.loads(path.read_text())
         levers: Mapping[str, Any] = table["levers"]
+        # a lever table holds the objective metric as measured: with a robust floor the
+        # search's objective is another number, so its recipes come as proposals
         same = (table["space"] == space.name and table["dataset"] == space.base["dataset"]
-                and table["objective"] == space.search.objective)
+                and table["objective"] == space.search.objective
+                and space.search.robust_floor is None)
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"--warm-start {str(path)!r} is not a lever table written by "
                           "bench/levers.py (it needs space, dataset, objective and levers)"
@@ -111,9 +114,12 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
 
 
 def _same_problem(earlier: Space, space: Space) -> bool:
-    """Results carry over only where they mean the same: same space, data set, objective."""
+    """Results carry over only where they mean the same: same space, data set, objective,
+    and the same penalties on it (masking flags, robust floor)."""
     return (earlier.name == space.name and earlier.base["dataset"] == space.base["dataset"]
-            and earlier.search.objective == space.search.objective)
+            and earlier.search.objective == space.search.objective
+            and earlier.search.penalize_flags == space.search.penalize_flags
+            and earlier.search.robust_floor == space.search.robust_floor)
 
 
 def _check_point(values: Mapping[str, Any], space: Space, source: str) -> None:

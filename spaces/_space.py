@@ -34,6 +34,7 @@ from trainables.vocab import (
     Access,
     Group,
     MetaOrder,
+    Norm,
     Split,
     attack_metric,
     group_metric,
@@ -294,6 +295,10 @@ class SearchSettings:
     # whether the baselines' results set ASHA's cutoffs (they run to the end either way)
     baselines_in_rungs: bool = True
     rung_stop: RungStop = RungStop.QUANTILE
+    # the threat model's PGD-10 accuracy on validation (trainables.vocab.THREAT_PGD10) a
+    # full-length recipe must keep: each point below it costs a point of its objective, so a
+    # recipe does not buy unforeseen families with its Lp robustness (off: null)
+    robust_floor: float | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> SearchSettings:
@@ -307,6 +312,11 @@ class SearchSettings:
         for key in ("penalize_flags", "baselines_in_rungs"):
             if not isinstance(getattr(settings, key), bool):
                 raise SpaceError(f"search.{key}={getattr(settings, key)!r} must be true or false")
+        floor = settings.robust_floor
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int | float)
+                                  or not 0 <= floor <= 1):
+            raise SpaceError(f"search.robust_floor={floor!r} must be an accuracy in [0, 1] "
+                             "or null (off)")
         if not isinstance(settings.reduction_factor, int) or settings.reduction_factor < 2:
             raise SpaceError(f"search.reduction_factor={settings.reduction_factor!r} must be >= 2")
         try:
@@ -746,7 +756,7 @@ def _check_whole(space: Space) -> None:
     """Cross-field checks that need the whole space: defaults build a valid trial, every
     attack runs on the data set, pool sizes suit the meta step, the objective exists."""
     config = space.trial_config()
-    space.setup(check_data_dir=False)  # runs check the folder; loading a space needs no data
+    setup = space.setup(check_data_dir=False)  # runs check the folder; loading needs no data
     meta_choices = space.params["meta"].choices if "meta" in space.params else (config.meta,)
     if any(m != MetaOrder.OFF for m in meta_choices or ()):
         spec = space.params.get("meta_test_attacks")
@@ -760,3 +770,12 @@ def _check_whole(space: Space) -> None:
     if space.search.objective not in space.objective_metrics():
         raise SpaceError(f"search.objective={space.search.objective!r} is not a metric a trial "
                          f"reports; choose one of {space.objective_metrics()}")
+    if space.search.robust_floor is not None:
+        if space.search.mode != Mode.MAX:
+            raise SpaceError("search.robust_floor needs an objective that is maximised "
+                             "(search.mode: max); set it to null")
+        if not config.masking_samples or setup.threat.norm not in (Norm.LINF, Norm.L2):
+            raise SpaceError(
+                f"search.robust_floor={space.search.robust_floor} needs the masking checks' "
+                f"PGD-10 (budget.masking_samples > 0, a Linf or L2 threat model); got "
+                f"masking_samples={config.masking_samples}, norm {setup.threat.norm}")

@@ -40,6 +40,7 @@ __all__ = [
     "MASKING_UNBOUNDED_SUCCESS",
     "SEALED_STRENGTH",
     "TEACHER_LR",
+    "THREAT_PGD10",
     "TIME_AUTOATTACK",
     "TIME_ELAPSED",
     "TIME_FINAL",
@@ -252,6 +253,9 @@ HELDOUT_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.MEAN)
 HELDOUT_FAMILY_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.FAMILY_MEAN)
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
+# PGD-10 accuracy at the threat model's budget on the masking points: the eps-sweep check
+# reports it at every evaluation, so it is the search's cheap reading of Lp robustness
+THREAT_PGD10 = f"{MASKING}/evidence/pgd10_acc_eps_x1"
 
 
 def masking_claim_key(access: str) -> str:

@@ -7,11 +7,13 @@ import io
 import json
 
 import pytest
+import torch
 
 import spaces
-from search.trainable import objective_metrics, objective_value
+from search.trainable import objective_metrics, objective_value, robust_shortfall
 from search.vocab import FRESH_FINAL_ENV, OBJECTIVE
 from tests.search_tests.conftest import FinishedSearch, run_module
+from trainables.vocab import THREAT_PGD10
 
 
 def test_masking_flags_zero_the_objective() -> None:
@@ -29,6 +31,35 @@ def test_masking_flags_zero_the_objective() -> None:
         OBJECTIVE: 0.4, "val/objective_lo": 0.33, "val/objective_hi": 0.47}
     assert objective_metrics({**flagged, **bounds}, space) == {
         OBJECTIVE: 0.0, "val/objective_lo": 0.0, "val/objective_hi": 0.0}
+
+
+def test_a_full_length_recipe_pays_a_point_per_point_below_the_robust_floor() -> None:
+    space = spaces.load("smoke", ["search.robust_floor=0.5"])
+    metrics = {"val/heldout/family_mean_acc": 0.6, "val/heldout/family_mean_acc_lo": 0.55,
+               "val/heldout/family_mean_acc_hi": 0.65, "masking/any": 0.0,
+               THREAT_PGD10: 0.4}
+    assert robust_shortfall(metrics, space) == pytest.approx(0.1)
+    got = objective_metrics(metrics, space)
+    assert got == pytest.approx({OBJECTIVE: 0.5, "val/objective_lo": 0.45,
+                                 "val/objective_hi": 0.55})
+    # an early rung is compared with recipes at the same rung: no floor there
+    assert objective_value(metrics, space, final=False) == 0.6
+    # above the floor, or without one, nothing changes
+    assert objective_value({**metrics, THREAT_PGD10: 0.7}, space) == 0.6
+    assert objective_value(metrics, spaces.load("smoke")) == 0.6
+    # a shortfall larger than the objective leaves zero, not a negative score
+    assert objective_metrics({**metrics, THREAT_PGD10: 0.0, "val/heldout/family_mean_acc": 0.3},
+                             space) == {OBJECTIVE: 0.0, "val/objective_lo": 0.0,
+                                        "val/objective_hi": 0.0}
+    # the evidence a trial reports carries the key the floor reads
+    from trainables.attacks.threat import ThreatModel
+    from trainables.scoring.masking import run_masking_checks
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    report = run_masking_checks(model, torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,)),
+                                ThreatModel("Linf", {"Linf": 0.1, "L2": 0.5}),
+                                num_classes=3, quick=True)
+    assert THREAT_PGD10 in report.metrics()
 
 
 @pytest.mark.parametrize(("raised", "zeroed"), [
