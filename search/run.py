@@ -194,10 +194,10 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         writable_folder(args.cache_dir, "--cache-dir")
     mlflow_uri = _tracking_uri(args, address)
     alg = SearchAlg(args.search_alg or space.search.sampler)
-    if alg == SearchAlg.LOCAL and args.multi_objective and args.search_alg is None:
+    if alg.is_local and args.multi_objective and args.search_alg is None:
         alg = SearchAlg.TPE  # the space's local default has one objective; TPE takes several
-    if alg == SearchAlg.LOCAL and args.multi_objective:
-        raise ConfigError("--search-alg local moves the best recipe of one objective; with "
+    if alg.is_local and args.multi_objective:
+        raise ConfigError(f"--search-alg {alg} moves the best recipe of one objective; with "
                           "--multi-objective use tpe, tpe-mv, gp, random or nsga2")
     warm = None
     if args.warm_start is not None:

@@ -109,8 +109,8 @@ def make_sampler(alg: SearchAlg, *, seed: int, startup: int) -> optuna.samplers.
         return optuna.samplers.RandomSampler(seed=seed)
     if alg == SearchAlg.NSGA2:
         return _NSGAII(seed=seed)
-    if alg == SearchAlg.LOCAL:  # next to the incumbent from the first finished trial on
-        return LocalSampler(seed=seed)
+    if alg.is_local:  # next to the incumbent from the first finished trial on
+        return LocalSampler(seed=seed, cover=alg == SearchAlg.LOCAL_COVER)
     if alg == SearchAlg.GP:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)

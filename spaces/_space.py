@@ -68,7 +68,7 @@ class SearchAlg(StrEnum):
     """Optuna's sampler: TPE (independent per value), multivariate TPE over groups of values
     that appear together (Optuna's `group`), the Gaussian-process sampler, random sampling,
     or NSGA-II for the clean vs held-out front; `local` changes one or two values of the best
-    recipe so far (search/local.py)."""
+    recipe so far (search/local.py), `local-cover` the least explored of them first."""
 
     TPE = "tpe"
     TPE_MV = "tpe-mv"
@@ -76,6 +76,12 @@ class SearchAlg(StrEnum):
     RANDOM = "random"
     NSGA2 = "nsga2"
     LOCAL = "local"
+    LOCAL_COVER = "local-cover"
+
+    @property
+    def is_local(self) -> bool:
+        """Moves the best recipe so far, of one objective (search/local.py)."""
+        return self in (SearchAlg.LOCAL, SearchAlg.LOCAL_COVER)
 
 
 class RungStop(StrEnum):

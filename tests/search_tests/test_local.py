@@ -165,3 +165,28 @@ def test_mid_searches_locally_by_default_and_with_several_objectives_by_tpe(
     assert planned() == "local"
     assert planned("--multi-objective") == "tpe"
     assert planned("--search-alg", "random") == "random"
+
+
+def test_covered_proposals_move_the_least_explored_values_of_the_incumbent_first() -> None:
+    names = [f"v{i}" for i in range(8)]
+    flags = {n: optuna.distributions.CategoricalDistribution([0, 1]) for n in names}
+
+    def ask(study: optuna.Study) -> set[str]:
+        trial = study.ask()
+        values = {n: trial.suggest_categorical(n, [0, 1]) for n in names}
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return {n for n in names if values[n] != 0}
+
+    for seed in range(4):
+        study = optuna.create_study(direction="maximize", sampler=LocalSampler(
+            seed=seed, max_changes=1, cover=True))
+        study.add_trial(optuna.trial.create_trial(params=dict.fromkeys(names, 0),
+                                                  distributions=flags, value=0.6))
+        # v0 and v1 already have a neighbour each; a recipe far away explores nothing
+        for moved in (["v0"], ["v1"], names[:5]):
+            study.add_trial(optuna.trial.create_trial(
+                params={n: int(n in moved) for n in names}, distributions=flags, value=0.1))
+        # one value per proposal, each one not yet tried next to the incumbent
+        changed = [ask(study) for _ in range(6)]
+        assert all(len(c) == 1 for c in changed), changed
+        assert set().union(*changed) == set(names[2:]), changed
