@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU wheel on this kind of machine; users with CUDA: make install TORCH_SPEC="torch>=2.3"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# every other package at a known version, so two fresh machines compute the same numbers
+CONSTRAINTS := -c constraints.txt
 
 .PHONY: install install-test system-deps demo test test-fast lint clean
 # Root runs apt-get directly; anyone else through sudo.
@@ -15,11 +17,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q $(CONSTRAINTS) -e .
 	# torchattacks pins requests~=2.25.1 and requires torchvision, neither used at run time.
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	# The official AutoAttack (Croce & Hein's code) for the sealed evaluation; no deps declared.
@@ -29,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 demo: install

@@ -20,8 +20,6 @@ import hashlib
 import io
 import json
 import uuid
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import torch
 
 from spaces import TrialRecord
 from trainables.config import RUNTIME_KEYS
+from trainables.provenance import source_hash
 from trainables.scoring.final import Evaluation
 
 __all__ = ["load", "store", "task_key"]
@@ -41,21 +40,9 @@ _PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "torchattacks", "pyautoa
 _VERSION = 1  # of the file layout below
 
 
-@lru_cache(maxsize=1)
 def code_hash() -> str:
     """The code a final task runs: its source files and its packages' versions."""
-    digest = hashlib.sha256()
-    base = Path(__file__).resolve().parent.parent
-    for source in _SOURCES:
-        root = base / source
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
-    for name in _PACKAGES:
-        try:
-            digest.update(f"{name}=={metadata.version(name)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{name} absent".encode())
-    return digest.hexdigest()
+    return source_hash(_SOURCES, _PACKAGES)
 
 
 def task_key(record: TrialRecord, payload: bytes | None, strength: float) -> str:

@@ -282,3 +282,24 @@ def test_every_architecture_has_a_builder() -> None:
     from trainables.vocab import Arch
 
     assert sorted(Arch) == sorted(list_archs())
+
+
+def test_the_teacher_cache_is_keyed_by_the_code_and_the_packages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher cached by other code or other package versions is never reused (issue 15: a
+    fresh machine's numbers differed from those measured with a long-cached teacher)."""
+    from trainables.config import TrialConfig
+    from trainables.setting import prepare
+
+    config = TrialConfig(dataset="digits", teacher_epochs=1, cache_dir=str(tmp_path))
+    first = prepare.prepare_shared(config, log=lambda _: None)
+    folders = {p.name for p in tmp_path.iterdir()}
+    assert len(folders) == 1 and (tmp_path / next(iter(folders)) / "teacher.pt").is_file()
+    again = prepare.prepare_shared(config, log=lambda _: None)  # the same code: reused
+    assert {p.name for p in tmp_path.iterdir()} == folders
+    assert all(torch.equal(a, b) for a, b in zip(first.teacher.encoder.state_dict().values(),
+                                                 again.teacher.encoder.state_dict().values(),
+                                                 strict=True))
+    monkeypatch.setattr(prepare, "source_hash", lambda *_: "other code or packages")
+    prepare.prepare_shared(config, log=lambda _: None)
+    assert len({p.name for p in tmp_path.iterdir()} - folders) == 1  # trained afresh

@@ -23,6 +23,7 @@ from trainables.attacks.base import Attack
 from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel, ModelParts, build_arch
 from trainables.errors import ConfigError
+from trainables.provenance import source_hash
 from trainables.runtime import resolve_device, seed_everything
 from trainables.setting.data import DataSplits, load_dataset
 from trainables.setting.setup import Setup, resolve_setup
@@ -36,7 +37,11 @@ from trainables.vocab import (
 
 __all__ = ["Shared", "cache_root", "prepare_shared"]
 
-CACHE_VERSION = 1  # bump when teacher/target training changes, to invalidate old caches
+CACHE_VERSION = 2  # of the folder's layout; the code that fills it is in the key itself
+# what trains the teacher and the target and crafts the transfer sets: the whole package (a
+# change anywhere costs one retraining, seconds to a minute) and the numerical packages
+_CODE = (("trainables",), ("torch", "numpy", "scipy", "scikit-learn", "mlxtend", "kornia",
+                           "torchattacks"))
 Log = Callable[[str], None]
 
 
@@ -94,7 +99,7 @@ def _key(config: TrialConfig, setup: Setup, data: DataSplits) -> str:
     ident = {"v": CACHE_VERSION, "dataset": config.dataset, "arch": setup.arch,
              "seed": config.data_seed, "epochs": config.teacher_epochs,
              "sizes": [len(data.train_y), len(data.val_y), len(data.test_y)],
-             "train_sum": float(data.train_x.double().sum())}
+             "train_sum": float(data.train_x.double().sum()), "code": source_hash(*_CODE)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
