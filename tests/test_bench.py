@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 import spaces
+from trainables.attacks import sparse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,3 +102,14 @@ def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
     pool.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
     assert len(rows) == 4 and all("bitwise equal: yes" in row for row in rows), rows
+
+
+def test_the_pixle_benchmark_runs_and_finds_the_images_unchanged(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    pixle = _bench("pixle")
+    monkeypatch.setattr(sys, "argv", ["pixle.py", "--space", "mid", "--points", "40",
+                                      "--repeats", "1"])
+    pixle.main()
+    out = capsys.readouterr().out
+    assert "the same images: yes" in out, out
+    assert sparse.smallest.__name__ == "smallest"  # the benchmark put the shipped one back
