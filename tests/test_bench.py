@@ -104,12 +104,14 @@ def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
     assert len(rows) == 4 and all("bitwise equal: yes" in row for row in rows), rows
 
 
-def test_the_pixle_benchmark_runs_and_finds_the_images_unchanged(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("mode", "same"), [([], "images"), (["--final"], "metrics")])
+def test_the_pixle_benchmark_runs_and_finds_the_answers_unchanged(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mode: list[str],
+        same: str) -> None:
     pixle = _bench("pixle")
     monkeypatch.setattr(sys, "argv", ["pixle.py", "--space", "mid", "--points", "40",
-                                      "--repeats", "1"])
+                                      "--repeats", "1", *mode])
     pixle.main()
     out = capsys.readouterr().out
-    assert "the same images: yes" in out, out
+    assert f"the same {same}: yes" in out, out
     assert sparse.smallest.__name__ == "smallest"  # the benchmark put the shipped one back
