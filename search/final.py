@@ -176,6 +176,12 @@ class FinalReport:
         """The columns some candidate has a value for (a white-box space has no query rows)."""
         return [(t, m) for t, m in COLUMNS if any(c.interval(m) for c in self.candidates)]
 
+    @property
+    def families(self) -> list[tuple[str, str]]:
+        """Each held-out and sealed family some candidate has per-point values of, as
+        (title, metric): what the group means are the means of."""
+        return family_columns(self.candidates)
+
     def markdown(self) -> str:
         best, columns = self.best, self.columns
         lines = [f"Test split, mean over {len(self.seeds)} seeds {self.seeds} [95% t interval]",
@@ -194,7 +200,27 @@ class FinalReport:
             for name, diffs in self.differences.items():
                 cells = [_fmt(diffs.get(m), signed=True) for _, m in columns]
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {self.verdict(name)} |")
-        return "\n".join(lines)
+        return "\n".join(lines + self._family_lines())
+
+    def _family_lines(self) -> list[str]:
+        """Per family: each recipe's accuracy, and the best recipe minus each baseline (the
+        group means above are means of these)."""
+        best, families = self.best, self.families
+        if not families:
+            return []
+        head = "| recipe | " + " | ".join(t for t, _ in families) + " |"
+        lines = ["", "Per family (test split, mean over seeds [95% t interval])", "", head,
+                 "|---|" + "---|" * len(families)]
+        lines += [f"| {c.label} | " + " | ".join(_fmt(c.interval(m)) for _, m in families)
+                  + " |" for c in self.candidates]
+        if best is not None and self.differences:
+            lines += ["", f"Per family, {best.label} minus each baseline [95% interval, as "
+                      "above]", "", head.replace("recipe", "baseline", 1),
+                      "|---|" + "---|" * len(families)]
+            lines += [f"| {name} | " + " | ".join(_fmt(diffs.get(m), signed=True)
+                                                   for _, m in families) + " |"
+                      for name, diffs in self.differences.items()]
+        return lines
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -234,6 +260,22 @@ class FinalReport:
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
+
+
+def family_columns(candidates: Sequence[Candidate]) -> list[tuple[str, str]]:
+    """(title, metric) of each held-out and sealed family in the candidates' per-point values,
+    held-out first, in the order the evaluations report them."""
+    out: dict[str, str] = {}
+    for group, kind in ((Group.HELDOUT, "held-out"), (Group.SEALED, "sealed")):
+        prefix = f"{Split.TEST}/{group}/"
+        for c in candidates:
+            for e in c.evaluations.values():
+                for key in e.points:
+                    family = key.removeprefix(prefix).removesuffix(f"/{Stat.ACC}")
+                    if key.startswith(prefix) and key.endswith(f"/{Stat.ACC}") \
+                            and "/" not in family:
+                        out.setdefault(key, f"{kind} {family}")
+    return [(title, key) for key, title in out.items()]
 
 
 def verdict(difference: Interval, baseline: str) -> str:
@@ -537,7 +579,7 @@ def _differences(candidates: Sequence[Candidate]) -> dict[str, dict[str, Interva
     if best is None:
         return {}
     out: dict[str, dict[str, Interval]] = {}
-    for _, metric in COLUMNS:
+    for _, metric in (*COLUMNS, *family_columns(candidates)):
         spread = pooled_seed_variance([[float(p.mean()) for p in c.per_seed(metric)]
                                        for c in candidates])
         for baseline in (c for c in candidates if c.baseline):

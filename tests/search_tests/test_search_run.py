@@ -115,6 +115,9 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
     printed = smoke_search.proc.stdout
     table = printed[printed.rindex("Test split, mean over"):printed.index("wall time:")]
     assert "| pgd-at (baseline) |" in table and "Difference, " in table
+    assert "Per family (test split" in table and "Per family, " in table  # and each family's Δ
+    assert any(k.startswith("final/delta/pgd-at/test/sealed/") and k.count("/") == 6
+               for k in parent.data.metrics)
     # the baselines' final tasks started while the search ran (search/headstart.py)
     assert "final: pgd-at's 2 seeds started while the search runs" in printed
     assert "(4 started during the search;" in printed

@@ -113,6 +113,15 @@ def test_a_final_task_gives_the_same_answer_twice(smoke_space: object,
     assert answers[0].points.keys() == answers[1].points.keys()
     for key, values in answers[0].points.items():
         assert np.array_equal(values, answers[1].points[key]), key
+    # each held-out and sealed family's per-point values: what a per-family difference pairs
+    points, metrics = answers[0].points, answers[0].metrics
+    for group in ("heldout", "sealed"):
+        families = [k for k in points if k.startswith(f"test/{group}/") and k.count("/") == 3]
+        assert families, group
+        for key in families:
+            assert float(points[key].mean()) == pytest.approx(metrics[key]), key
+        assert np.allclose(np.mean([points[k] for k in families], axis=0),
+                           points[f"test/{group}/family_mean_acc"])
 
 
 def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(

@@ -15,6 +15,8 @@ The test split and the sealed attacks are never used while searching. The report
   the AutoAttack points; and `test/white_box/...`, PGD and APGD beside the query rows
   (trainables/scoring/served.py);
 - `test/output/...`: the output-change cost against the undefended teacher on clean inputs;
+- per-point values of each summary (clean, a group's mean, union and family mean, AutoAttack)
+  and of each held-out and sealed family, for paired differences;
 - `test/autoattack/acc`: the official AutoAttack (Croce & Hein's code, `pyautoattack`),
   version `standard` (`rand`, with EOT, for a randomised model), where the threat model fits,
   on `autoattack_samples` points: each seed its own block of them, so a recipe's seeds cover
@@ -40,6 +42,7 @@ from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import (
     clean_correct,
     evaluate_groups,
+    family_masks,
     group_metrics,
     group_points,
     predict,
@@ -58,6 +61,7 @@ from trainables.vocab import (
     Norm,
     Split,
     Stat,
+    attack_metric,
     group_metric,
     high_key,
     low_key,
@@ -69,8 +73,9 @@ __all__ = ["Evaluation", "autoattack_points", "autoattack_robust", "final_evalua
 @dataclass
 class Evaluation:
     """A model's final report: its metrics, and for each summary metric (clean accuracy, a
-    group's mean, union and family mean, AutoAttack) the per-point values it is the mean of,
-    which paired comparisons and intervals over seeds need."""
+    group's mean, union and family mean, AutoAttack) and each held-out and sealed family's
+    accuracy the per-point values it is the mean of, which paired comparisons and intervals
+    over seeds need."""
 
     metrics: dict[str, float]
     points: dict[str, np.ndarray]
@@ -214,5 +219,8 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
         if group_masks:
             points.update({group_metric(Split.TEST, name, stat): values
                            for stat, values in group_points(group_masks).items()})
+    for group in (Group.HELDOUT, Group.SEALED):  # which family a verdict rests on
+        points.update({attack_metric(Split.TEST, group, family): mask.float().cpu().numpy()
+                       for family, mask in family_masks(by_group[group]).items()})
     metrics[TIME_FINAL] = time.perf_counter() - start
     return Evaluation(metrics, points)
