@@ -151,7 +151,8 @@ class FinalReport:
         """What a model card says of `candidate`'s seed-0 model and of its recipe."""
         own = candidate.evaluations.get(self.seeds[0])
         clean = own.points.get(COLUMNS[0][1]) if own is not None else None
-        means = {t: i for t, m in COLUMNS if (i := candidate.interval(m)) is not None}
+        means = {t: i for t, m in (*COLUMNS, *self.families)
+                 if (i := candidate.interval(m)) is not None}
         return FinalFacts(own.metrics if own else None,
                           None if clean is None else len(clean), means, self.seeds)
 

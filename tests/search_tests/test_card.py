@@ -152,6 +152,8 @@ def test_every_exported_model_has_its_card_on_disk_and_in_mlflow(
         assert set(test["sealed"]["families"]) == {"Fog"}
         assert set(test["heldout"]["families"]) == {"L2", "Elastic"}
         assert model.card["over_seeds"]["seeds"] == row["seeds"]
+        # each family's mean over the seeds, titled as in the final table's per-family rows
+        assert {"sealed Fog", "held-out Elastic"} <= set(model.card["over_seeds"]["means"])
         files = {a.path for a in client.list_artifacts(info.parent_run_id, f"final/{label}")}
         assert {f"final/{label}/model.pt", f"final/{label}/model.card.json",
                 f"final/{label}/model.card.md"} <= files
