@@ -271,10 +271,9 @@ def family_columns(candidates: Sequence[Candidate]) -> list[tuple[str, str]]:
         prefix = f"{Split.TEST}/{group}/"
         for c in candidates:
             for e in c.evaluations.values():
-                for key in e.points:
-                    family = key.removeprefix(prefix).removesuffix(f"/{Stat.ACC}")
-                    if key.startswith(prefix) and key.endswith(f"/{Stat.ACC}") \
-                            and "/" not in family:
+                for key in e.points:  # test/sealed/Blur/acc, not test/sealed/mean_acc
+                    family, _, stat = key.removeprefix(prefix).partition("/")
+                    if key.startswith(prefix) and stat == Stat.ACC:
                         out.setdefault(key, f"{kind} {family}")
     return [(title, key) for key, title in out.items()]
 
