@@ -2,6 +2,7 @@
 
     python bench/calibrate_unforeseen.py                 # digits and mnist5k
     python bench/calibrate_unforeseen.py --datasets digits --points 128
+    python bench/calibrate_unforeseen.py --families Whirlpool,Glitch,Prison
 
 For each data set it trains (or loads from the cache) a standard model (the undefended target
 every search prepares) and a PGD adversarially trained one, then prints, per family and level,
@@ -41,7 +42,7 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def calibrate(dataset: str, points: int, out: Path) -> str:
+def calibrate(dataset: str, points: int, out: Path, only: list[str] | None = None) -> str:
     base = TrialConfig(dataset=dataset, epochs=12, eval_every=12, batch_size=32,
                        teacher_epochs=10, masking_samples=0, eval_samples=points,
                        heldout=("PGDL2",))
@@ -62,7 +63,7 @@ def calibrate(dataset: str, points: int, out: Path) -> str:
                  f"{level}: budget, standard, PGD-AT, standard (no gradient)"
                  for level in LEVELS) + " |",
              "|---|---|" + "---|" * len(LEVELS)]
-    families = sorted(threat.levels)
+    families = [name for name in sorted(threat.levels) if not only or name in only]
     examples = {}
     for family in families:
         cells = []
@@ -85,7 +86,8 @@ def calibrate(dataset: str, points: int, out: Path) -> str:
                     .corruption).doc.split(";")[-1].strip()  # type: ignore[attr-defined]
         lines.append(f"| {family} | {unit} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
-    _grid(x[:4], examples, families, out / f"unforeseen-{dataset}.png")
+    suffix = "".join(f"-{name.lower()}" for name in only or [])  # a part: its own picture
+    _grid(x[:4], examples, families, out / f"unforeseen-{dataset}{suffix}.png")
     return "\n".join(lines)
 
 
@@ -118,11 +120,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="digits,mnist5k")
     p.add_argument("--points", type=int, default=256, help="validation points per data set")
+    p.add_argument("--families", default="",
+                   help="comma-separated families to calibrate (default: every one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    tables = [calibrate(name, args.points, args.out) for name in args.datasets.split(",")]
+    only = [name for name in args.families.split(",") if name]
+    tables = [calibrate(name, args.points, args.out, only) for name in args.datasets.split(",")]
     print("\n\n".join(tables))
 
 

@@ -85,7 +85,9 @@ def test_a_success_outside_the_budget_does_not_count(family: str, digits_model: 
     x_adv = attack(x, y)
     assert attack.within_budget(x, x_adv).all()
     assert attack.last_latents is not None
-    too_far = [3 * latent + 1 for latent in attack.last_latents]  # pushed out of every box
+    boxes = attack.corruption.boxes()  # every latent pushed above its box
+    too_far = [latent + box.high - box.low + 1
+               for latent, box in zip(attack.last_latents, boxes, strict=True)]
     attack.last_latents = too_far
     with torch.no_grad():
         x_far = attack.corruption.apply(x, too_far).clamp(0, 1)
@@ -97,7 +99,7 @@ def test_a_success_outside_the_budget_does_not_count(family: str, digits_model: 
 @pytest.mark.parametrize(("name", "message"), [
     ("Elastic", "needs a distortion level: Elastic@low, Elastic@medium, Elastic@high"),
     ("Elastic@extreme", "level 'extreme' does not exist; choose low, medium, high"),
-    ("Whirlpool@medium", "unknown attack 'Whirlpool'"),
+    ("Kaleidoscope@medium", "unknown attack 'Kaleidoscope'"),
     ("PGD@high", "an Lp attack takes no level"),
 ])
 def test_bad_attack_names_are_one_clear_line(name: str, message: str) -> None:

@@ -397,7 +397,8 @@ _ATTACKS.add("Pixle", AttackSpec("Pixle", L0, SPARSE, Impl.SPARSE, "Pixle", {
 # The non-Lp families, and the budget ceiling of those whose budget is a mixing weight
 CORRUPTIONS: dict[str, float | None] = {
     "Spatial": None, "Flow": None, "Elastic": None, "JPEG": None, "Contrast": None,
-    "Fog": None, "Snow": None, "Gabor": None, "Blur": 1.0}
+    "Fog": None, "Snow": None, "Gabor": None, "Blur": 1.0,
+    "Whirlpool": None, "Glitch": None, "Prison": None}
 FAMILY_MAX_BUDGET: dict[str, float] = {k: v for k, v in CORRUPTIONS.items() if v is not None}
 
 

@@ -334,6 +334,101 @@ class Gabor(Family):
         return x + self.budget * noise / peak
 
 
+class Whirlpool(Family):
+    doc = ("swirls (ImageNet-UA's Whirlpool): three vortices at random centres, each turning "
+           "the image about its centre by s exp(-r^2 / rho^2); budget: the largest turn s at a "
+           "centre, in radians, either way")
+
+    VORTICES = 3
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        super().prepare(x, generator)
+        shape = (len(x), self.VORTICES)
+        size = x.new_tensor([self.width - 1, self.height - 1])
+        self.centres = torch.rand(*shape, 2, generator=generator, device=x.device,
+                                  dtype=x.dtype) * size
+        self.radii = (0.2 + 0.2 * torch.rand(shape, generator=generator, device=x.device,
+                                             dtype=x.dtype)) * self.width
+
+    def rows(self, index: torch.Tensor) -> Family:
+        part = copy.copy(self)
+        part.centres, part.radii = self.centres[index], self.radii[index]
+        return part
+
+    def boxes(self) -> list[Box]:
+        return [Box(-self.budget, self.budget)]
+
+    def shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self.VORTICES)]
+
+    def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
+        (strength,) = latents
+        grid = create_meshgrid(self.height, self.width, normalized_coordinates=False,
+                               device=x.device, dtype=x.dtype).expand(len(x), -1, -1, -1)
+        for k in range(self.VORTICES):  # each vortex turns the coordinates the last one left
+            centre = self.centres[:, k].view(-1, 1, 1, 2)
+            d = grid - centre
+            radius = self.radii[:, k].view(-1, 1, 1)
+            angle = strength[:, k].view(-1, 1, 1) * torch.exp(-(d**2).sum(-1) / radius**2)
+            cos, sin = angle.cos(), angle.sin()
+            grid = centre + torch.stack((cos * d[..., 0] - sin * d[..., 1],
+                                         sin * d[..., 0] + cos * d[..., 1]), dim=-1)
+        return KT.remap(x, grid[..., 0], grid[..., 1], mode="bilinear",
+                        padding_mode="border", align_corners=True)
+
+
+class Glitch(Family):
+    doc = ("a torn image (a digital glitch): bands of rows, each shifted sideways on its own; "
+           "budget: the largest shift in pixels")
+
+    def _bands(self) -> int:
+        return max(2, self.height // 4)
+
+    def boxes(self) -> list[Box]:
+        return [Box(-self.budget, self.budget)]
+
+    def shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self._bands())]
+
+    def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
+        (shift,) = latents
+        band = torch.arange(self.height, device=x.device) * self._bands() // self.height
+        grid = create_meshgrid(self.height, self.width, normalized_coordinates=False,
+                               device=x.device, dtype=x.dtype)
+        columns = grid[..., 0] + shift[:, band].unsqueeze(-1)  # (B, H, W): a row's own shift
+        return KT.remap(x, columns, grid[..., 1].expand_as(columns), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+
+
+class Prison(Family):
+    doc = ("prison bars (ImageNet-UA's Prison): vertical bars a fourteenth of the width "
+           "wide, one every quarter of it, at a random phase, whose pixels the attack changes "
+           "freely; budget: the largest change of a bar pixel")
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        super().prepare(x, generator)
+        spacing = max(3, self.width // 4)
+        phase = torch.randint(spacing, (len(x), 1), generator=generator, device=x.device)
+        column = torch.arange(self.width, device=x.device)
+        bars = (column - phase) % spacing < max(1, self.width // 14)
+        self.mask = bars.to(x.dtype).view(len(x), 1, 1, self.width)
+
+    def rows(self, index: torch.Tensor) -> Family:
+        part = copy.copy(self)
+        part.mask = self.mask[index]
+        return part
+
+    def boxes(self) -> list[Box]:
+        return [Box(-self.budget, self.budget)]
+
+    def shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self.channels, self.height, self.width)]
+
+    def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
+        (change,) = latents
+        return x + self.mask * change
+
+
 def gabor_kernels(theta: torch.Tensor, *, size: int) -> torch.Tensor:
     """One Gabor kernel per orientation (B, size, size), L1-normalised (kornia has none)."""
     r = torch.arange(size, dtype=theta.dtype, device=theta.device) - (size - 1) / 2

@@ -40,11 +40,13 @@ _LEVELS_8PX = {  # digits, 8x8: Blur means little at this size (see the README)
     "Spatial": (10, 20, 30), "Flow": (0.15, 0.25, 0.4), "Elastic": (0.07, 0.12, 0.2),
     "JPEG": (0.4, 0.8, 1.5), "Contrast": (0.25, 0.5, 0.8), "Fog": (0.2, 0.4, 0.7),
     "Snow": (0.25, 0.5, 0.8), "Blur": (0.5, 0.8, 1.0), "Gabor": (0.2, 0.35, 0.5),
+    "Whirlpool": (0.5, 1.0, 1.5), "Glitch": (0.5, 1.0, 2.0), "Prison": (0.3, 0.5, 0.8),
     "Perceptual": (0.15, 0.3, 0.5)}
 _LEVELS_28PX = {  # mnist5k, mnist, fashion_mnist: 28x28
     "Spatial": (10, 20, 30), "Flow": (0.3, 0.5, 0.8), "Elastic": (0.07, 0.12, 0.2),
     "JPEG": (0.4, 0.8, 1.5), "Contrast": (0.4, 0.8, 1.2), "Fog": (0.3, 0.5, 0.8),
     "Snow": (0.4, 0.7, 1.0), "Blur": (0.6, 0.9, 1.0), "Gabor": (0.2, 0.35, 0.5),
+    "Whirlpool": (0.5, 1.0, 1.5), "Glitch": (1.5, 3.0, 5.0), "Prison": (0.4, 0.6, 0.8),
     "Perceptual": (0.15, 0.3, 0.5)}
 # cifar10, svhn (32x32 RGB): not calibrated here (no CIFAR files offline); scaled from the 28x28
 # levels toward ImageNet-UA's CIFAR-10 ones (JPEG 1/255..6/255 per coefficient, Elastic 0.1..0.5)
