@@ -18,7 +18,7 @@ from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.setting.setup import resolve_setup
 
-SHIPPED = ["mid", "mid-query", "mnist5k", "paper", "smoke"]
+SHIPPED = ["mid", "mid-query", "mnist5k", "mnist5k-fresh", "paper", "smoke"]
 
 # A small valid space; tests copy it, change one thing and write it to tmp_path.
 TINY: dict[str, Any] = {
@@ -85,6 +85,21 @@ def test_shipped_space_attack_sets_are_disjoint(name: str) -> None:
     assert not pool & heldout
     assert not pool & sealed
     assert not heldout & sealed
+
+
+def test_mnist5k_fresh_is_mnist5k_with_only_its_family_split_changed() -> None:
+    first, fresh = spaces.load("mnist5k"), spaces.load("mnist5k-fresh")
+    # the same recipe space, baselines and budget: only which families score what differs
+    assert fresh.params == first.params and fresh.pool == first.pool
+    assert fresh.baselines == first.baselines and fresh.search == first.search
+    assert ({k: v for k, v in fresh.base.items() if k not in ("heldout", "sealed")}
+            == {k: v for k, v in first.base.items() if k not in ("heldout", "sealed")})
+    assert "Blur@medium" in fresh.base["heldout"]  # the search now sees a smoothing family
+    assert "Blur@medium" in first.base["sealed"]
+    assert set(fresh.base["heldout"]) >= set(first.base["heldout"])
+    # the fresh families are sealed, and the first split's other sealed ones stay sealed
+    assert {"Whirlpool@medium", "Glitch@medium", "Prison@medium"} <= set(fresh.base["sealed"])
+    assert set(first.base["sealed"]) - {"Blur@medium"} <= set(fresh.base["sealed"])
 
 
 def test_mid_searches_all_four_dimensions() -> None:
@@ -175,7 +190,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 def test_unknown_space_name_lists_the_spaces() -> None:
     with pytest.raises(SpaceError,
                        match="unknown space 'nope'; choose one of mid, mid-query, mnist5k, "
-                             "paper, smoke"):
+                             "mnist5k-fresh, paper, smoke"):
         spaces.load("nope")
 
 
