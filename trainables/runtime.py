@@ -15,7 +15,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.vocab import time_key
 
-__all__ = ["Stopwatch", "resolve_device", "seed_everything", "set_threads"]
+__all__ = ["Stopwatch", "pinned_threads", "resolve_device", "seed_everything", "set_threads"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -39,6 +39,17 @@ def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to `threads` inside the block, and restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

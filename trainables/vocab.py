@@ -38,6 +38,7 @@ __all__ = [
     "MASKING_REPEATS",
     "MASKING_STEPS_GAP",
     "MASKING_UNBOUNDED_SUCCESS",
+    "PREPARE_THREADS",
     "SEALED_STRENGTH",
     "TEACHER_LR",
     "THREAT_PGD10",
@@ -296,6 +297,11 @@ FIDELITY_STRENGTH = "fidelity/strength"
 
 SEALED_STRENGTH = 2.0  # the final report runs attacks at twice their iterations and queries
 TEACHER_LR = 1e-3  # Adam, for the teacher and the undefended target (clean training)
+# torch's CPU threads while the shared models are trained and the transfer sets crafted: float
+# sums split by thread count, so without a pin the cached teacher was whatever the first process
+# to fill the cache had (1 thread in bench/demo.py's reference step, which ran before every
+# figure's search; 2 in `make demo`'s driver on this machine) and every later number moved with it
+PREPARE_THREADS = 1
 CRAFT_BATCH = 512  # batch size when crafting train-set examples on the target once
 TRANSFER_BATCH = 256  # batch size when crafting the transfer sets on the target
 EPOCH_SEED_STRIDE = 1000  # epoch e of seed s shuffles with seed s * 1000 + e

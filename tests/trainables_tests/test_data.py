@@ -303,3 +303,28 @@ def test_the_teacher_cache_is_keyed_by_the_code_and_the_packages(
     monkeypatch.setattr(prepare, "source_hash", lambda *_: "other code or packages")
     prepare.prepare_shared(config, log=lambda _: None)
     assert len({p.name for p in tmp_path.iterdir()} - folders) == 1  # trained afresh
+
+
+def test_the_teacher_is_the_same_whoever_trains_it_first(tmp_path: Path) -> None:
+    """The cached teacher depends on neither the caller's torch threads nor which tool filled
+    the cache (found 2026-12-05: a calibration at batch 32 filled the cache that a search at
+    batch 64 then read, and 1 and 2 threads trained different teachers)."""
+    from trainables.config import TrialConfig
+    from trainables.setting.prepare import prepare_shared
+
+    def teacher(threads: int, folder: str, batch_size: int = 32) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            config = TrialConfig(dataset="digits", teacher_epochs=2, batch_size=batch_size,
+                                 cache_dir=str(tmp_path / folder))
+            shared = prepare_shared(config, log=lambda _: None)
+        finally:
+            torch.set_num_threads(before)
+        assert torch.get_num_threads() == before  # the pin is undone
+        return list(shared.teacher.encoder.state_dict().values())
+
+    one, two = teacher(1, "one"), teacher(2, "two")
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    teacher(1, "one", batch_size=64)  # another batch size: another teacher, not the cached one
+    assert len(list((tmp_path / "one").iterdir())) == 2

@@ -24,11 +24,12 @@ from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel, ModelParts, build_arch
 from trainables.errors import ConfigError
 from trainables.provenance import source_hash
-from trainables.runtime import resolve_device, seed_everything
+from trainables.runtime import pinned_threads, resolve_device, seed_everything
 from trainables.setting.data import DataSplits, load_dataset
 from trainables.setting.setup import Setup, resolve_setup
 from trainables.vocab import (
     CRAFT_BATCH,
+    PREPARE_THREADS,
     TEACHER_LR,
     TRANSFER_BATCH,
     CraftAgainst,
@@ -84,9 +85,10 @@ class Shared:
             if self.target is None or self.cache_dir is None:
                 raise ConfigError("craft_against=target needs a target model: prepare the "
                                   "shared state with craft_against: target")
-            self.target_examples[slot] = _target_examples(
-                name, self.target, config, self.setup, self.data, self.cache_dir,
-                resolve_device(config.device), log)
+            with pinned_threads(PREPARE_THREADS):  # cached: the same whoever crafts it
+                self.target_examples[slot] = _target_examples(
+                    name, self.target, config, self.setup, self.data, self.cache_dir,
+                    resolve_device(config.device), log)
         return self.target_examples[slot]
 
 
@@ -98,6 +100,7 @@ def cache_root(cache_dir: str | None) -> Path:
 def _key(config: TrialConfig, setup: Setup, data: DataSplits) -> str:
     ident = {"v": CACHE_VERSION, "dataset": config.dataset, "arch": setup.arch,
              "seed": config.data_seed, "epochs": config.teacher_epochs,
+             "batch_size": config.batch_size,  # the teacher's and the target's batches
              "sizes": [len(data.train_y), len(data.val_y), len(data.test_y)],
              "train_sum": float(data.train_x.double().sum()), "code": source_hash(*_CODE)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -161,8 +164,14 @@ def prepare_shared(config: TrialConfig, *, pool_candidates: Sequence[str] = (),
     """Loads the data and trains (or loads from cache) the teacher, and the target if needed.
 
     `pool_candidates`: every attack any trial of the search may put in its pool; with
-    craft_against=target their train-set examples are crafted once here.
+    craft_against=target their train-set examples are crafted once here. Everything it trains
+    or crafts is cached, so it runs at PREPARE_THREADS whatever the caller's threads are.
     """
+    with pinned_threads(PREPARE_THREADS):
+        return _prepare(config, pool_candidates, log)
+
+
+def _prepare(config: TrialConfig, pool_candidates: Sequence[str], log: Log) -> Shared:
     setup = resolve_setup(config, extra_attacks=pool_candidates)
     data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed,
                         download=config.download)
