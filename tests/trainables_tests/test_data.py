@@ -319,9 +319,9 @@ def test_the_teacher_is_the_same_whoever_trains_it_first(tmp_path: Path) -> None
             config = TrialConfig(dataset="digits", teacher_epochs=2, batch_size=batch_size,
                                  cache_dir=str(tmp_path / folder))
             shared = prepare_shared(config, log=lambda _: None)
+            assert torch.get_num_threads() == threads  # the pin gives the caller's back
         finally:
             torch.set_num_threads(before)
-        assert torch.get_num_threads() == before  # the pin is undone
         return list(shared.teacher.encoder.state_dict().values())
 
     one, two = teacher(1, "one"), teacher(2, "two")
