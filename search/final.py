@@ -72,7 +72,7 @@ from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError
 from trainables.files import write_atomic
 from trainables.scoring.final import Evaluation, final_evaluation
-from trainables.scoring.masking import check_claim
+from trainables.scoring.masking import invalidates
 from trainables.scoring.stats import (
     Interval,
     paired_difference,
@@ -82,6 +82,7 @@ from trainables.scoring.stats import (
 )
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
+    MASKING_ANSWERED,
     SEALED_STRENGTH,
     TIME_AUTOATTACK,
     TIME_FINAL,
@@ -375,7 +376,9 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
         if record.baseline:
             baseline_runs.setdefault(record.baseline, entry)
         elif entry.status in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED):
-            invalid = any(check_claim(flag) == space.access for flag in entry.flags)
+            answered = bool(entry.metrics.get(MASKING_ANSWERED, 0.0))
+            invalid = any(invalidates(flag, space.access, answered=answered)
+                          for flag in entry.flags)
             searched.append(((invalid, entry.status != TrialStatus.COMPLETED), entry, record))
     for _, entry, record in sorted(searched, key=lambda s: s[0])[:top_k]:
         done = entry.status == TrialStatus.COMPLETED

@@ -14,6 +14,7 @@ from trainables.scoring.masking import raised_flags
 from trainables.vocab import (
     CLEAN_ACC,
     HELDOUT_MEAN,
+    MASKING_ANSWERED,
     THREAT_PGD10,
     Group,
     Split,
@@ -81,12 +82,14 @@ class ProgressPrinter(Callback):
         done = int(result.get("training_iteration", 0))
         status = trial_status(result, self.max_t)
         flags = raised_flags(result)
-        penalty = (f"; masking flags {', '.join(flags)}: objective zeroed"
-                   if flags and result.get(self.objective) == 0 else "")
+        zeroed = bool(flags) and result.get(self.objective) == 0
+        penalty = f"; masking flags {', '.join(flags or [])}: objective zeroed" if zeroed else ""
         floor, pgd10 = getattr(self, "robust_floor", None), result.get(THREAT_PGD10)
         if (not penalty and floor is not None and pgd10 is not None and pgd10 < floor
                 and status == TrialStatus.COMPLETED):  # early rungs pay nothing
             penalty = f"; PGD-10 {pgd10:.3f} below the robust floor {floor:g}: objective lowered"
+        if flags and not zeroed and result.get(MASKING_ANSWERED):
+            penalty += f"; masking flags {', '.join(flags)}: met by the margin loss"
         note = {TrialStatus.COMPLETED: penalty[2:] and f" ({penalty[2:]})",
                 TrialStatus.FAILED: f" ({result.get(FAILURE_REASON)}; not retried)"}.get(
             status, f" by ASHA after {done}/{self.max_t} evaluations{penalty}")

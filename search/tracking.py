@@ -39,7 +39,7 @@ from trainables.attacks import attack_spec, list_families
 from trainables.attacks.threat import NORMS
 from trainables.errors import ConfigError
 from trainables.scoring.masking import raised_flags
-from trainables.vocab import MASKING, MASKING_ANY, THREAT_PGD10, Group, Stat
+from trainables.vocab import MASKING, MASKING_ANSWERED, MASKING_ANY, THREAT_PGD10, Group, Stat
 
 __all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness_table",
            "stop_running_children", "trial_metrics"]
@@ -88,7 +88,8 @@ def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))
             and not isinstance(v, bool)
-            and (not k.startswith(f"{MASKING}/") or k in (MASKING_ANY, THREAT_PGD10))}
+            and (not k.startswith(f"{MASKING}/")
+                 or k in (MASKING_ANY, MASKING_ANSWERED, THREAT_PGD10))}
 
 
 def masking_record(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ __all__ = [
     "HELDOUT_FAMILY_MEAN",
     "HELDOUT_MEAN",
     "MASKING",
+    "MASKING_ANSWERED",
     "MASKING_ANY",
     "MASKING_DLR_GAP",
     "MASKING_EPS_SWEEP",
@@ -254,6 +255,7 @@ HELDOUT_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.MEAN)
 HELDOUT_FAMILY_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.FAMILY_MEAN)
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
+MASKING_ANSWERED = f"{MASKING}/answered"  # 1: a stronger attack's flags met by margin_and
 # PGD-10 accuracy at the threat model's budget on the masking points: the eps-sweep check
 # reports it at every evaluation, so it is the search's cheap reading of Lp robustness
 THREAT_PGD10 = f"{MASKING}/evidence/pgd10_acc_eps_x1"

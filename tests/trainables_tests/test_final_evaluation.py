@@ -141,6 +141,9 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     model = run_trial(config, shared=smoke_shared, log=lambda _: None).model.eval()
     rung = validation.Rungs.of(config, Fidelity(), smoke_shared, torch.device("cpu")).last
     key, real, anded = "val/heldout/family_mean_acc", validation.adaptive_and, []
+    from trainables.scoring import final
+    for module in (validation, final):  # this test is about adaptive_and alone
+        monkeypatch.setattr(module, "margin_and", lambda model, plain, *_, **__: dict(plain))
 
     def spy(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         anded.append(real(*args, **kwargs))
@@ -155,7 +158,6 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     assert len(anded) == 1 and adaptive == group_metrics("val", "heldout", anded[0])[key]
     monkeypatch.setattr(validation, "adaptive_and", lambda model, plain, *_, **__: dict(plain))
     assert adaptive < score()  # the plain attacks alone overstate this UniG model
-    from trainables.scoring import final
     calls: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
 
     def spy_final(model: Any, plain: dict[str, torch.Tensor], *args: Any, **kwargs: Any
@@ -180,3 +182,46 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     base = DefendedModel(model.encoder, model.head).eval()  # without UniG: plain scores only
     assert "test/adaptive/union_acc" not in final_evaluation(
         base, smoke_shared, config, autoattack=False, log=lambda _: None).metrics
+
+
+def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
+        smoke_space: object, smoke_shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CE saturates on a confident model: the validation objective and the test split's
+    held-out and sealed scores of every model (no UniG here) are the AND of each non-Lp
+    attack on CE with the same attack on the margin loss (masking.margin_and), and the
+    masking report says its stronger-attack flags were met."""
+    from trainables.config import Fidelity
+    from trainables.runtime import Stopwatch
+    from trainables.scoring import final, validation
+    from trainables.scoring.evaluate import group_metrics
+    from trainables.scoring.final import final_evaluation
+    from trainables.train import run_trial
+
+    config = smoke_space.trial_config({}, epochs=1, masking_samples=16)  # type: ignore[attr-defined]
+    model = run_trial(config, shared=smoke_shared, log=lambda _: None,
+                      validation=False).model.eval()
+    rung = validation.Rungs.of(config, Fidelity(), smoke_shared, torch.device("cpu")).last
+    real = validation.margin_and
+    calls: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def spy(model: Any, plain: dict[str, torch.Tensor], *args: Any, **kwargs: Any
+            ) -> dict[str, torch.Tensor]:
+        calls.append((dict(plain), real(model, plain, *args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(validation, "margin_and", spy)
+    metrics = validation.validate(model, smoke_shared, config, rung, final=False,
+                                  watch=Stopwatch())[0]
+    assert len(calls) == 1 and "Elastic@medium" in calls[0][0]
+    for name, value in group_metrics("val", "heldout", calls[0][1]).items():
+        assert metrics[name] == value, name
+    assert metrics["masking/answered"] == 1.0
+    calls.clear()
+    monkeypatch.setattr(final, "margin_and", spy)
+    test = final_evaluation(model, smoke_shared, config, autoattack=False,
+                            log=lambda _: None).metrics
+    assert len(calls) == 2  # the held-out group, then the sealed one
+    for group, (plain, anded) in zip(("heldout", "sealed"), calls, strict=True):
+        for name, value in group_metrics("test", group, anded).items():
+            assert test[name] == value, name
+        assert all(bool((anded[n] <= plain[n]).all()) for n in plain)

@@ -6,17 +6,22 @@ import pytest
 import torch
 from torch import nn
 
+from trainables.attacks import build_attack
 from trainables.attacks.threat import ThreatModel
 from trainables.defense.models import DefendedModel
 from trainables.defense.unig import UniG
+from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.scoring.masking import (
     CheckContext,
     MaskingReport,
+    invalidates,
     list_checks,
+    margin_and,
     more_steps_help,
     one_step_beats_iterative,
     run_masking_checks,
 )
+from trainables.vocab import Access, masking_claim_key
 
 THREAT = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0})
 
@@ -137,3 +142,40 @@ def test_one_step_beating_iterative_is_flagged(digits_model: DefendedModel) -> N
 def test_more_steps_helping_a_lot_is_flagged(digits_model: DefendedModel) -> None:
     assert more_steps_help(_context(digits_model, {"pgd10": 0.60, "pgd50": 0.40}))[0]
     assert not more_steps_help(_context(digits_model, {"pgd10": 0.60, "pgd50": 0.58}))[0]
+
+
+def test_the_margin_pass_breaks_what_a_saturated_ce_cannot(digits_model: DefendedModel) -> None:
+    """On logits x 1e4 CE is exactly 0 on confident points, so a CE-gradient family attack
+    never moves; the margin loss does (what margin_and adds to every held-out and sealed
+    non-Lp score). On the plain model the margin pass can only lower the score."""
+    x, y = digits_model.val_x[:128], digits_model.val_y[:128]  # type: ignore[attr-defined]
+    threat = ThreatModel("Linf", {"Linf": 0.2, "L2": 1.0}, {"Elastic": {"high": 0.2}})
+
+    def scores(model: nn.Module) -> tuple[float, float]:
+        correct = clean_correct(model, x, y, 128)
+        attack = build_attack("Elastic@high", model, threat, num_classes=10)
+        plain = {"Elastic@high": robust_mask(model, attack, x, y, correct, batch_size=128)}
+        both = margin_and(model, plain, x, y, threat, num_classes=10, strength=1.0,
+                          batch_size=128, seed=0)
+        assert bool((both["Elastic@high"] <= plain["Elastic@high"]).all())
+        return (float(plain["Elastic@high"].float().mean()),
+                float(both["Elastic@high"].float().mean()))
+
+    saturated_ce, saturated_both = scores(Saturated(digits_model))
+    plain_ce, plain_both = scores(digits_model)
+    assert saturated_ce > plain_ce + 0.1  # CE is stuck on the saturated copy ...
+    assert saturated_both < saturated_ce - 0.1  # ... the margin loss is not
+    assert plain_both <= plain_ce
+
+
+def test_a_stronger_attacks_flag_is_met_by_the_margin_pass_others_are_not() -> None:
+    flags = {"dlr_much_stronger": True, "more_steps_help": True, "zero_gradient": False}
+    report = MaskingReport(flags, {}, ("dlr_much_stronger", "more_steps_help"))
+    assert report.metrics()[masking_claim_key(Access.WHITE_BOX)] == 1.0  # CE alone: zeroed
+    report.answered = True
+    assert report.metrics()[masking_claim_key(Access.WHITE_BOX)] == 0.0
+    assert report.metrics()["masking/any"] == 1.0  # still reported
+    assert invalidates("zero_gradient", Access.WHITE_BOX, answered=True)
+    assert not invalidates("dlr_much_stronger", Access.WHITE_BOX, answered=True)
+    assert invalidates("dlr_much_stronger", Access.WHITE_BOX, answered=False)
+    assert not invalidates("dlr_much_stronger", Access.SCORES)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import kornia.enhance as KE
 import kornia.enhance.jpeg as kjpeg
@@ -32,6 +33,7 @@ from torch import nn
 
 from trainables.attacks.base import SeededAttack, couples_batch
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
+from trainables.errors import ConfigError
 
 __all__ = ["FAMILIES", "Box", "Family", "TransformAttack", "family"]
 
@@ -462,17 +464,22 @@ def family(name: str, budget: float) -> Family:
 
 class TransformAttack(SeededAttack):
     """Optimises a family's latents against a model: `search` is "gradient" (projected
-    signed-gradient ascent on the CE loss), "random" (random search), "grid" (Spatial's
+    signed-gradient ascent on the loss), "random" (random search), "grid" (Spatial's
     worst-of-k grid) or "draw" (one random corruption, no optimisation: augmentation). Each
     sample keeps the first latents that fool the model, else those of the highest loss
-    seen."""
+    seen. `loss` is "ce" or "margin" (the best other logit minus the true one, Carlini and
+    Wagner's: it does not saturate where CE does, which is what a stronger evaluation of a
+    model with large logits needs)."""
 
     def __init__(self, spec: AttackSpec, model: nn.Module, corruption: Family, *, steps: int = 0,
-                 search: str = "gradient", step_factor: float = 2.5, seed: int = 0,
-                 name: str | None = None) -> None:
+                 search: str = "gradient", step_factor: float = 2.5, loss: str = "ce",
+                 seed: int = 0, name: str | None = None) -> None:
         super().__init__(spec, model, corruption.budget, seed=seed, name=name)
+        if loss not in LOSSES:
+            raise ConfigError(f"{name or spec.name}: loss {loss!r} is not one of "
+                              f"{sorted(LOSSES)}")
         self.corruption, self.steps, self.search = corruption, steps, search
-        self.step_factor = step_factor
+        self.step_factor, self.loss = step_factor, LOSSES[loss]
         self.last_latents: Latents | None = None
 
     def within_budget(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -492,7 +499,7 @@ class TransformAttack(SeededAttack):
         generator = self.generator(x.device)
         corruption = self.corruption
         corruption.prepare(x, generator)
-        best = _Best(self.model, corruption, x, y)
+        best = _Best(self.model, corruption, x, y, self.loss)
         if self.search == "draw":  # one random corruption: the model is never asked
             self.last_latents = corruption.sample(len(x), x.device, generator)
             with torch.no_grad():
@@ -542,8 +549,8 @@ class _Best:
     a served model would see them."""
 
     def __init__(self, model: nn.Module, corruption: Family, x: torch.Tensor,
-                 y: torch.Tensor) -> None:
-        self.model, self.corruption, self.x, self.y = model, corruption, x, y
+                 y: torch.Tensor, loss: Loss) -> None:
+        self.model, self.corruption, self.x, self.y, self.loss_of = model, corruption, x, y, loss
         self.latents: Latents = []
         self.loss = torch.full((len(x),), -math.inf, device=x.device)
         self.fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -569,7 +576,7 @@ class _Best:
             part = [lat[index] for lat in latents]
         with torch.set_grad_enabled(latents[0].requires_grad):
             logits = self.model(corruption.apply(x, part).clamp(0, 1))
-            loss = F.cross_entropy(logits, y, reduction="none")
+            loss = self.loss_of(logits, y)
         wrong, seen = logits.detach().argmax(1) != y, loss.detach()
         if len(x) != len(self.x):  # back to the whole batch; the others are fooled already
             assert index is not None
@@ -581,6 +588,18 @@ class _Best:
         self.loss = torch.where(take, seen, self.loss)
         self.fooled |= wrong
         return loss
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the best other logit minus the true one (> 0: fooled)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    return other - true
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES: dict[str, Loss] = {"ce": partial(F.cross_entropy, reduction="none"),
+                           "margin": margin_loss}
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

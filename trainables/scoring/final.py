@@ -3,7 +3,7 @@ comparison runs on every recipe and seed).
 
 The test split and the sealed attacks are never used while searching. The report holds:
 - `test/heldout/...` and `test/sealed/...`: those attacks at `strength` x their iterations,
-  queries and restarts;
+  queries and restarts, each non-Lp one on the CE and the margin loss (masking.margin_and);
 - `test/transfer/...`: the held-out attacks crafted on the undefended target (MID's own
   protocol), kept apart from the white-box numbers;
 - models with UniG: each gradient-based held-out and sealed attack also run through BPDA and
@@ -48,7 +48,7 @@ from trainables.scoring.evaluate import (
     predict,
     transfer_masks,
 )
-from trainables.scoring.masking import adaptive_and, is_randomized
+from trainables.scoring.masking import adaptive_and, is_randomized, margin_and
 from trainables.scoring.served import adaptive_query_masks, output_change, white_box_names
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared
@@ -207,6 +207,11 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))
         by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()
                                     if attack_spec(name).gradient_based}
+    for group in (Group.HELDOUT, Group.SEALED):  # CE saturates: the margin loss too
+        by_group[group] = margin_and(model, by_group[group], x, y, setup.threat,
+                                     num_classes=setup.info.num_classes, strength=strength,
+                                     batch_size=config.eval_batch_size, seed=config.seed)
+        metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     for group in (Group.TRANSFER, Group.ADAPTIVE, Group.ADAPTIVE_QUERY):
         if by_group.get(group):
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))

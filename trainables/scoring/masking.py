@@ -36,6 +36,7 @@ from trainables.registry import Registry
 from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.vocab import (
     MASKING,
+    MASKING_ANSWERED,
     MASKING_ANY,
     MASKING_DLR_GAP,
     MASKING_EPS_SWEEP,
@@ -54,8 +55,8 @@ from trainables.vocab import (
 )
 
 __all__ = ["CheckContext", "MaskingReport", "StraightThrough", "adaptive_and",
-           "answers_depend_on_asking", "check_claim", "is_randomized", "list_checks",
-           "raised_flags", "run_masking_checks"]
+           "answers_depend_on_asking", "check_claim", "invalidates", "is_randomized",
+           "list_checks", "margin_and", "raised_flags", "run_masking_checks"]
 
 
 
@@ -128,17 +129,28 @@ class _Entry:
     masking: bool  # raised, it counts as masking (not just information)
     quick: bool  # cheap enough (PGD-10 at most) to run at every evaluation of a trial
     claim: Access  # the claim a raised flag invalidates; query checks run for that claim only
+    stronger: bool  # raised, it says a stronger gradient attack exists: margin_and answers it
 
 
 _CHECKS: Registry[_Entry] = Registry("masking check")
 
 
 def register_check(*, masking: bool = True, quick: bool = False,
-                   claim: Access = Access.WHITE_BOX) -> Callable[[Check], Check]:
+                   claim: Access = Access.WHITE_BOX, stronger: bool = False
+                   ) -> Callable[[Check], Check]:
     def decorate(fn: Check) -> Check:
-        _CHECKS.add(fn.__name__, _Entry(fn, masking, quick, claim))
+        _CHECKS.add(fn.__name__, _Entry(fn, masking, quick, claim, stronger))
         return fn
     return decorate
+
+
+def invalidates(name: str, claim: Access, *, answered: bool = False) -> bool:
+    """Whether a raised flag of check `name` invalidates a claim of `claim` access: a masking
+    flag of that claim, unless it says a stronger attack exists and the scores it judges
+    already include one (`answered`: margin_and ran)."""
+    if check_claim(name) != claim:
+        return False
+    return not (answered and _CHECKS.get(name).stronger)
 
 
 def check_claim(name: str) -> Access | None:
@@ -194,6 +206,31 @@ def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: tor
                                    strength=strength, seed=seed)  # judged on the defended model
             mask = robust_mask(model, crafted, x, y, mask, batch_size=batch_size, seed=seed)
         out[name] = mask
+    return out
+
+
+def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Tensor,
+               y: torch.Tensor, threat: ThreatModel, *, num_classes: int, strength: float,
+               batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Each non-Lp gradient attack of `plain` (name -> its robust mask) run again on the
+    margin loss (the best other logit minus the true one), AND-ed with the plain mask.
+
+    CE saturates on a confident model, so a 20-step CE attack on corruption latents stops
+    short: measured on `mnist5k` (validation, 500 points), the held-out family mean of four
+    robust models fell 7-12 points under CE then margin at 5x the steps, and the margin pass
+    at the same steps took most of it (README, "The held-out attacks had not converged"). It
+    is what answers the flags of a stronger attack (more_steps_help, dlr_much_stronger): every
+    score it is part of no longer rests on the saturating loss alone. A point already broken
+    is not attacked again; other attacks keep their plain mask."""
+    out = dict(plain)
+    for name, robust in plain.items():
+        spec = attack_spec(name)
+        if spec.kind != AttackKind.TRANSFORM:
+            continue
+        crafted = build_attack(name, model, threat, num_classes=num_classes, seed=seed,
+                               strength=strength, loss="margin")
+        out[name] = robust_mask(model, crafted, x, y, robust, batch_size=batch_size, seed=seed,
+                                stream=f"{name}/margin")
     return out
 
 
@@ -278,7 +315,7 @@ def one_step_beats_iterative(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return fgsm < pgd - MASKING_GAP, {"fgsm_acc": fgsm, "pgd10_acc": pgd}
 
 
-@register_check()
+@register_check(stronger=True)
 def more_steps_help(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#4b: PGD-50 far below PGD-10: short attacks underestimate (noisy or flat gradients)."""
     pgd10 = c.accuracy("pgd10", lambda: c.pgd(c.model, 10))
@@ -286,7 +323,7 @@ def more_steps_help(c: CheckContext) -> tuple[bool, dict[str, float]]:
     return pgd50 < pgd10 - MASKING_STEPS_GAP, {"pgd10_acc": pgd10, "pgd50_acc": pgd50}
 
 
-@register_check()
+@register_check(stronger=True)
 def dlr_much_stronger(c: CheckContext) -> tuple[bool, dict[str, float]]:
     """#5: APGD with the DLR loss far stronger than with CE (saturated or rescaled logits)."""
     if c.num_classes < 3:
@@ -495,19 +532,22 @@ class MaskingReport:
     masking: tuple[str, ...]  # the raised flags that count as masking
     seconds: dict[str, float] = field(default_factory=dict)  # per check (shared attacks: the
     # first check that runs one pays for it)
+    answered: bool = False  # the scores it judges include margin_and: `stronger` flags are met
 
     @property
     def masked(self) -> bool:
         return bool(self.masking)
 
     def invalidated(self, claim: Access) -> tuple[str, ...]:
-        """The raised flags that invalidate a claim of `claim` access."""
-        return tuple(n for n in self.masking if check_claim(n) == claim)
+        """The raised flags that invalidate a claim of `claim` access (once `answered`, not
+        those a stronger attack met)."""
+        return tuple(n for n in self.masking if invalidates(n, claim, answered=self.answered))
 
     def metrics(self, prefix: str = MASKING) -> dict[str, float]:
         out = {f"{prefix}/{name}": float(raised) for name, raised in self.flags.items()}
         out.update({f"{prefix}/evidence/{k}": v for k, v in self.evidence.items()})
         out[f"{prefix}/any"] = float(self.masked)
+        out[f"{prefix}/answered"] = float(self.answered)
         out.update({masking_claim_key(claim): float(bool(self.invalidated(claim)))
                     for claim in (Access.WHITE_BOX, Access.SCORES)})
         out.update({time_key(prefix, name): s for name, s in self.seconds.items()})
@@ -521,7 +561,8 @@ def raised_flags(metrics: Mapping[str, Any], *, informational: bool = False
     if MASKING_ANY not in metrics:
         return None
     return [name for key, value in metrics.items()
-            if key.count("/") == 1 and key.startswith(f"{MASKING}/") and key != MASKING_ANY
+            if key.count("/") == 1 and key.startswith(f"{MASKING}/")
+            and key not in (MASKING_ANY, MASKING_ANSWERED)
             and value and ((name := key.split("/")[1]) not in MASKING_INFORMATIONAL
                            or informational)]
 

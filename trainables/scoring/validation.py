@@ -1,6 +1,7 @@
 """A trial's evaluation on the validation split: the white-box pool and held-out groups (a UniG
 model's held-out attacks also adaptive, masking.adaptive_and: the objective is what an attacker
-who knows the defense reaches), the transfer group and the gradient-masking checks (the cheap
+who knows the defense reaches; every non-Lp one also on the margin loss, masking.margin_and),
+the transfer group and the gradient-masking checks (the cheap
 ones at every evaluation, the whole list at the last one), at the fidelity of the evaluation
 (ASHA's early rungs score fewer points at a lower attack strength than the last one)."""
 
@@ -23,7 +24,7 @@ from trainables.scoring.evaluate import (
     group_points,
     transfer_masks,
 )
-from trainables.scoring.masking import adaptive_and, run_masking_checks
+from trainables.scoring.masking import adaptive_and, margin_and, run_masking_checks
 from trainables.scoring.served import output_change
 from trainables.setting.prepare import Shared
 from trainables.vocab import (
@@ -109,14 +110,15 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
             heldout = adaptive_and(model, heldout, x, y, setup.threat,
                                    num_classes=setup.info.num_classes, strength=rung.strength,
                                    batch_size=config.eval_batch_size, seed=config.seed)
-            metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
+        heldout = margin_and(model, heldout, x, y, setup.threat,
+                             num_classes=setup.info.num_classes, strength=rung.strength,
+                             batch_size=config.eval_batch_size, seed=config.seed)
+        margined = any(attack_spec(n).kind == AttackKind.TRANSFORM for n in heldout)
+        metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
     teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
     metrics.update(output_change(model, teacher, x, split=Split.VAL,
                                  batch_size=config.eval_batch_size)[0])
-    points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
-              for stat, values in group_points(heldout).items()}
-    points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
     transfer = shared.transfer.get(Split.VAL)
     if transfer and not rung.heldout_only:  # crafted on the undefended target: apart
         sets = {n: t[:len(y)] for n, t in transfer.items()}  # the same first points
@@ -132,5 +134,9 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                                         seed=config.seed, quick=not final,
                                         attacks=(*config.pool, *config.heldout),
                                         claim=config.access)
+        report.answered = margined  # the objective did not rest on CE alone
         metrics.update(report.metrics(MASKING))
+    points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
+              for stat, values in group_points(heldout).items()}
+    points[CLEAN_ACC] = masks[Group.CLEAN].float().cpu().numpy()
     return metrics, points
