@@ -68,7 +68,8 @@ def objective_value(metrics: Mapping[str, float], space: Space, *, final: bool =
     """The space's objective, zeroed when a masking check raised a flag that invalidates the
     space's claim (search.penalize_flags): a score that only looks robust against the attacker
     the space assumes must not win the search. A gradient-masking flag does not zero a query
-    claim, nor a query flag a white-box one (every flag stays reported). A `final` evaluation
+    claim, nor a query flag a white-box one, nor a stronger attack's flag an objective that
+    includes one (masking.invalidates; every flag stays reported). A `final` evaluation
     also pays for its shortfall below search.robust_floor."""
     value = metrics[space.search.objective]
     claim = masking_claim_key(space.access)

@@ -10,7 +10,8 @@ model (EOT, BPDA) but are no masking by themselves; every other raised flag coun
 of the claim its check judges: the gradient checks invalidate a white-box claim (a defense
 served behind an API may well hide its gradients), the query checks (run for a scores claim)
 invalidate a query claim. Every flag is reported; only those of the trial's own claim zero a
-search objective (`masking/claim/<access>`).
+search objective (`masking/claim/<access>`), and not those that say a stronger attack exists
+(`stronger`) when the scores they judge include one (`margin_and`: `masking/answered`).
 """
 
 from __future__ import annotations
