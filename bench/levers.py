@@ -32,7 +32,14 @@ import numpy as np
 
 import spaces
 from trainables.scoring.stats import paired_difference
-from trainables.vocab import CLEAN_ACC, THREAT_PGD10, Group, Split, group_metric
+from trainables.vocab import (
+    CLEAN_ACC,
+    SCORING_VERSION,
+    THREAT_PGD10,
+    Group,
+    Split,
+    group_metric,
+)
 
 UNION = group_metric(Split.VAL, Group.HELDOUT, "union_acc")
 # with --autoattack N: the official AutoAttack on the first N validation points (the real thing)
@@ -223,7 +230,7 @@ def _flags(runs: list[dict[str, float]]) -> list[str]:
     """The masking flags raised in any of `runs`."""
     return sorted({k.split("/")[1] for m in runs for k, v in m.items()
                    if k.startswith("masking/") and k.count("/") == 1
-                   and k != "masking/any" and v})
+                   and k not in ("masking/any", "masking/answered") and v})
 
 
 def _cell(values: list[float]) -> str:
@@ -242,8 +249,10 @@ def merge(space: spaces.Space, sources: list[str], out: str,
     overrides = overrides or []
     known = set(space.params) | set(space.pool.flags(space.pool.candidates))
     levers: dict[str, Any] = {}
+    scorings = []
     for source in sources:
         table = json.loads(Path(source).read_text())
+        scorings.append(int(table.get("scoring", 0)))
         found = (table["space"], table["dataset"], table["objective"],
                  table.get("overrides", []))
         expected = (space.name, space.base["dataset"], space.search.objective, overrides)
@@ -265,8 +274,8 @@ def merge(space: spaces.Space, sources: list[str], out: str,
             levers.setdefault(name, {**lever, "values": values})
     Path(out).write_text(json.dumps(
         {"space": space.name, "dataset": space.base["dataset"],
-         "objective": space.search.objective, "overrides": overrides, "sources": sources,
-         "levers": levers},
+         "objective": space.search.objective, "scoring": min(scorings, default=0),
+         "overrides": overrides, "sources": sources, "levers": levers},
         indent=1, default=str))
     print(f"{len(levers)} levers from {len(sources)} tables written to {out}")
 
@@ -361,7 +370,8 @@ def main() -> None:
                    for lv in levers}
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {"space": space.name, "dataset": space.base["dataset"], "objective": objective,
-             "overrides": args.overrides, "seeds": args.seeds, "levers": recipes,
+             "scoring": SCORING_VERSION, "overrides": args.overrides, "seeds": args.seeds,
+             "levers": recipes,
              "runs": {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
                       for name, rows in runs.items()}}, indent=1, default=str))
         print(f"written to {args.out} (+ .json)")

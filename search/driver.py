@@ -54,6 +54,7 @@ from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
     CLEAN_ACC,
     GROUP_STATS,
+    SCORING_VERSION,
     Group,
     Split,
     Stat,
@@ -337,7 +338,7 @@ def _write_search_info(plan: SearchPlan, experiment_id: str, parent_id: str,
     write_atomic(out / ARTIFACT.SPACE, yaml.safe_dump(dict(plan.space.raw), sort_keys=False))
     SearchInfo(plan.name, plan.space.name, plan.mlflow_uri, plan.experiment, experiment_id,
                parent_id, plan.storage_path, plan.optuna_storage, plan.seed, resources,
-               plan.address, cache_dir, plan.mode).write(out)
+               plan.address, cache_dir, plan.mode, SCORING_VERSION).write(out)
 
 
 def _compare_with_baselines(client: Any, experiment_id: str, parent_id: str, results: Any,

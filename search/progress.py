@@ -10,12 +10,11 @@ from ray.tune import Callback
 from search.records import trial_status
 from search.vocab import FAILURE_REASON, TrialStatus
 from spaces import RECORD_KEY, TrialRecord
-from trainables.scoring.masking import raised_flags
+from trainables.scoring.masking import floor_accuracy, raised_flags, stronger_flags
 from trainables.vocab import (
     CLEAN_ACC,
     HELDOUT_MEAN,
     MASKING_ANSWERED,
-    THREAT_PGD10,
     Group,
     Split,
     Stat,
@@ -84,12 +83,15 @@ class ProgressPrinter(Callback):
         flags = raised_flags(result)
         zeroed = bool(flags) and result.get(self.objective) == 0
         penalty = f"; masking flags {', '.join(flags or [])}: objective zeroed" if zeroed else ""
-        floor, pgd10 = getattr(self, "robust_floor", None), result.get(THREAT_PGD10)
-        if (not penalty and floor is not None and pgd10 is not None and pgd10 < floor
+        met = stronger_flags(result) if result.get(MASKING_ANSWERED) and not zeroed else []
+        floor, robust = getattr(self, "robust_floor", None), floor_accuracy(result)
+        if (not penalty and floor is not None and robust < floor  # NaN: not measured
                 and status == TrialStatus.COMPLETED):  # early rungs pay nothing
-            penalty = f"; PGD-10 {pgd10:.3f} below the robust floor {floor:g}: objective lowered"
-        if flags and not zeroed and result.get(MASKING_ANSWERED):
-            penalty += f"; masking flags {', '.join(flags)}: met by the margin loss"
+            attack = "the strongest Linf attack" if met else "PGD-10"
+            penalty = (f"; {attack} {robust:.3f} below the robust floor {floor:g}: "
+                       "objective lowered")
+        if met:
+            penalty += f"; masking flags {', '.join(met)}: met by the margin loss"
         note = {TrialStatus.COMPLETED: penalty[2:] and f" ({penalty[2:]})",
                 TrialStatus.FAILED: f" ({result.get(FAILURE_REASON)}; not retried)"}.get(
             status, f" by ASHA after {done}/{self.max_t} evaluations{penalty}")

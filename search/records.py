@@ -77,6 +77,7 @@ class SearchInfo:
     address: str | None
     cache_dir: str | None
     mode: Mode = Mode.MAX
+    scoring: int = 0  # trainables.vocab.SCORING_VERSION when it ran (0: before there was one)
 
     def write(self, folder: Path) -> None:
         write_atomic(folder / ARTIFACT.SEARCH_INFO, json.dumps(

@@ -81,9 +81,10 @@ def stop_running_children(client: MlflowClient, experiment_id: str, parent_id: s
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The project's metrics in a Tune result (no config/*, pid, timestamp noise).
 
-    Of the masking checks only `masking/any` and the PGD-10 accuracy the search's robust floor
-    reads are metrics; the flags raised go to the `masking_flags` tag and the evidence to
-    masking.json, so they do not bury the held-out numbers in the UI's metric lists.
+    Of the masking checks only `masking/any`, `masking/answered` and the PGD-10 accuracy the
+    search's robust floor reads are metrics; the flags raised go to the `masking_flags` tag and
+    the evidence to masking.json, so they do not bury the held-out numbers in the UI's metric
+    lists.
     """
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))
@@ -95,7 +96,9 @@ def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 def masking_record(result: Mapping[str, Any]) -> dict[str, Any]:
     """Every check's flag and evidence, for masking.json."""
     return {"flags": {k.split("/")[1]: bool(v) for k, v in result.items()
-                      if k.count("/") == 1 and k.startswith(f"{MASKING}/")},
+                      if k.count("/") == 1 and k.startswith(f"{MASKING}/")
+                      and k != MASKING_ANSWERED},
+            "answered": bool(result.get(MASKING_ANSWERED, 0.0)),
             "evidence": {k.split("/", 2)[2]: v for k, v in result.items()
                          if k.startswith(f"{MASKING}/evidence/")}}
 

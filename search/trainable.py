@@ -32,6 +32,7 @@ from spaces import RECORD_KEY, Mode, Space, TrialRecord
 from trainables.defense.export import save_defended_model
 from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError, TrialFailedError
+from trainables.scoring.masking import floor_accuracy
 from trainables.setting.prepare import Shared
 from trainables.train import Points, run_trial
 from trainables.vocab import (
@@ -81,13 +82,14 @@ def objective_value(metrics: Mapping[str, float], space: Space, *, final: bool =
 
 
 def robust_shortfall(metrics: Mapping[str, float], space: Space) -> float:
-    """How far a recipe's PGD-10 accuracy is below the space's robust floor (0 without one).
+    """How far a recipe's PGD-10 accuracy (masking.floor_accuracy) is below the space's robust
+    floor (0 without one).
     Only a full-length trial pays it: at an early rung every recipe is still far below the
     floor, and ASHA compares recipes at the same rung anyway."""
     floor = space.search.robust_floor
     if floor is None:
         return 0.0
-    measured = metrics.get(THREAT_PGD10, math.nan)
+    measured = floor_accuracy(metrics)  # PGD-10, or a stronger attack's where one is flagged
     if not math.isfinite(measured):  # the space's checks make it reported: a bug, not a retry
         raise TrialFailedError(f"search.robust_floor={floor} needs {THREAT_PGD10}, which this "
                                f"evaluation did not report ({measured})")

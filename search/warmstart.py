@@ -26,6 +26,7 @@ from search.records import SearchInfo
 from search.vocab import ARTIFACT
 from spaces import ORIGIN, Space, SpaceError, load
 from trainables.errors import ConfigError
+from trainables.vocab import SCORING_VERSION
 
 __all__ = ["WarmStart", "load_warm_start", "seed_study"]
 
@@ -82,7 +83,7 @@ def _from_search(folder: Path, space: Space) -> WarmStart:
             if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
             and len(t.values or ()) == 1 and math.isfinite(t.value)]
     found = WarmStart(str(folder))
-    if _same_problem(earlier, space):
+    if _same_problem(earlier, space) and info.scoring == SCORING_VERSION:
         found.results = done
     else:  # another data set or objective: its values mean nothing here, its recipes might
         best = sorted(done, key=lambda p: p[1], reverse=earlier.search.mode == "max")
@@ -98,6 +99,7 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
         # search's objective is another number, so its recipes come as proposals
         same = (table["space"] == space.name and table["dataset"] == space.base["dataset"]
                 and table["objective"] == space.search.objective
+                and table.get("scoring", 0) == SCORING_VERSION  # scored as now
                 and space.search.robust_floor is None)
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"--warm-start {str(path)!r} is not a lever table written by "
@@ -115,7 +117,8 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
 
 def _same_problem(earlier: Space, space: Space) -> bool:
     """Results carry over only where they mean the same: same space, data set, objective,
-    and the same penalties on it (masking flags, robust floor)."""
+    and the same penalties on it (masking flags, robust floor); the caller also asks for the
+    same way of scoring (SCORING_VERSION)."""
     return (earlier.name == space.name and earlier.base["dataset"] == space.base["dataset"]
             and earlier.search.objective == space.search.objective
             and earlier.search.penalize_flags == space.search.penalize_flags

@@ -40,6 +40,7 @@ __all__ = [
     "MASKING_STEPS_GAP",
     "MASKING_UNBOUNDED_SUCCESS",
     "PREPARE_THREADS",
+    "SCORING_VERSION",
     "SEALED_STRENGTH",
     "TEACHER_LR",
     "THREAT_PGD10",
@@ -256,6 +257,9 @@ HELDOUT_FAMILY_MEAN = group_metric(Split.VAL, Group.HELDOUT, Stat.FAMILY_MEAN)
 MASKING = "masking"
 MASKING_ANY = f"{MASKING}/any"
 MASKING_ANSWERED = f"{MASKING}/answered"  # 1: a stronger attack's flags met by margin_and
+# How held-out and sealed attacks are scored; a search's or lever table's objective values
+# carry over (warm start) only at the same version. 1: non-Lp attacks on CE and margin loss.
+SCORING_VERSION = 1
 # PGD-10 accuracy at the threat model's budget on the masking points: the eps-sweep check
 # reports it at every evaluation, so it is the search's cheap reading of Lp robustness
 THREAT_PGD10 = f"{MASKING}/evidence/pgd10_acc_eps_x1"

@@ -204,14 +204,14 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
                 model, by_group[group], x, y, setup.threat,
                 num_classes=setup.info.num_classes, strength=strength,
                 batch_size=config.eval_batch_size, seed=config.seed)
-            metrics.update(group_metrics(Split.TEST, group, by_group[group]))
-        by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()
-                                    if attack_spec(name).gradient_based}
     for group in (Group.HELDOUT, Group.SEALED):  # CE saturates: the margin loss too
         by_group[group] = margin_and(model, by_group[group], x, y, setup.threat,
                                      num_classes=setup.info.num_classes, strength=strength,
                                      batch_size=config.eval_batch_size, seed=config.seed)
         metrics.update(group_metrics(Split.TEST, group, by_group[group]))
+    if model.unig is not None:  # the held-out ones again, as scored
+        by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()
+                                    if attack_spec(name).gradient_based}
     for group in (Group.TRANSFER, Group.ADAPTIVE, Group.ADAPTIVE_QUERY):
         if by_group.get(group):
             metrics.update(group_metrics(Split.TEST, group, by_group[group]))

@@ -17,6 +17,7 @@ search objective (`masking/claim/<access>`), and not those that say a stronger a
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,15 +50,30 @@ from trainables.vocab import (
     MASKING_REPEATS,
     MASKING_STEPS_GAP,
     MASKING_UNBOUNDED_SUCCESS,
+    THREAT_PGD10,
     Access,
     Norm,
     masking_claim_key,
     time_key,
 )
 
-__all__ = ["CheckContext", "MaskingReport", "StraightThrough", "adaptive_and",
-           "answers_depend_on_asking", "check_claim", "invalidates", "is_randomized",
-           "list_checks", "margin_and", "raised_flags", "run_masking_checks"]
+__all__ = [
+    "CheckContext",
+    "MaskingReport",
+    "StraightThrough",
+    "adaptive_and",
+    "answers_depend_on_asking",
+    "check_claim",
+    "floor_accuracy",
+    "invalidates",
+    "is_randomized",
+    "list_checks",
+    "margin_and",
+    "margin_covers",
+    "raised_flags",
+    "run_masking_checks",
+    "stronger_flags",
+]
 
 
 
@@ -145,6 +161,13 @@ def register_check(*, masking: bool = True, quick: bool = False,
     return decorate
 
 
+def margin_covers(names: Sequence[str]) -> bool:
+    """Whether margin_and strengthens every gradient attack of `names` (all non-Lp): only then
+    does a score of theirs answer the flags of a stronger attack."""
+    gradient = [attack_spec(n).kind for n in names if attack_spec(n).gradient_based]
+    return bool(gradient) and all(kind == AttackKind.TRANSFORM for kind in gradient)
+
+
 def invalidates(name: str, claim: Access, *, answered: bool = False) -> bool:
     """Whether a raised flag of check `name` invalidates a claim of `claim` access: a masking
     flag of that claim, unless it says a stronger attack exists and the scores it judges
@@ -152,6 +175,27 @@ def invalidates(name: str, claim: Access, *, answered: bool = False) -> bool:
     if check_claim(name) != claim:
         return False
     return not (answered and _CHECKS.get(name).stronger)
+
+
+def stronger_flags(metrics: Mapping[str, Any]) -> list[str]:
+    """The raised flags of `metrics` that say a stronger attack exists."""
+    return [n for n in raised_flags(metrics) or [] if _CHECKS.get(n).stronger]
+
+
+# the stronger attacks' accuracies (more_steps_help's, dlr_much_stronger's), as reported
+STRONGER_EVIDENCE = tuple(f"{MASKING}/evidence/{k}" for k in ("pgd50_acc", "apgd_ce_acc",
+                                                              "apgd_dlr_acc"))
+
+
+def floor_accuracy(metrics: Mapping[str, Any]) -> float:
+    """The threat model's robust accuracy a robust floor judges: PGD-10 (`THREAT_PGD10`), or,
+    where a flag says a stronger attack exists (and so did not zero the objective), the
+    lowest of PGD-10, PGD-50, APGD-CE and APGD-DLR on the same points. NaN if not measured."""
+    measured = float(metrics.get(THREAT_PGD10, math.nan))
+    if stronger_flags(metrics):
+        measured = min([measured, *(float(metrics[key]) for key in STRONGER_EVIDENCE
+                                    if key in metrics)])
+    return measured
 
 
 def check_claim(name: str) -> Access | None:
@@ -228,8 +272,8 @@ def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Ten
         spec = attack_spec(name)
         if spec.kind != AttackKind.TRANSFORM:
             continue
-        crafted = build_attack(name, model, threat, num_classes=num_classes, seed=seed,
-                               strength=strength, loss="margin")
+        crafted = build_attack(name, model, threat, num_classes=num_classes, seed=seed + 1,
+                               strength=strength, loss="margin")  # other random starts
         out[name] = robust_mask(model, crafted, x, y, robust, batch_size=batch_size, seed=seed,
                                 stream=f"{name}/margin")
     return out

@@ -24,7 +24,12 @@ from trainables.scoring.evaluate import (
     group_points,
     transfer_masks,
 )
-from trainables.scoring.masking import adaptive_and, margin_and, run_masking_checks
+from trainables.scoring.masking import (
+    adaptive_and,
+    margin_and,
+    margin_covers,
+    run_masking_checks,
+)
 from trainables.scoring.served import output_change
 from trainables.setting.prepare import Shared
 from trainables.vocab import (
@@ -113,7 +118,6 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
         heldout = margin_and(model, heldout, x, y, setup.threat,
                              num_classes=setup.info.num_classes, strength=rung.strength,
                              batch_size=config.eval_batch_size, seed=config.seed)
-        margined = any(attack_spec(n).kind == AttackKind.TRANSFORM for n in heldout)
         metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
     teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
@@ -134,7 +138,7 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                                         seed=config.seed, quick=not final,
                                         attacks=(*config.pool, *config.heldout),
                                         claim=config.access)
-        report.answered = margined  # the objective did not rest on CE alone
+        report.answered = margin_covers(config.heldout)  # the objective is not CE's alone
         metrics.update(report.metrics(MASKING))
     points = {group_metric(Split.VAL, Group.HELDOUT, stat): values
               for stat, values in group_points(heldout).items()}
