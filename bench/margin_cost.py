@@ -1,0 +1,64 @@
+"""What the margin pass (masking.margin_and) costs in a final evaluation: one trial of a kept
+search read back from its last checkpoint, its final evaluation on the test split (no
+AutoAttack, no transfer group) with and without the pass, alternated, and each score.
+
+    python bench/margin_cost.py RESULTS_FOLDER 1 --points 300 --repeats 2
+
+RESULTS_FOLDER is a search's Ray results folder (`<keep>/ray_results/<name>`). One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from attack_convergence import _model
+
+from trainables.scoring import final
+from trainables.vocab import SEALED_STRENGTH
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path)
+    p.add_argument("trial", type=int)
+    p.add_argument("--points", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    folder = next(args.results.glob(f"train_recipe_*_{args.trial}_*"))
+    model, config, shared = _model(folder, None)
+    config = config.replace(test_samples=args.points)
+    shared.transfer.pop("test", None)  # crafted on all test points; not what is timed here
+    real = final.margin_and
+    seconds: dict[str, list[float]] = {"CE alone": [], "CE and margin": []}
+    scores: dict[str, dict[str, float]] = {}
+
+    def without(model: Any, plain: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        return dict(plain)
+
+    for _ in range(args.repeats):
+        for label, margin in (("CE alone", without), ("CE and margin", real)):
+            final.margin_and = margin  # type: ignore[assignment]
+            start = time.perf_counter()
+            metrics = final.final_evaluation(model, shared, config, strength=SEALED_STRENGTH,
+                                             autoattack=False, log=lambda _: None).metrics
+            seconds[label].append(time.perf_counter() - start)
+            scores[label] = {k: metrics[f"test/{k}"] for k in (
+                "heldout/family_mean_acc", "sealed/family_mean_acc", "sealed/union_acc")}
+    final.margin_and = real
+    base = statistics.median(seconds["CE alone"])
+    print(f"trial {args.trial}, {args.points} test points, strength {SEALED_STRENGTH:g}, "
+          "no AutoAttack, 1 thread")
+    for label, values in seconds.items():
+        print(f"  {label:<14} {statistics.median(values):7.1f} s (median of {len(values)}; "
+              f"{statistics.median(values) / base:.2f}x)  "
+              + "  ".join(f"{k} {v:.3f}" for k, v in scores[label].items()))
+
+
+if __name__ == "__main__":
+    main()
