@@ -124,6 +124,32 @@ def test_a_final_task_gives_the_same_answer_twice(smoke_space: object,
                            points[f"test/{group}/family_mean_acc"])
 
 
+Masks = dict[str, torch.Tensor]
+Call = tuple[Masks, Masks]  # an AND's plain masks, and what it returned
+
+
+def _passthrough(model: Any, plain: Masks, *_: Any, **__: Any) -> Masks:
+    return dict(plain)
+
+
+def _recording(real: Any, calls: list[Call]) -> Any:
+    """`real` (adaptive_and, margin_and) that also keeps each call's input and output."""
+    def spy(model: Any, plain: Masks, *args: Any, **kwargs: Any) -> Masks:
+        calls.append((dict(plain), real(model, plain, *args, **kwargs)))
+        return calls[-1][1]
+    return spy
+
+
+def _assert_scored_by(calls: list[Call], test: dict[str, float]) -> None:
+    """The final report's held-out, then sealed, scores are those of the AND's output."""
+    from trainables.scoring.evaluate import group_metrics
+
+    assert len(calls) == 2  # the held-out group, then the sealed one
+    for group, (_, anded) in zip(("heldout", "sealed"), calls, strict=True):
+        for name, value in group_metrics("test", group, anded).items():
+            assert test[name] == value, name
+
+
 def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
         smoke_space: object, smoke_shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
     """UniG's plain white-box score overstates it (its own gradients hide the way): the
@@ -143,7 +169,7 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     key, real, anded = "val/heldout/family_mean_acc", validation.adaptive_and, []
     from trainables.scoring import final
     for module in (validation, final):  # this test is about adaptive_and alone
-        monkeypatch.setattr(module, "margin_and", lambda model, plain, *_, **__: dict(plain))
+        monkeypatch.setattr(module, "margin_and", _passthrough)
 
     def spy(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         anded.append(real(*args, **kwargs))
@@ -156,22 +182,14 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     monkeypatch.setattr(validation, "adaptive_and", spy)
     adaptive = score()
     assert len(anded) == 1 and adaptive == group_metrics("val", "heldout", anded[0])[key]
-    monkeypatch.setattr(validation, "adaptive_and", lambda model, plain, *_, **__: dict(plain))
+    monkeypatch.setattr(validation, "adaptive_and", _passthrough)
     assert adaptive < score()  # the plain attacks alone overstate this UniG model
-    calls: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
-
-    def spy_final(model: Any, plain: dict[str, torch.Tensor], *args: Any, **kwargs: Any
-                  ) -> dict[str, torch.Tensor]:
-        calls.append((dict(plain), real(model, plain, *args, **kwargs)))
-        return calls[-1][1]
-
-    monkeypatch.setattr(final, "adaptive_and", spy_final)
+    calls: list[Call] = []
+    monkeypatch.setattr(final, "adaptive_and", _recording(real, calls))
     test = final_evaluation(model, smoke_shared, config, autoattack=False,
                             log=lambda _: None).metrics
-    assert len(calls) == 2  # the held-out group, then the sealed one
-    for group, (plain, anded_masks) in zip(("heldout", "sealed"), calls, strict=True):
-        for name, value in group_metrics("test", group, anded_masks).items():
-            assert test[name] == value, name
+    _assert_scored_by(calls, test)
+    for plain, anded_masks in calls:
         assert all(bool((anded_masks[n] <= plain[n]).all()) for n in plain)
     held = "test/heldout/family_mean_acc"
     assert test[held] < group_metrics("test", "heldout", calls[0][0])[held]
@@ -200,14 +218,8 @@ def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
     model = run_trial(config, shared=smoke_shared, log=lambda _: None,
                       validation=False).model.eval()
     rung = validation.Rungs.of(config, Fidelity(), smoke_shared, torch.device("cpu")).last
-    real = validation.margin_and
-    calls: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
-
-    def spy(model: Any, plain: dict[str, torch.Tensor], *args: Any, **kwargs: Any
-            ) -> dict[str, torch.Tensor]:
-        calls.append((dict(plain), real(model, plain, *args, **kwargs)))
-        return calls[-1][1]
-
+    calls: list[Call] = []
+    spy = _recording(validation.margin_and, calls)
     monkeypatch.setattr(validation, "margin_and", spy)
     metrics = validation.validate(model, smoke_shared, config, rung, final=False,
                                   watch=Stopwatch())[0]
@@ -220,8 +232,5 @@ def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
     monkeypatch.setattr(final, "margin_and", spy)
     test = final_evaluation(model, smoke_shared, config, autoattack=False,
                             log=lambda _: None).metrics
-    assert len(calls) == 2  # the held-out group, then the sealed one
-    for group, (plain, anded) in zip(("heldout", "sealed"), calls, strict=True):
-        assert anded.keys() == plain.keys()
-        for name, value in group_metrics("test", group, anded).items():
-            assert test[name] == value, name
+    _assert_scored_by(calls, test)
+    assert all(anded.keys() == plain.keys() for plain, anded in calls)
