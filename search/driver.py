@@ -239,7 +239,7 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
     head = (HeadStart(shared=shared, resources=resources, seeds=plan.final_seed_list,
                       strength=plan.sealed_strength, max_t=plan.space.max_evaluations,
-                      fresh=plan.fresh_final)
+                      trials=plan.num_samples, fresh=plan.fresh_final)
             if plan.sealed_top_k and not resume else None)
     if not resume:  # the defaults, the baselines and any warm start, before Tune opens it
         warm = seed_study(plan)
@@ -309,7 +309,7 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
                                                 top_k=plan.sealed_top_k),
                        client=client, parent_id=parent_id, resources=resources,
                        seeds=plan.final_seed_list, strength=plan.sealed_strength, out=out,
-                       started=head.started if head is not None else None,
+                       started=head.flush() if head is not None else None,
                        outage_s=plan.tracking_outage_s, fresh=plan.fresh_final)
 
 
