@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from search.leaderboard import Entry
 from search.lock import search_lock
 from search.records import (
     SearchInfo,
+    baseline_model,
     locate,
     model_file,
     points_of,
@@ -126,6 +128,7 @@ class Candidate:
     run_id: str | None  # its MLflow run in the search
     baseline: bool
     model: bytes | None = None  # seed 0's model, when the search trained it to the end
+    own: bytes | None = None  # a baseline's: the model its completed trial trained
     evaluations: dict[int, Evaluation] = field(default_factory=dict)  # seed -> evaluation
 
     def interval(self, metric: str) -> Interval | None:
@@ -159,9 +162,8 @@ class FinalReport:
 
     def facts_of_run(self, run_id: str) -> FinalFacts | None:
         """The same for the model of a search's run: a searched recipe's seed-0 model is the
-        run's own when the run completed; a baseline's is trained again (its answers must
-        not depend on the search, see `candidates_of`), so only its means over seeds are the
-        run's."""
+        run's own when the run completed; a baseline's answers are kept as its training's,
+        not the search's (see `candidates_of`), so only its means over seeds are the run's."""
         found = next((c for c in self.candidates if c.run_id == run_id), None)
         if found is None:
             return None
@@ -364,8 +366,9 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
     that ran to the end; an early-stopped one is only taken when too few did, and is trained
     full-length here like every other seed. A baseline's answers depend on nothing the
     search did (a later search of the same setting takes them as they were kept,
-    search/kept.py): its seeds are trained here, or its seed-0 model is its trial's, bitwise
-    the model that training would give (search/headstart.py)."""
+    search/kept.py): its seeds are trained here, but the seed its trial trained to the end
+    is evaluated on the trial's model, bitwise the model that training would give
+    (records.baseline_model), here as in search/headstart.py."""
     out: list[Candidate] = []
     baseline_runs: dict[str, Entry] = {}
     searched = []
@@ -391,7 +394,9 @@ def candidates_of(space: Space, entries: Sequence[Entry], results: Any, *, top_k
             continue
         record = record_of(results, run.trial_id)
         assert record is not None
-        out.append(Candidate(name, record, run.run_id, True))
+        own = (baseline_model(record, partial(model_file, results, run.trial_id))
+               if run.status == TrialStatus.COMPLETED else None)
+        out.append(Candidate(name, record, run.run_id, True, own=own))
     return out
 
 
@@ -412,6 +417,7 @@ class Tasks:
         self.threads = max(1, int(resources.get("cpu", 1)))
         self.shared_ref, self.strength = ray.put(shared), strength
         self.folder, self.fresh = shared.cache_dir, fresh
+        self.owns = 0  # tasks given the model a baseline's trial trained (not a kept answer)
 
     def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool,
                own: bytes | None = None) -> Any:
@@ -427,6 +433,7 @@ class Tasks:
             keep=keep and payload is None)
         if found is not None:
             return ray.put((*found, True))
+        self.owns += own is not None
         # Ray's stubs type remote calls of up to six arguments
         return self.task.options(**self.options).remote(  # type: ignore[call-arg]
             self.shared_ref, record, payload if own is None else own, self.strength,
@@ -504,14 +511,15 @@ def _evaluate_all(candidates: list[Candidate], tasks: Tasks, seeds: Sequence[int
             record = candidate.record.with_config(seed=seed)
             payload = candidate.model if index == 0 else None  # None for a baseline
             ref = started.get((candidate.label, seed)) if candidate.baseline else None
+            own = candidate.own if seed == candidate.record.config.seed else None
             if ref is None:
-                ref = tasks.submit(record, payload, keep=index == 0)
+                ref = tasks.submit(record, payload, keep=index == 0, own=own)
             pending[ref] = (candidate, seed, kept.task_key(record, payload, tasks.strength))
     early = sum(1 for c in candidates for s in seeds if c.baseline and (c.label, s) in started)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
-          f"({early} started during the search; "
-          f"{sum(c.model is not None for c in candidates)} models reused from the search)",
-          flush=True)
+          f"({early} started by the search; "
+          f"{sum(c.model is not None for c in candidates) + tasks.owns} models reused from the "
+          "search)", flush=True)
     reused = 0
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

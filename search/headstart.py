@@ -17,7 +17,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search.final import Tasks
-from search.records import checkpoint_model, trial_status
+from search.records import baseline_model, checkpoint_model, trial_status
 from search.vocab import TrialStatus
 from spaces import RECORD_KEY, TrialRecord
 from trainables.setting.prepare import Shared
@@ -51,12 +51,18 @@ class HeadStart(Callback):
                 trial_status(result, self.max_t) != TrialStatus.COMPLETED:
             return
         # the model is read now: Tune may drop the trial's checkpoint before the tail
-        self.waiting.append((record, _own_model(trial, record)))
+        self.waiting.append((record, baseline_model(
+            record, lambda: None if trial.checkpoint is None else
+            checkpoint_model(trial.checkpoint))))
         self.on_step_begin(iteration, trials)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a search pickled before the tasks waited for the tail has neither: resume it
+        self.__dict__.update({"waiting": [], "trials": 0, **state})
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self.waiting and len(trials) >= self.trials and \
-                not any(t.status == "PENDING" for t in trials):
+                not any(t.status in ("PENDING", "PAUSED") for t in trials):
             self.flush(when="while the search runs")
 
     def flush(self, when: str = "as the search ended") -> dict[tuple[str, int], Any]:
@@ -79,14 +85,3 @@ class HeadStart(Callback):
                     own=own if seed == record.config.seed else None)
         print(f"final: {record.baseline}'s {len(self.seeds)} seeds started {when}", flush=True)
 
-
-def _own_model(trial: Any, record: TrialRecord) -> bytes | None:
-    """The model the baseline's trial trained (its last checkpoint's), where retraining its
-    seed would give the same one: not with early stopping (the trial chose its checkpoint on
-    cheaper early evaluations, the retraining on full ones)."""
-    if record.config.early_stopping or trial.checkpoint is None:
-        return None
-    try:
-        return checkpoint_model(trial.checkpoint)
-    except OSError:
-        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,19 @@ def model_file(results: Any, trial_id: str) -> bytes | None:
             continue
         return checkpoint_model(result.checkpoint)
     return None
+
+
+def baseline_model(record: TrialRecord, read: Callable[[], bytes | None]) -> bytes | None:
+    """The model a baseline's completed trial trained (`read` from its checkpoint), where
+    training its seed again would give the same one: bitwise on a CPU (the trial's
+    evaluations draw no training randomness; tests/trainables_tests/test_trial.py). Not with
+    early stopping: the trial chose its checkpoint on cheaper evaluations than a final task's."""
+    if record.config.early_stopping:
+        return None
+    try:
+        return read()
+    except OSError:
+        return None
 
 
 def checkpoint_model(checkpoint: Any) -> bytes | None:

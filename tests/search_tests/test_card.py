@@ -137,8 +137,8 @@ def test_every_exported_model_has_its_card_on_disk_and_in_mlflow(
     compared = {row["run_id"] for row in rows}
     own = {row["run_id"] for row in rows if not row["baseline"]}
     # the best model's own test numbers are on its card when the final comparison ran on it
-    # (a searched recipe's seed-0 model is the run's own; a baseline is trained again there, so
-    # its card has the recipe's means over the seeds, not this model's numbers)
+    # (a searched recipe's seed-0 model is the run's own; a baseline's answers are kept as its
+    # training's, so its card has the recipe's means over the seeds, not this model's numbers)
     assert (best.card["results"]["test"] is not None) == (best_run in own)
     assert (best.card["over_seeds"] is not None) == (best_run in compared)
     logged = {a.path for a in client.list_artifacts(info.parent_run_id, "best")}

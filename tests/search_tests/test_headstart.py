@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,3 +89,19 @@ def test_only_completed_baselines_start_tasks(head: headstart.HeadStart) -> None
     head.on_trial_complete(1, [stopped, searched], stopped)
     head.on_trial_complete(1, [stopped, searched], searched)
     assert head.flush() == {} and _Tasks.submitted == []
+
+
+def test_a_pickled_head_start_resumes_empty_and_an_older_one_too(head: headstart.HeadStart
+                                                                 ) -> None:
+    """Tune pickles callbacks into its experiment state and restores them on --resume: no
+    Ray refs or waiting models there, and a state written before `waiting` existed loads."""
+    done = _baseline("pgd-at")
+    head.on_trial_complete(1, [done], done)
+    assert head.waiting
+    restored = pickle.loads(pickle.dumps(head))
+    assert restored.waiting == [] and restored.started == {} and restored.shared is None
+    older = {k: v for k, v in head.__getstate__().items() if k not in ("waiting", "trials")}
+    revived = headstart.HeadStart.__new__(headstart.HeadStart)
+    revived.__setstate__(older)
+    revived.on_step_begin(1, [done])  # nothing waits, nothing fails
+    assert revived.flush() == {}

@@ -140,7 +140,7 @@ def test_sealed_cli_runs_the_final_comparison_again_with_another_baseline(
                 and not r.data.metrics.get("masking/answered"),
                 r.data.tags["trial_status"] != "completed") for r in searched)
     reused = int(not best[1])
-    assert "2 recipes x 2 seeds = 4 tasks (0 started during the search; " \
+    assert "2 recipes x 2 seeds = 4 tasks (0 started by the search; " \
         f"{reused} models reused from the search)" in proc.stdout
     rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.index("recipe,"):])))
     assert [r["recipe"] for r in rows][1:] == ["standard"]
@@ -165,6 +165,12 @@ def test_final_cli_takes_the_answers_an_earlier_run_kept(smoke_search: FinishedS
     for proc in runs:
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kept by an earlier search" not in runs[0].stdout  # computed, and kept
+    # pgd-at's trial ran to the end: its seed is evaluated on the trial's model, the other
+    # trained (search/records.baseline_model)
+    lines = {line.split(":")[1].strip(): line for line in runs[0].stdout.splitlines()
+             if line.startswith("final: pgd-at seed")}
+    assert "(model reused," in lines["pgd-at seed 0"], lines
+    assert "(trained in " in lines["pgd-at seed 1"], lines
     second = runs[1].stdout
     assert "4 of 4 answers were kept by an earlier search" in second, second[-3000:]
     assert second.count("(kept by an earlier search: ") == 4

@@ -123,7 +123,7 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
                for k in parent.data.metrics)
     # the baselines' final tasks started while the search ran (search/headstart.py)
     assert "final: pgd-at's 2 seeds started while the search runs" in printed
-    assert "(4 started during the search;" in printed
+    assert "(4 started by the search;" in printed
     # ... seed 0 on the model the baseline's trial trained (the same weights), seed 1 trained
     lines = {line.split(":")[1].strip(): line for line in printed.splitlines()
              if line.startswith("final: pgd-at seed")}
