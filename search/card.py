@@ -220,7 +220,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     if card["over_seeds"]:
         seeds = card["over_seeds"]["seeds"]
         lines += ["", f"## The recipe over seeds {seeds} (final comparison, test split)", "",
-                  "Mean over the retrained models [95% t interval].", "",
+                  "Mean over the models of each seed [95% t interval].", "",
                   "| measure | mean over seeds |", "|---|---|"]
         lines += [f"| {t} | {_cell(i)} |" for t, i in card["over_seeds"]["means"].items()]
     lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]

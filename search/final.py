@@ -8,9 +8,10 @@ search, e.g. with more seeds, more trials or other baselines:
 Each candidate (the best `top_k` completed searched trials, and every baseline of the space) is
 trained with `seeds` seeds and evaluated on the test split: held-out and sealed attacks at
 `strength`, the transfer group, AutoAttack (trainables/scoring/final.py). A searched recipe's
-seed-0 model is the search's own when its trial completed, and so is a baseline's when its
-trial started its tasks during the search (search/headstart.py: the very model its seed-0 task
-would train); the others are trained again, all as parallel Ray tasks with a trial's
+seed-0 model is the search's own when its trial completed, and so is a completed baseline's
+for its trial's seed (search/records.baseline_model: the very model that seed's task would
+train; during a search these tasks start at its tail, search/headstart.py); the others are
+trained again, all as parallel Ray tasks with a trial's
 resources, and each task's answer is kept for later searches of the same setting
 (search/kept.py). Every number is a mean
 over seeds with a 95% t interval, and the best recipe is compared with each baseline by the

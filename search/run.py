@@ -134,7 +134,8 @@ def _final_arguments(p: argparse.ArgumentParser) -> None:
                         "on the test split against the held-out and sealed attacks and "
                         "AutoAttack (0: no final comparison)")
     p.add_argument("--final-seeds", type=int, default=FINAL_SEEDS,
-                   help="seeds each recipe of the final comparison is trained with")
+                   help="seeds each recipe of the final comparison is evaluated over (a trial's "
+                        "own model for its seed, the others trained)")
     p.add_argument("--sealed-strength", type=float, default=SEALED_STRENGTH,
                    help="multiplier of attack iterations/queries/restarts in that evaluation")
     p.add_argument("--fresh-final", action="store_true", default=fresh_final_default(),
@@ -366,8 +367,11 @@ def describe_plan(plan: SearchPlan) -> str:
         f"{space.pool.max_size}, default {'+'.join(space.pool.default)}), crafted against "
         f"{config.craft_against}",
         f"  held-out     {'+'.join(config.heldout)}  (objective {plan.raw_objective}, "
-        f"{plan.mode}{', zeroed for masking flags' if space.search.penalize_flags else ''}"
-        + (f", minus the PGD-10 shortfall below {space.search.robust_floor:g}"
+        f"{plan.mode}"
+        + (", zeroed for masking flags the margin pass does not answer"
+           if space.search.penalize_flags else "")
+        + (f", minus the shortfall of PGD-10 (or a stronger flagged Linf attack) below "
+           f"{space.search.robust_floor:g}"
            if space.search.robust_floor is not None else "") + ")",
         f"  sealed       {'+'.join(config.sealed) or '-'}  (final report only)",
         f"  budget       {config.epochs} epochs, evaluation every {config.eval_every} on "
