@@ -304,12 +304,13 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
           f"baselines ({', '.join(space.baselines) or 'none'}) on the test split, "
           f"{plan.final_seeds} seeds each (held-out + sealed attacks, AutoAttack)", flush=True)
     entries = rank(collect(client, experiment_id, parent_id), plan.objective, plan.mode)
+    started = head.flush() if head is not None else None  # what still waited for the tail
     return final_stage(space=space, shared=shared,
                        candidates=candidates_of(space, entries, results,
                                                 top_k=plan.sealed_top_k),
                        client=client, parent_id=parent_id, resources=resources,
                        seeds=plan.final_seed_list, strength=plan.sealed_strength, out=out,
-                       started=head.flush() if head is not None else None,
+                       started=started, started_owns=head.owns if head is not None else 0,
                        outage_s=plan.tracking_outage_s, fresh=plan.fresh_final)
 
 

@@ -5,9 +5,10 @@ leaves a core idle, and the final comparison has less left to do when the search
 
 The tasks wait for the tail: they are submitted once every trial of the search has started
 and none waits for resources. Submitted as soon as a baseline completed, they took the core it
-freed ahead of the next searched trial, and then held both cores: on `mnist5k` (1fb49a3) the
-next trial waited 6, 8 and 12 minutes after the standard, pgd-at and pgd-l2-at baselines
-completed, and the search had run 6 of its 16 trials after 66 minutes."""
+freed ahead of the next searched trial, and then held both cores: on `mnist5k` (1fb49a3),
+after the standard, pgd-at and pgd-l2-at baselines' tasks were submitted, the next trial
+waited 6, 8 and 12 minutes for a freed core, and the search had run 6 of its 16 trials after
+66 minutes."""
 
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ class HeadStart(Callback):
             self._submit(record, own, when)
         self.waiting.clear()
         return self.started
+
+    @property
+    def owns(self) -> int:
+        """How many of the started tasks evaluate a trial's own model (not a kept answer)."""
+        return 0 if self._tasks is None else self._tasks.owns
 
     def _submit(self, record: TrialRecord, own: bytes | None, when: str) -> None:
         assert record.baseline is not None and self.shared is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -129,6 +130,12 @@ def test_smoke_search_logs_every_trial_to_mlflow(smoke_search: FinishedSearch) -
              if line.startswith("final: pgd-at seed")}
     assert "(model reused," in lines["pgd-at seed 0"], lines
     assert "(trained in " in lines["pgd-at seed 1"], lines
+    # the summary counts every reused model, the head start's too
+    summary = re.search(r"(\d+) models reused from the search", printed)
+    assert summary is not None
+    seed_lines = [line for line in printed.splitlines()
+                  if re.match(r"final: \S+ seed \d+: ", line)]
+    assert int(summary[1]) == sum("(model reused," in line for line in seed_lines) >= 2
 
     # The Optuna study beside the results: ASHA-stopped trials are PRUNED, not COMPLETE
     storage = f"sqlite:///{smoke_search.output / 'optuna.db'}"
