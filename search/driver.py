@@ -310,7 +310,7 @@ def _final(plan: SearchPlan, shared: Shared, resources: dict[str, float], client
                                                 top_k=plan.sealed_top_k),
                        client=client, parent_id=parent_id, resources=resources,
                        seeds=plan.final_seed_list, strength=plan.sealed_strength, out=out,
-                       started=started, started_owns=head.owns if head is not None else 0,
+                       started=started, tasks=head.tasks if head is not None else None,
                        outage_s=plan.tracking_outage_s, fresh=plan.fresh_final)
 
 

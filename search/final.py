@@ -452,17 +452,17 @@ class Tasks:
 def final_stage(*, space: Space, shared: Shared, candidates: list[Candidate], client: Any,
                 parent_id: str, resources: Mapping[str, float], seeds: Sequence[int],
                 strength: float, out: Path,
-                started: Mapping[tuple[str, int], Any] | None = None, started_owns: int = 0,
+                started: Mapping[tuple[str, int], Any] | None = None,
+                tasks: Tasks | None = None,
                 outage_s: float = TRACKING_OUTAGE_S, fresh: bool = False) -> FinalReport:
     """Evaluates every candidate over `seeds` (parallel Ray tasks; `started`: the baselines'
-    tasks search/headstart.py began during the search, `started_owns` of them on their
-    trial's model) and returns the report, written to `out`
+    tasks search/headstart.py began during the search through `tasks`, reused here) and
+    returns the report, written to `out`
     first, then logged to the MLflow parent run and the candidates' runs through a journal
     (`out`/mlflow-pending-final.jsonl while MLflow is away, waited for up to `outage_s`).
     `fresh`: compute every task again rather than take what an earlier search kept."""
-    tasks = Tasks(shared, resources, strength, fresh=fresh)
-    tasks.owns = started_owns
-    _evaluate_all(candidates, tasks, seeds, started or {})
+    _evaluate_all(candidates, tasks or Tasks(shared, resources, strength, fresh=fresh), seeds,
+                  started or {})
     report = FinalReport(candidates, list(seeds), _differences(candidates))
     write_atomic(out / ARTIFACT.FINAL_TABLE, report.markdown() + "\n")
     write_atomic(out / ARTIFACT.FINAL_CSV, report.csv())

@@ -37,12 +37,16 @@ class HeadStart(Callback):
         self.trials = trials  # the search's size: the tasks wait until all have started
         self.started: dict[tuple[str, int], Any] = {}  # (baseline, seed) -> Ray object ref
         self.waiting: list[tuple[TrialRecord, bytes | None]] = []  # (baseline, own model)
-        self._tasks: Tasks | None = None
+        self.tasks: Tasks | None = None  # made at the first submit; the final stage's too
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state: no data there, and Ray's object
         # refs would not survive a restart (a resumed search starts its final tasks at the end)
-        return {**self.__dict__, "shared": None, "started": {}, "waiting": [], "_tasks": None}
+        return {**self.__dict__, "shared": None, "started": {}, "waiting": [], "tasks": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a search pickled before the tasks waited for the tail has neither: resume it
+        self.__dict__.update({"waiting": [], "trials": 0, "tasks": None, **state})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -57,10 +61,6 @@ class HeadStart(Callback):
             checkpoint_model(trial.checkpoint))))
         self.on_step_begin(iteration, trials)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # a search pickled before the tasks waited for the tail has neither: resume it
-        self.__dict__.update({"waiting": [], "trials": 0, **state})
-
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self.waiting and len(trials) >= self.trials and \
                 not any(t.status in ("PENDING", "PAUSED") for t in trials):
@@ -74,19 +74,14 @@ class HeadStart(Callback):
         self.waiting.clear()
         return self.started
 
-    @property
-    def owns(self) -> int:
-        """How many of the started tasks evaluate a trial's own model (not a kept answer)."""
-        return 0 if self._tasks is None else self._tasks.owns
-
     def _submit(self, record: TrialRecord, own: bytes | None, when: str) -> None:
         assert record.baseline is not None and self.shared is not None
-        if self._tasks is None:
-            self._tasks = Tasks(self.shared, self.resources, self.strength, fresh=self.fresh)
+        if self.tasks is None:
+            self.tasks = Tasks(self.shared, self.resources, self.strength, fresh=self.fresh)
         for index, seed in enumerate(self.seeds):
             key = (record.baseline, seed)
             if key not in self.started:  # every seed trained: see final.candidates_of
-                self.started[key] = self._tasks.submit(
+                self.started[key] = self.tasks.submit(
                     record.with_config(seed=seed), None, keep=index == 0,
                     own=own if seed == record.config.seed else None)
         print(f"final: {record.baseline}'s {len(self.seeds)} seeds started {when}", flush=True)
