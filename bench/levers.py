@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import spaces
-from trainables.scoring.stats import paired_difference
+from trainables.scoring.stats import Interval, paired_difference
 from trainables.vocab import (
     CLEAN_ACC,
     SCORING_VERSION,
@@ -242,6 +242,11 @@ def _cell(values: list[float]) -> str:
         else f"{mean:.3f}"
 
 
+def _interval(d: Interval | None) -> str:
+    """A paired difference as `+0.012 [-0.003, +0.027]`; `-` where there is none."""
+    return f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" if d is not None else "-"
+
+
 def merge(space: spaces.Space, sources: list[str], out: str,
           overrides: list[str] | None = None) -> None:
     """One lever table (.json, what `search.run --warm-start` reads) from several rounds' of
@@ -360,14 +365,13 @@ def main() -> None:
               if args.autoattack and all(VAL_AA in pts for _, pts, _ in rows) else None)
         lines.append(
             f"| {lever.name} | {_cell([m[objective] for m, _, _ in rows])} | "
-            f"{deltas[0].value:+.3f} [{deltas[0].low:+.3f}, {deltas[0].high:+.3f}] | "
-            f"{f'{own.value:+.3f} [{own.low:+.3f}, {own.high:+.3f}]' if own else '-'} | "
+            f"{_interval(deltas[0])} | {_interval(own)} | "
             f"{_cell([m[UNION] for m, _, _ in rows])} | "
-            f"{deltas[1].value:+.3f} [{deltas[1].low:+.3f}, {deltas[1].high:+.3f}] | "
+            f"{_interval(deltas[1])} | "
             f"{_cell([m[CLEAN_ACC] for m, _, _ in rows])} | "
             f"{_cell([m.get(THREAT_PGD10, math.nan) for m, _, _ in rows])} | "
             f"{_cell([m.get(VAL_AA, math.nan) for m, _, _ in rows])} | "
-            f"{f'{aa.value:+.3f} [{aa.low:+.3f}, {aa.high:+.3f}]' if aa else '-'} | "
+            f"{_interval(aa)} | "
             f"{', '.join(flags) or 'none'} | "
             f"{statistics.fmean(w for _, _, w in rows):.0f} |")
     table = "\n".join(lines)
