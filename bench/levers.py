@@ -341,8 +341,11 @@ def main() -> None:
                   f"flags {', '.join(_flags([metrics]))}, "
                   f"{wall:.0f}s", flush=True)
 
-    def averaged(name: str, metric: str) -> np.ndarray:
-        return np.mean([pts[f"{metric}"] for _, pts, _ in runs[name]], axis=0)
+    def delta(name: str, other: str, metric: str) -> Interval:
+        """`name` minus `other` on `metric`, paired by point (each averaged over its seeds)."""
+        def averaged(lever: str) -> np.ndarray:
+            return np.mean([pts[metric] for _, pts, _ in runs[lever]], axis=0)
+        return paired_difference(averaged(name), averaged(other))
 
     aa_points = f"{args.autoattack} points" if args.autoattack else "not run"
     lines = [f"Space `{space.name}`{' ' + ' '.join(args.overrides) if args.overrides else ''}, "
@@ -356,12 +359,10 @@ def main() -> None:
     for lever in levers:
         rows = runs[lever.name]
         flags = _flags([m for m, _, _ in rows])
-        deltas = [paired_difference(averaged(lever.name, m), averaged(args.reference, m))
-                  for m in (objective, UNION)]
-        own = (paired_difference(averaged(lever.name, objective),
-                                 averaged(lever.start, objective))
+        deltas = [delta(lever.name, args.reference, m) for m in (objective, UNION)]
+        own = (delta(lever.name, lever.start, objective)
                if lever.start in runs and lever.start != lever.name else None)
-        aa = (paired_difference(averaged(lever.name, VAL_AA), averaged(args.reference, VAL_AA))
+        aa = (delta(lever.name, args.reference, VAL_AA)
               if args.autoattack and all(VAL_AA in pts for _, pts, _ in rows) else None)
         lines.append(
             f"| {lever.name} | {_cell([m[objective] for m, _, _ in rows])} | "
