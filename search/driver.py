@@ -34,7 +34,7 @@ from search.report import write_plots
 from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.signals import Interrupted, deferred, graceful, stop_tune
-from search.stores import local_store
+from search.stores import FILE_STORE_OPT_OUT, local_store
 from search.tracking import MlflowTrialLogger, open_experiment, stop_running_children
 from search.tuner import build_tuner, fail_orphans, restore_tuner
 from search.ui import publish_view, runs_url
@@ -442,6 +442,8 @@ def _print_where(plan: SearchPlan, best: Entry, model: Path | None, out: Path,
     print(f"report       {', '.join(p.name for p in plots)} in {out / 'report'}")
     print(f"optuna       {plan.optuna_storage} (study {plan.name})")
     if not plan.mlflow_uri.startswith("http"):
-        print(f"mlflow       mlflow ui --backend-store-uri {plan.mlflow_uri}, then open")
+        opt_out = ("" if plan.mlflow_uri.startswith("sqlite:") or local_store(plan.mlflow_uri)
+                   is None else f"{FILE_STORE_OPT_OUT}=true ")  # a folder store's UI needs it
+        print(f"mlflow       {opt_out}mlflow ui --backend-store-uri {plan.mlflow_uri}, then open")
     print(f"mlflow       {view_url}\n             (experiment {plan.experiment!r}: this "
           "search's trials, best objective first; the view is in the runs page's Views menu)")

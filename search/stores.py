@@ -13,14 +13,15 @@ from pathlib import Path
 
 from trainables.errors import ConfigError
 
-__all__ = ["artifact_location", "check_name", "check_tracking_uri", "inside", "local_store",
-           "writable_folder"]
+__all__ = ["FILE_STORE_OPT_OUT", "artifact_location", "check_name", "check_tracking_uri",
+           "inside", "local_store", "writable_folder"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # what MLflow can track to; anything else is a typo that MLflow would retry for minutes
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql",
                     "databricks", "databricks-uc", "uc")
 SQLITE_HEADER = b"SQLite format 3\x00"
+FILE_STORE_OPT_OUT = "MLFLOW_ALLOW_FILE_STORE"  # MLflow's own switch, read as it reads it
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -78,7 +79,7 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0, must_exist: bool = F
     scheme = uri.split("://", 1)[0] if "://" in uri else None
     if scheme is not None and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise ConfigError(f"--mlflow-uri {uri}: unknown scheme {scheme!r}; use http(s)://HOST:"
-                          "PORT, sqlite:///PATH.db, a folder, or a database URI "
+                          "PORT, sqlite:///PATH.db, or a database URI "
                           "(postgresql://, mysql://, mssql://)")
     store = local_store(uri)
     if store is None:
@@ -88,6 +89,8 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0, must_exist: bool = F
     elif store.is_file():
         raise ConfigError(f"--mlflow-uri {uri}: {store} is a file; a file store is a folder "
                           "(or use sqlite:///PATH.db)")
+    else:
+        _check_file_store(uri, store)
     folder = store.parent if uri.startswith("sqlite:") else store
     if not must_exist and not folder.exists():
         folder = folder.parent
@@ -96,6 +99,17 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0, must_exist: bool = F
                           "writable")
     if must_exist and not store.exists():
         raise ConfigError(f"--mlflow-uri {uri}: there is no MLflow store at {store}")
+
+
+def _check_file_store(uri: str, store: Path) -> None:
+    """MLflow 3.17 refuses its folder store ("maintenance mode") unless its opt-out is set, and
+    says so only when the first client is made: after Ray has started, as a traceback."""
+    if os.environ.get(FILE_STORE_OPT_OUT, "").lower() in ("true", "1"):
+        return
+    raise ConfigError(f"--mlflow-uri {uri} is a folder store, which MLflow refuses unless "
+                      f"{FILE_STORE_OPT_OUT}=true is set; use a database file instead, e.g. "
+                      f"sqlite:///{store.parent / 'mlflow.db'} (`mlflow migrate-filestore` "
+                      "moves an existing folder store into one)")
 
 
 def _check_sqlite(uri: str, store: Path) -> None:

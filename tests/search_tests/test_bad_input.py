@@ -204,6 +204,8 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "unknown scheme 'ftp'"),
     ("file store that is a file", RUN, [*S, "--mlflow-uri", "{file}"],
      "a file store is a folder"),
+    ("folder store MLflow refuses", RUN, [*S, "--mlflow-uri", "file:{tmp}/mlruns"],
+     "is a folder store, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE=true"),
     # ---- resource requests
     ("zero CPUs per trial", RUN, [*S, "--cpus-per-trial", "0"], "--cpus-per-trial=0.0 must"),
     ("more CPUs than any node", RUN, [*S, "--cpus-per-trial", "512"],
