@@ -210,3 +210,42 @@ def test_ray_client_address_with_a_local_store_is_refused(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: --address ray://127.0.0.1:{port} runs Tune")
     assert "--mlflow-uri http://HEAD:5000" in proc.stderr
+
+
+ONE_RECIPE_SPACE = """
+name: same
+dataset: digits
+attacks:
+  pool: {candidates: [PGD], min_size: 1, max_size: 1, default: [PGD]}
+  heldout: [PGDL2]
+baselines: []
+budget: {epochs: 2, eval_every: 1, batch_size: 256, eval_samples: 64}
+fixed: {train_attack_steps: 2, meta: "off", include_clean: true, unig: "off", w_feat: 0.0,
+        w_cyc: 0.0, w_pcl: 0.0, w_trades: 0.0, w_ce_clean: 1.0}
+params:
+  w_ce: {type: categorical, choices: [1.0], default: 1.0}
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_in_a_reused_worker_reports_what_a_fresh_worker_does(tmp_path: Path) -> None:
+    """Trials reuse the worker process of one that ended (tune.TuneConfig(reuse_actors)): the
+    same recipe three times, one at a time, gives the first trial (a fresh worker) and the two
+    after it (its worker, reused) the same metrics at every evaluation, bit for bit."""
+    space = tmp_path / "same.yaml"
+    space.write_text(ONE_RECIPE_SPACE)
+    proc = run_search("--space", str(space), "--num-samples", "3", "--max-concurrent", "1",
+                      "--search-alg", "random", "--scheduler", "none", "--sealed-top-k", "0",
+                      "--storage-path", str(tmp_path / "ray"), "--name", "same",
+                      "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = []
+    for record in sorted((tmp_path / "ray" / "same").glob("*/result.json")):
+        rows = [json.loads(line) for line in record.read_text().splitlines()]
+        runs.append(rows)
+    assert len(runs) == 3 and all(len(rows) == 2 for rows in runs)
+    assert len({rows[0]["pid"] for rows in runs}) == 1  # one worker ran all three
+    metrics = [[{k: v for k, v in row.items() if k.startswith(("val/", "masking/"))}
+                for row in rows] for rows in runs]
+    assert metrics[0][-1]["val/clean/acc"] > 0.5 and any("masking/" in k for k in metrics[0][-1])
+    assert metrics[1] == metrics[0] and metrics[2] == metrics[0]
