@@ -55,8 +55,9 @@ def synthetic_shared(config: TrialConfig, *, train: int, points: int) -> Shared:
 
 
 def one_trial(space_name: str, overrides: list[str], device: str, train: int, points: int,
-              sealed: bool) -> dict[str, float]:
-    """One epoch, one evaluation (and the sealed evaluation): the phase times."""
+              sealed: bool, *, masking: bool = True) -> dict[str, float]:
+    """One epoch, one evaluation (and the sealed evaluation): the phase times; `masking`: the
+    gradient-masking checks run in the evaluation, on up to 64 of the points."""
     from trainables import train as trial
     from trainables.scoring.final import final_evaluation
 
@@ -65,7 +66,7 @@ def one_trial(space_name: str, overrides: list[str], device: str, train: int, po
     space = spaces.load(space_name, overrides)
     config = space.trial_config(device=device, threads=1 if device == "cpu" else 0,
                                 epochs=1, eval_every=1, eval_samples=points,
-                                test_samples=points, masking_samples=min(points, 64),
+                                test_samples=points, masking_samples=min(points, 64) if masking else 0,
                                 autoattack_samples=min(points, 100))
     shared = synthetic_shared(config, train=train, points=points)
     start = time.perf_counter()

@@ -36,7 +36,9 @@ def test_asha_evaluations_follow_the_promotion_rule() -> None:
 def test_the_paper_trial_runs_at_toy_size_and_the_cost_model_scales_it() -> None:
     gpu = _bench("gpu")
     tiny = ["budget.batch_size=16", "budget.eval_batch_size=8", "fixed.train_attack_steps=1"]
-    metrics = gpu.one_trial("paper", tiny, "cpu", 32, 4, False)
+    # without the masking checks: two thirds of this run (34 of 51 s), and the same code
+    # whatever the architecture; the cost model's arithmetic is what is checked here
+    metrics = gpu.one_trial("paper", tiny, "cpu", 32, 4, False, masking=False)
     for key in ("time/craft_s", "time/step_s", "time/eval_attacks_s"):
         assert metrics[key] > 0, key
     lines = gpu.cost_model(spaces.load("paper", tiny), metrics, 4)
