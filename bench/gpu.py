@@ -66,8 +66,8 @@ def one_trial(space_name: str, overrides: list[str], device: str, train: int, po
     space = spaces.load(space_name, overrides)
     config = space.trial_config(device=device, threads=1 if device == "cpu" else 0,
                                 epochs=1, eval_every=1, eval_samples=points,
-                                test_samples=points, masking_samples=min(points, 64) if masking else 0,
-                                autoattack_samples=min(points, 100))
+                                test_samples=points, autoattack_samples=min(points, 100),
+                                masking_samples=min(points, 64) if masking else 0)
     shared = synthetic_shared(config, train=train, points=points)
     start = time.perf_counter()
     result = trial.run_trial(config, fidelity=space.fidelity, shared=shared, log=lambda _: None)
