@@ -35,7 +35,12 @@ from search.resources import check_request, node_types_of, ray_request
 from search.session import ray_session
 from search.signals import Interrupted, deferred, graceful, stop_tune
 from search.stores import FILE_STORE_OPT_OUT, local_store
-from search.tracking import MlflowTrialLogger, open_experiment, stop_running_children
+from search.tracking import (
+    MlflowTrialLogger,
+    mark_orphaned_children,
+    open_experiment,
+    stop_running_children,
+)
 from search.tuner import build_tuner, fail_orphans, restore_tuner
 from search.ui import publish_view, runs_url
 from search.vocab import (
@@ -255,7 +260,19 @@ def _fit(plan: SearchPlan, shared: Shared, resources: dict[str, float], experime
         print(f"optuna: {orphans} trial(s) the killed driver had asked for never reached "
               "Optuna again: told FAIL (user attribute 'orphaned')", flush=True)
     _drain_journal(plan, logger, journal)
+    if resume:
+        _mark_orphaned_runs(logger.client, results, experiment_id, parent_id)
     return results, head
+
+
+def _mark_orphaned_runs(client: Any, results: Any, experiment_id: str, parent_id: str) -> None:
+    """The MLflow side of fail_orphans: runs of trials the killed driver started after Tune's
+    last saved state (mark_orphaned_children)."""
+    known = {str(r.metrics["trial_id"]) for r in results if "trial_id" in (r.metrics or {})}
+    if count := mark_orphaned_children(client, experiment_id, parent_id, known):
+        print(f"mlflow: {count} run(s) of trials the killed driver had started after Ray "
+              "Tune's last saved state marked orphaned (the resumed search ran those samples "
+              "as new trials)", flush=True)
 
 
 def fit_watched(tuner: Any, plan: SearchPlan) -> Any:

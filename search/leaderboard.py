@@ -29,7 +29,8 @@ __all__ = ["Entry", "collect", "format_table", "rank", "to_csv"]
 
 STATUS_ORDER: dict[str, int] = {
     TrialStatus.COMPLETED: 0, TrialStatus.EARLY_STOPPED: 1, TrialStatus.RUNNING: 2,
-    TrialStatus.RETRYING: 2, TrialStatus.INTERRUPTED: 2, TrialStatus.FAILED: 3}
+    TrialStatus.RETRYING: 2, TrialStatus.INTERRUPTED: 2, TrialStatus.FAILED: 3,
+    TrialStatus.ORPHANED: 3}
 COLUMNS = (("objective", OBJECTIVE), ("held-out mean", HELDOUT_MEAN),
            ("worst", group_metric(Split.VAL, Group.HELDOUT, Stat.WORST)),
            ("union", group_metric(Split.VAL, Group.HELDOUT, Stat.UNION)),

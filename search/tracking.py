@@ -41,8 +41,8 @@ from trainables.errors import ConfigError
 from trainables.scoring.masking import raised_flags
 from trainables.vocab import MASKING, MASKING_ANSWERED, MASKING_ANY, THREAT_PGD10, Group, Stat
 
-__all__ = ["MlflowTrialLogger", "masking_record", "open_experiment", "robustness_table",
-           "stop_running_children", "trial_metrics"]
+__all__ = ["MlflowTrialLogger", "mark_orphaned_children", "masking_record", "open_experiment",
+           "robustness_table", "stop_running_children", "trial_metrics"]
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
@@ -76,6 +76,26 @@ def stop_running_children(client: MlflowClient, experiment_id: str, parent_id: s
         client.set_tag(run.info.run_id, TAG.STATUS, TrialStatus.INTERRUPTED)
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
+
+
+def mark_orphaned_children(client: MlflowClient, experiment_id: str, parent_id: str,
+                           known: set[str]) -> int:
+    """After a resumed search: a trial's run not ended (running, retrying or interrupted),
+    whose trial Tune does not know, was started by the killed driver after Tune's last saved
+    state (its start may reach MLflow only now, from the killed driver's journal), so Tune
+    never resumed it: it ran that sample again as a new trial. The run is marked orphaned,
+    not left looking like a trial that is still running or that `--resume` would finish."""
+    runs = client.search_runs([experiment_id], f"tags.`{TAG.PARENT}` = '{parent_id}'",
+                              max_results=1000)
+    unended = (TrialStatus.RUNNING, TrialStatus.RETRYING, TrialStatus.INTERRUPTED)
+    orphans = [run for run in runs if run.data.tags.get(TAG.STATUS) in unended
+               and run.data.tags.get(TAG.TRIAL_ID) not in known]
+    for run in orphans:
+        client.set_tag(run.info.run_id, TAG.STATUS, TrialStatus.ORPHANED)
+        client.set_tag(run.info.run_id, TAG.FAILURE, "started by a driver that was killed "
+                       "before Ray Tune saved this trial: the resumed search never ran it")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(orphans)
 
 
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:

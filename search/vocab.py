@@ -51,6 +51,7 @@ class TrialStatus(StrEnum):
     EARLY_STOPPED = "early-stopped"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C, SIGTERM, a full disk) mid-trial
+    ORPHANED = "orphaned"  # started by a driver killed before Tune saved the trial: never resumed
 
 
 # ---------------------------------------------------------------- metric keys
@@ -101,7 +102,8 @@ def phase_key(phase: str) -> str:
     return time_key(phase.replace(" ", "_"))
 
 
-ORPHANED = "orphaned"  # Optuna user attribute of a trial a killed driver asked for, never ran
+ORPHANED = "orphaned"  # Optuna user attribute of a trial a killed driver asked for, never ran;
+# in MLflow the same fate is the trial_status TrialStatus.ORPHANED
 
 
 # ---------------------------------------------------------------- MLflow tags and artifacts

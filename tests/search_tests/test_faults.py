@@ -76,6 +76,12 @@ def _agree(folder: Path, client: MlflowClient, experiment: str, study: str, coun
     assert count - len(orphans) <= len(trials) - len(orphans) <= count
     assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
     children = _children(client, experiment)
+    # a run of a trial the killed driver started after Tune's last saved state: Tune ran that
+    # sample again under a new trial id, so the old run is marked orphaned, KILLED
+    lost = [r for r in children if r.data.tags.get("trial_status") == "orphaned"]  # type: ignore[attr-defined]
+    assert all(r.info.status == "KILLED" and r.data.tags["ray_trial_id"] not in ray  # type: ignore[attr-defined]
+               for r in lost)
+    children = [r for r in children if r.data.tags.get("trial_status") != "orphaned"]  # type: ignore[attr-defined]
     assert len(children) == count
     assert {r.data.tags["ray_trial_id"] for r in children} == set(ray)  # type: ignore[attr-defined]
     assert all(r.info.status in ("FINISHED", "FAILED") for r in children)  # type: ignore[attr-defined]
@@ -556,3 +562,35 @@ def test_tunes_traceback_of_a_trial_the_full_disk_failed_is_left_out() -> None:
         controller.removeHandler(handler)
     (record,) = kept
     assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+
+
+def test_a_run_the_resumed_search_never_ran_is_marked_orphaned(tmp_path: Path) -> None:
+    """Seen on a fresh clone once trials reused their workers: the driver was killed just
+    after it started a trial and before Tune saved its state; the resumed search ran that
+    sample as a new trial, and the old run, made from the killed driver's journal, stayed
+    RUNNING. Only a run not ended whose trial Tune does not know is marked; a finished one,
+    or one Tune resumes, is left alone."""
+    from search.tracking import mark_orphaned_children, stop_running_children
+    from search.vocab import TAG
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("orphans")
+    parent = client.create_run(experiment).info.run_id
+    runs = {trial: client.create_run(experiment, tags={TAG.PARENT: parent, TAG.TRIAL_ID: trial,
+                                                       TAG.STATUS: "running"}).info.run_id
+            for trial in ("known", "lost", "done")}
+    client.set_tag(runs["done"], TAG.STATUS, "completed")
+    client.set_terminated(runs["done"], "FINISHED")
+    assert stop_running_children(client, experiment, parent) == 2  # the kill, on --resume
+    late = client.create_run(experiment, tags={TAG.PARENT: parent, TAG.TRIAL_ID: "late",
+                                               TAG.STATUS: "running"}).info.run_id
+    runs["late"] = late  # made after the stop, from the killed driver's journal
+    assert mark_orphaned_children(client, experiment, parent, {"known", "done"}) == 2
+    states = {trial: (client.get_run(run).info.status, client.get_run(run).data.tags)
+              for trial, run in runs.items()}
+    for trial in ("lost", "late"):
+        assert states[trial][0] == "KILLED" and states[trial][1][TAG.STATUS] == "orphaned"
+    assert "before Ray Tune saved this trial" in states["lost"][1][TAG.FAILURE]
+    assert states["known"][1][TAG.STATUS] == "interrupted"  # Tune resumes it: not an orphan
+    assert states["done"][1][TAG.STATUS] == "completed"
+    assert mark_orphaned_children(client, experiment, parent, {"known", "done"}) == 0
