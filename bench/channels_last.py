@@ -1,0 +1,65 @@
+"""Would channels_last pay in a final evaluation on CPU? One trial of a kept search read back
+from its last checkpoint, its final evaluation on the test split (no AutoAttack, no transfer
+group) as shipped (NCHW, the small CNN's own MaxPool2x2) and with channels_last weights and
+PyTorch's max-pool (fast in that layout), alternated, with each one's scores.
+
+    python bench/channels_last.py RESULTS_FOLDER 1 --points 300 --repeats 2
+
+RESULTS_FOLDER is a search's Ray results folder (`<keep>/ray_results/<name>`). One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from attack_convergence import _model
+
+from trainables.defense.models import with_torch_pooling
+from trainables.scoring import final
+from trainables.vocab import SEALED_STRENGTH
+
+SCORES = ("heldout/family_mean_acc", "heldout/union_acc", "sealed/family_mean_acc",
+          "sealed/union_acc")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path)
+    p.add_argument("trial", type=int)
+    p.add_argument("--points", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    folder = next(args.results.glob(f"train_recipe_*_{args.trial}_*"))
+    model, config, shared = _model(folder, None)
+    config = config.replace(test_samples=args.points)
+    shared.transfer.pop("test", None)  # crafted on all test points; not what is timed here
+    # a 1-channel input is the same tensor in either layout: the weights decide the layout
+    models = {"NCHW (shipped)": model,
+              "channels_last": with_torch_pooling(copy.deepcopy(model)).to(
+                  memory_format=torch.channels_last)}
+    seconds: dict[str, list[float]] = {label: [] for label in models}
+    scores: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for label, defended in models.items():
+            start = time.perf_counter()
+            metrics = final.final_evaluation(defended, shared, config, strength=SEALED_STRENGTH,
+                                             autoattack=False, log=lambda _: None).metrics
+            seconds[label].append(time.perf_counter() - start)
+            scores[label] = {k: metrics[f"test/{k}"] for k in SCORES}
+    base = statistics.median(seconds["NCHW (shipped)"])
+    print(f"trial {args.trial}, {args.points} test points, strength {SEALED_STRENGTH:g}, "
+          "no AutoAttack, 1 thread")
+    for label, values in seconds.items():
+        print(f"  {label:<15} {' '.join(f'{v:6.1f}' for v in values)} s, median "
+              f"{statistics.median(values):6.1f} s ({statistics.median(values) / base:.2f}x)  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in scores[label].items()))
+
+
+if __name__ == "__main__":
+    main()
