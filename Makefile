@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # The CPU wheel on this kind of machine; users with CUDA: make install TORCH_SPEC="torch>=2.3"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# two pytest-xdist workers: the search tests in order on one, the rest beside them
+# (tests/conftest.py); PARALLEL= runs everything in one process
+PARALLEL ?= -n 2 --dist loadgroup
 # every other package at a known version, so two fresh machines compute the same numbers
 CONSTRAINTS := -c constraints.txt
 
@@ -46,10 +49,10 @@ system-deps:
 		    && $(SUDO) apt-get install -y -qq chromium chromium-driver iproute2 util-linux)
 
 test: install-test system-deps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PARALLEL) $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .

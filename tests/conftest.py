@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,32 @@ from search.vocab import FRESH_FINAL_ENV
 from tests.processes import start_mlflow_server, stop_process
 from trainables.defense.models import DefendedModel
 from trainables.setting.prepare import Shared, prepare_shared
+
+# The test files that run searches: Ray clusters, MLflow servers, faults timed against them, the
+# shared smoke search. tests/test_parallel.py checks that every search test file with a slow
+# test is named here.
+SEARCHES = tuple(f"tests/search_tests/{name}.py" for name in (
+    "test_card", "test_cluster", "test_faults", "test_mlflow_ui", "test_optuna_dashboard",
+    "test_query_space", "test_report", "test_resume", "test_search_run"))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, unknown without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). The tests that run
+    searches each use both cores, and share one smoke search (a session fixture), so they are
+    one group, run in order on one worker; every other test (torch, files, CLI processes that
+    stop before Ray) goes to whichever worker is free. The group is named here, not by
+    `xdist_group` marks: xdist 3.8 writes a mark's group into `item._nodeid`, which pytest 9.2
+    no longer reads, so marks group nothing."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SearchesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "searches" if nodeid.startswith(SEARCHES) else nodeid
+
+    return SearchesTogether(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
