@@ -42,6 +42,24 @@ def _model(folder: Path, shared: Shared | None) -> tuple[DefendedModel, TrialCon
     return model.eval(), config, shared
 
 
+def kept_trial_on_test_points(
+        description: str) -> tuple[argparse.Namespace, DefendedModel, TrialConfig, Shared]:
+    """The arguments `RESULTS TRIAL --points --repeats` of a benchmark that times a kept trial's
+    final evaluation, and that trial's model read back on `--points` test points (1 thread,
+    no transfer group: it is crafted on all test points, which is not what is timed)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("results", type=Path)
+    p.add_argument("trial", type=int)
+    p.add_argument("--points", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    folder = next(args.results.glob(f"train_recipe_*_{args.trial}_*"))
+    model, config, shared = _model(folder, None)
+    shared.transfer.pop("test", None)
+    return args, model, config.replace(test_samples=args.points), shared
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path)

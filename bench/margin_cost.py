@@ -9,31 +9,18 @@ RESULTS_FOLDER is a search's Ray results folder (`<keep>/ray_results/<name>`). O
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-from attack_convergence import _model
+from attack_convergence import kept_trial_on_test_points
 
 from trainables.scoring import final
 from trainables.vocab import SEALED_STRENGTH
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path)
-    p.add_argument("trial", type=int)
-    p.add_argument("--points", type=int, default=300)
-    p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    folder = next(args.results.glob(f"train_recipe_*_{args.trial}_*"))
-    model, config, shared = _model(folder, None)
-    config = config.replace(test_samples=args.points)
-    shared.transfer.pop("test", None)  # crafted on all test points; not what is timed here
+    args, model, config, shared = kept_trial_on_test_points(__doc__.split("\n\n")[0])
     real = final.margin_and
     seconds: dict[str, list[float]] = {"CE alone": [], "CE and margin": []}
     scores: dict[str, dict[str, float]] = {}
