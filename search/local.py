@@ -21,6 +21,14 @@ table: the incumbent's values with the fewest explored neighbours first (a known
 differs from the incumbent in 1 to `max_changes` values explores each of them once), ties in
 random order. Drawn at random, 11 proposals over mid's thirty-odd values move some twice and
 leave most untried; covered, each proposal tries a value not yet tried next to the incumbent.
+
+`stack` (`--search-alg local-stack`) first stacks what the study has seen help, the way a
+person who walked a lever table then combines its levers: of two finished recipes that differ
+in 1 to `max_changes` values, where the later one is the better, the later one's values are a
+move that helped by their objective's difference. A proposal is the incumbent with the move
+that helped most and that it does not have yet (nor the study as a recipe); only when no such
+move is left is a value moved at random. The moves are read from the finished trials alone
+(warm-start results, baselines and a resumed study's included): nothing is kept in between.
 """
 
 from __future__ import annotations
@@ -44,9 +52,9 @@ __all__ = ["LocalSampler"]
 
 class LocalSampler(optuna.samplers.BaseSampler):
     def __init__(self, *, seed: int = 0, max_changes: int = 2, step: float = 0.15,
-                 attempts: int = 10, cover: bool = False) -> None:
+                 attempts: int = 10, cover: bool = False, stack: bool = False) -> None:
         self.seed, self.max_changes, self.step = seed, max_changes, step
-        self.attempts, self.cover = attempts, cover
+        self.attempts, self.cover, self.stack = attempts, cover, stack
         self._random = optuna.samplers.RandomSampler(seed=seed)
         # per trial number: the proposal (the incumbent's values, one or two of them moved)
         self._plans: dict[int, dict[str, Any]] = {}
@@ -68,6 +76,11 @@ class LocalSampler(optuna.samplers.BaseSampler):
             return
         known = [t.params for t in study.get_trials(deepcopy=False)
                  if t.params and t.number != trial.number]
+        if self.stack:
+            stacked = _stacked(study, incumbent, known, self.max_changes)
+            if stacked is not None:
+                self._plans[trial.number] = stacked
+                return
         names = sorted(incumbent.params)
         explored = _explored(incumbent.params, known, self.max_changes) if self.cover else {}
         for attempt in range(self.attempts):
@@ -110,6 +123,36 @@ def _incumbent(study: optuna.Study) -> FrozenTrial | None:
                                                           states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
     return max(done, key=lambda d: d[0])[1] if done else None
+
+
+def _stacked(study: optuna.Study, incumbent: FrozenTrial, known: Sequence[dict[str, Any]],
+             max_changes: int) -> dict[str, Any] | None:
+    """The incumbent with the move that helped most between two finished neighbours, of
+    those it lacks and whose result the study does not hold; None when there is none."""
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    moves: list[tuple[float, int, int, dict[str, Any]]] = []
+    for better in done:
+        for worse in done:
+            gain = sign * (better.value - worse.value)  # type: ignore[operator]
+            differ = [name for name, value in better.params.items()
+                      if name in worse.params and worse.params[name] != value]
+            # the later one is the better: a move the study made that paid, not the undoing
+            # of one that hurt (a broken recipe's neighbours would otherwise lead)
+            if gain > 0 and better.number > worse.number and 1 <= len(differ) <= max_changes:
+                moves.append((-gain, better.number, worse.number,
+                              {name: better.params[name] for name in differ}))
+    for *_, move in sorted(moves, key=lambda m: m[:3]):
+        usable = {name: value for name, value in move.items()
+                  if name not in incumbent.distributions
+                  or _fits(value, incumbent.distributions[name])}
+        if usable != move or all(incumbent.params.get(n) == v for n, v in move.items()):
+            continue
+        proposal = {**incumbent.params, **move}
+        if not any(_same(proposal, params) for params in known):
+            return proposal
+    return None
 
 
 def _explored(incumbent: dict[str, Any], known: Sequence[dict[str, Any]], max_changes: int

@@ -110,7 +110,8 @@ def make_sampler(alg: SearchAlg, *, seed: int, startup: int) -> optuna.samplers.
     if alg == SearchAlg.NSGA2:
         return _NSGAII(seed=seed)
     if alg.is_local:  # next to the incumbent from the first finished trial on
-        return LocalSampler(seed=seed, cover=alg == SearchAlg.LOCAL_COVER)
+        return LocalSampler(seed=seed, cover=alg == SearchAlg.LOCAL_COVER,
+                            stack=alg == SearchAlg.LOCAL_STACK)
     if alg == SearchAlg.GP:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)

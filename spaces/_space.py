@@ -68,7 +68,8 @@ class SearchAlg(StrEnum):
     """Optuna's sampler: TPE (independent per value), multivariate TPE over groups of values
     that appear together (Optuna's `group`), the Gaussian-process sampler, random sampling,
     or NSGA-II for the clean vs held-out front; `local` changes one or two values of the best
-    recipe so far (search/local.py), `local-cover` the least explored of them first."""
+    recipe so far (search/local.py), `local-cover` the least explored of them first,
+    `local-stack` the moves that helped elsewhere in the study first."""
 
     TPE = "tpe"
     TPE_MV = "tpe-mv"
@@ -77,11 +78,12 @@ class SearchAlg(StrEnum):
     NSGA2 = "nsga2"
     LOCAL = "local"
     LOCAL_COVER = "local-cover"
+    LOCAL_STACK = "local-stack"
 
     @property
     def is_local(self) -> bool:
         """Moves the best recipe so far, of one objective (search/local.py)."""
-        return self in (SearchAlg.LOCAL, SearchAlg.LOCAL_COVER)
+        return self in (SearchAlg.LOCAL, SearchAlg.LOCAL_COVER, SearchAlg.LOCAL_STACK)
 
 
 class RungStop(StrEnum):

@@ -194,3 +194,29 @@ def test_covered_proposals_move_the_least_explored_values_of_the_incumbent_first
         changed = [ask(study) for _ in range(6)]
         assert all(len(c) == 1 for c in changed), changed
         assert set().union(*changed) == set(names[2:]), changed
+
+
+def test_stacked_proposals_add_the_moves_that_helped_most_to_the_incumbent_first() -> None:
+    study = optuna.create_study(direction="maximize", sampler=LocalSampler(seed=0, stack=True))
+    base: dict[str, Any] = {"lr": 1e-3, "w": 0.0, "steps": 10, "opt": "adam"}
+    _add(study, 0.50, **base)
+    _add(study, 0.56, **{**base, "opt": "sgd"})  # helped by 0.06
+    _add(study, 0.53, **{**base, "w": 2.0})  # helped by 0.03
+    _add(study, 0.40, **{**base, "lr": 5e-3, "steps": 3})  # hurt: not a move to stack
+    _add(study, 0.70, lr=2e-3, w=1.0, steps=12, opt="adam")  # the incumbent, far from the rest
+    first, second = _ask(study), _ask(study)
+    assert first == {"lr": 2e-3, "w": 1.0, "steps": 12, "opt": "sgd"}
+    assert second == {"lr": 2e-3, "w": 2.0, "steps": 12, "opt": "adam"}
+    # the moves it already has or the study holds are not proposed again: a local move then
+    _add(study, 0.65, lr=2e-3, w=1.0, steps=12, opt="sgd")  # the stacked one, run (worse)
+    third = _ask(study)
+    changed = {k for k in third if third[k] != {"lr": 2e-3, "w": 1.0, "steps": 12,
+                                                  "opt": "adam"}[k]}
+    assert 1 <= len(changed) <= 2 and third != second, third
+
+
+def test_stacking_is_a_search_alg() -> None:
+    from search.tuner import make_sampler
+
+    sampler = make_sampler(spaces.SearchAlg("local-stack"), seed=0, startup=5)
+    assert isinstance(sampler, LocalSampler) and sampler.stack and not sampler.cover
