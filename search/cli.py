@@ -3,26 +3,30 @@
 A user's mistake (DefenseSearchError, or a bad flag) is one `error:` line and exit code 2,
 never a traceback (an error with its own `exit_code`, such as a tracking server that stayed
 away, exits with that); a disk that is full is one line and exit code 4; Ctrl-C is exit code
-130 (a caught SIGTERM 143) with a line saying how to go on.
+130 (a caught SIGTERM 143, SIGHUP 129, a lost reader of the output 141) with a line saying how
+to go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 from trainables.errors import DefenseSearchError
 
-__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "Parser",
+__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "EXIT_STOPPED", "EXIT_USAGE", "Parser",
            "exit_now", "run_cli"]
 
 EXIT_USAGE = 2
 EXIT_DISK_FULL = 4  # search/disk.py's DiskFullError carries it too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+# every way a caught interruption ends a command (search/signals.py): 128 + its signal
+EXIT_STOPPED = frozenset(128 + s for s in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE,
+                                           signal.SIGTERM))
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, exit_now, run_cli
+from search.cli import EXIT_STOPPED, Parser, exit_now, run_cli
 from search.cluster import REMOTE_SCHEMES
 from search.disk import check_free_space, need_of, used_bytes
 from search.lock import search_lock
@@ -395,6 +395,6 @@ def describe_plan(plan: SearchPlan) -> str:
 
 if __name__ == "__main__":
     code = main()
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+    if code in EXIT_STOPPED:
         exit_now(code)
     raise SystemExit(code)

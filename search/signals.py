@@ -1,11 +1,17 @@
-"""Ctrl-C and SIGTERM: a search stops within seconds, in a state `--resume` continues.
+"""Ctrl-C, SIGTERM, a closed terminal: a search stops within seconds, in a state `--resume`
+continues.
 
-Both signals raise `Interrupted` in the main thread (SIGTERM too: Ray's driver handler would
-`sys.exit` from wherever the driver is, and a scheduler or `timeout` sends SIGTERM). While Tune
-runs the trials, the first signal asks Tune for its own graceful stop instead (the run loop
+SIGINT, SIGTERM and SIGHUP (the terminal went away; left alone where it was ignored when the
+search started, as `nohup` does) raise `Interrupted` in the main thread (SIGTERM too: Ray's
+driver handler would `sys.exit` from wherever the driver is, and a scheduler or `timeout`
+sends SIGTERM). So does a write to stdout or stderr whose reader went away (`search.run | tee
+log` with the tee killed): Python's EPIPE would otherwise end the search with a traceback from
+whichever print met it first, its trials' runs left RUNNING in MLflow; the stream then writes
+nowhere and the search stops as it does on a signal, with SIGPIPE's number. While Tune runs
+the trials, the first interruption asks Tune for its own graceful stop instead (the run loop
 ends after its step, the experiment state is saved whole, the trials are stopped), and
-`Interrupted` is raised when `fit` returns; a second signal raises at once. The exit code is
-128 + the signal's number: 130 for SIGINT, 143 for SIGTERM.
+`Interrupted` is raised when `fit` returns; a second one raises at once. The exit code is 128 +
+the signal's number: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, 141 for a lost reader.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any, TextIO
 
 __all__ = ["Interrupted", "catch_signals", "deferred", "graceful", "reinstall", "stop_tune"]
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -39,12 +47,16 @@ class _State:
     installed = False
     received: int | None = None
     stop: Callable[[], bool] | None = None  # a graceful stop for the block running now
+    handled: tuple[int, ...] = ()  # the signals `catch_signals` took over
+    as_signal: int | None = None  # what the next simulated SIGINT stands for (a lost reader)
 
 
 _STATE = _State()
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if _STATE.as_signal is not None:
+        signum, _STATE.as_signal = _STATE.as_signal, None
     first = _STATE.received is None
     _STATE.received = _STATE.received or signum
     if first and _STATE.stop is not None and _STATE.stop():
@@ -54,29 +66,75 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def catch_signals() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM raise `Interrupted` (main thread only; Tune's own
+    """Within the block SIGINT, SIGTERM and SIGHUP (unless ignored) raise `Interrupted`, and so
+    does a write to stdout or stderr that finds its reader gone (main thread only; Tune's own
     SIGINT handler is turned off: the search asks it for the same stop itself)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    # under nohup SIGHUP stays ignored: the search was meant to outlive its terminal
+    handled = tuple(s for s in SIGNALS
+                    if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
+    before = {signum: signal.getsignal(signum) for signum in handled}
+    streams = sys.stdout, sys.stderr
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    _STATE.installed, _STATE.received = True, None
+    _STATE.installed, _STATE.received, _STATE.handled = True, None, handled
     reinstall()
+    out, err = sys.stdout, sys.stderr = _Watched(streams[0]), _Watched(streams[1])
     try:
         yield
     finally:
         _STATE.installed = False
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        # a lost stream stays the one that writes nowhere: the interrupted line comes next
+        sys.stdout = out if out.lost else streams[0]
+        sys.stderr = err if err.lost else streams[1]
 
 
 def reinstall() -> None:
     """Puts the handlers back after something replaced them (ray.init sets its own SIGTERM
     handler in the driver); nothing if `catch_signals` was not called."""
     if _STATE.installed and threading.current_thread() is threading.main_thread():
-        for signum in SIGNALS:
+        for signum in _STATE.handled:
             signal.signal(signum, _handler)
+
+
+class _Watched:
+    """sys.stdout or sys.stderr: a write or flush that finds the reader gone (EPIPE) makes
+    the stream write nowhere from then on and interrupts the search, as SIGPIPE would."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self.lost = stream, False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._lose()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._lose()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: the stream's
+        return getattr(self._stream, name)
+
+    def _lose(self) -> None:
+        if self.lost:
+            return
+        self.lost, self._stream = True, open(os.devnull, "w")  # noqa: SIM115 (lives on)
+        if not _STATE.installed:
+            return
+        if threading.current_thread() is threading.main_thread():
+            _handler(signal.SIGPIPE, None)
+        else:  # Ray's log thread, say: a real signal, which also wakes a main thread that
+            # waits (a simulated one, `_thread.interrupt_main`, waits for it to wake)
+            _STATE.as_signal = signal.SIGPIPE
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,13 @@ from tests.processes import session_members, start_mlflow_server, stop_process
 from tests.search_tests.conftest import REPO, run_module
 
 
-def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+def _popen(args: list[str], cwd: Path, log: Path, *, piped: bool = False
+           ) -> subprocess.Popen[bytes]:
+    """`search.run` writing to `log`; `piped`: only its stderr, stdout a pipe to read."""
     return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            stdout=subprocess.PIPE if piped else log.open("wb"),
+                            stderr=log.open("wb") if piped else subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -375,23 +378,26 @@ def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
     assert (folder / "best_config.yaml").is_file() and not (folder / "search.lock").exists()
 
 
-@pytest.mark.slow
-def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
-    _, _, uri = server
-    args = _args("term", uri, tmp_path, "--num-samples", "1", "--set", "budget.epochs=4",
+def _stopped_mid_trial(name: str, uri: str, tmp_path: Path,
+                       stop: Callable[[subprocess.Popen[bytes]], None], *, piped: bool = False
+                       ) -> tuple[int, float, str]:
+    """A one-trial search stopped by `stop` once the trial has reported: its exit code, the
+    seconds from `stop` to the exit, its output; checks no Ray process is left and MLflow
+    holds the search and its trial as interrupted. `piped`: stdout is a pipe `stop` may
+    close (the output is then stderr's)."""
+    args = _args(name, uri, tmp_path, "--num-samples", "1", "--set", "budget.epochs=4",
                  "--set", "baselines=[]")
     log, client = tmp_path / "search.log", MlflowClient(uri)
-    search = _popen(args, tmp_path, log)
+    search = _popen(args, tmp_path, log, piped=piped)
     try:
         def one_evaluation() -> bool:
-            runs = _children(client, "term")
+            runs = _children(client, name)
             return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id,  # type: ignore[attr-defined]
                                                                  "val/clean/acc"))
 
         _wait_until(one_evaluation, search, log, timeout=900)
         start = time.monotonic()
-        search.send_signal(signal.SIGTERM)  # what `timeout` and schedulers send
+        stop(search)
         code = search.wait(timeout=300)
         took = time.monotonic() - start
         deadline = time.time() + 20
@@ -401,14 +407,39 @@ def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
     finally:
         stop_process(search)
     output = log.read_text()
-    assert code == 143 and took < 60, (code, took, output[-3000:])
-    _one_line_at_the_end(output, "interrupted: resume with")
     for crash in ("Aborted", "core dumped", "*** SIG", "Stack trace", "Check failed"):
         assert crash not in output, output[-3000:]
     assert not left, f"Ray processes left running: {left}"
-    assert _parent(client, "term", "term").info.status == "KILLED"
-    (run,) = _children(client, "term")
+    assert _parent(client, name, name).info.status == "KILLED"
+    (run,) = _children(client, name)
     assert run.info.status == "KILLED" and run.data.tags["trial_status"] == "interrupted"  # type: ignore[attr-defined]
+    return code, took, output
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    code, took, output = _stopped_mid_trial(
+        "term", server[2], tmp_path,
+        lambda search: search.send_signal(signal.SIGTERM))  # what `timeout` and schedulers send
+    assert code == 143 and took < 60, (code, took, output[-3000:])
+    _one_line_at_the_end(output, "interrupted: resume with")
+
+
+@pytest.mark.slow
+def test_a_reader_of_the_output_that_goes_away_stops_the_search_as_a_signal_does(
+        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+    # `search.run | tee log` with the tee killed: the next print stops the search, where
+    # Python's EPIPE ended it with a traceback from Tune's reporter, its trial's run left
+    # RUNNING in MLflow
+    def reader_gone(search: subprocess.Popen[bytes]) -> None:
+        assert search.stdout is not None
+        search.stdout.close()
+
+    code, took, output = _stopped_mid_trial("pipe", server[2], tmp_path, reader_gone,
+                                            piped=True)
+    assert code == 128 + signal.SIGPIPE and took < 90, (code, took, output[-3000:])
+    _one_line_at_the_end(output, "interrupted: resume with")
 
 
 @pytest.mark.slow
