@@ -418,7 +418,9 @@ class Tasks:
         self.threads = max(1, int(resources.get("cpu", 1)))
         self.shared_ref, self.strength = ray.put(shared), strength
         self.folder, self.fresh = shared.cache_dir, fresh
-        self.owns = 0  # tasks given the model a baseline's trial trained (not a kept answer)
+        # tasks computed from a model the search trained (a searched recipe's, or the one a
+        # baseline's trial trained) rather than training it again; a kept answer uses none
+        self.models_reused = 0
 
     def submit(self, record: TrialRecord, payload: bytes | None, *, keep: bool,
                own: bytes | None = None) -> Any:
@@ -434,7 +436,7 @@ class Tasks:
             keep=keep and payload is None)
         if found is not None:
             return ray.put((*found, True))
-        self.owns += own is not None
+        self.models_reused += payload is not None or own is not None
         # Ray's stubs type remote calls of up to six arguments
         return self.task.options(**self.options).remote(  # type: ignore[call-arg]
             self.shared_ref, record, payload if own is None else own, self.strength,
@@ -521,8 +523,7 @@ def _evaluate_all(candidates: list[Candidate], tasks: Tasks, seeds: Sequence[int
     early = sum(1 for c in candidates for s in seeds if c.baseline and (c.label, s) in started)
     print(f"final: {len(candidates)} recipes x {len(seeds)} seeds = {len(pending)} tasks "
           f"({early} started by the search; "
-          f"{sum(c.model is not None for c in candidates) + tasks.owns} models reused from the "
-          "search)", flush=True)
+          f"{tasks.models_reused} of them from a model the search trained)", flush=True)
     reused = 0
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
