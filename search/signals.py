@@ -76,20 +76,19 @@ def catch_signals() -> Iterator[None]:
     handled = tuple(s for s in SIGNALS
                     if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
     before = {signum: signal.getsignal(signum) for signum in handled}
-    streams = sys.stdout, sys.stderr
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     _STATE.installed, _STATE.received, _STATE.handled = True, None, handled
     reinstall()
-    out, err = sys.stdout, sys.stderr = _Watched(streams[0]), _Watched(streams[1])
+    # watched from here to the process's end: the line saying how to go on comes after the
+    # block, and a reader that went away unnoticed (nothing printed since) would make it a
+    # BrokenPipeError, exit 1 through the interpreter's teardown instead of the signal's code
+    sys.stdout, sys.stderr = _Watched.of(sys.stdout), _Watched.of(sys.stderr)
     try:
         yield
     finally:
         _STATE.installed = False
         for signum, handler in before.items():
             signal.signal(signum, handler)
-        # a lost stream stays the one that writes nowhere: the interrupted line comes next
-        sys.stdout = out if out.lost else streams[0]
-        sys.stderr = err if err.lost else streams[1]
 
 
 def reinstall() -> None:
@@ -102,10 +101,15 @@ def reinstall() -> None:
 
 class _Watched:
     """sys.stdout or sys.stderr: a write or flush that finds the reader gone (EPIPE) makes
-    the stream write nowhere from then on and interrupts the search, as SIGPIPE would."""
+    the stream write nowhere from then on and, inside `catch_signals`, interrupts the search
+    as SIGPIPE would."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream, self.lost = stream, False
+
+    @classmethod
+    def of(cls, stream: TextIO) -> TextIO:
+        return stream if isinstance(stream, cls) else cls(stream)  # type: ignore[return-value]
 
     def write(self, text: str) -> int:
         try:

@@ -41,6 +41,8 @@ def body():
                     time.sleep(0.05)
             threading.Thread(target=chatter, daemon=True).start()
             time.sleep(60)
+        elif how == "quiet":  # prints nothing until it is stopped
+            time.sleep(60)
         else:
             for _ in range(1200):
                 print("working", flush=True)
@@ -108,3 +110,16 @@ def test_under_nohup_sighup_stays_ignored() -> None:
     finally:
         proc.kill()
     assert code == 128 + signal.SIGTERM, err
+
+
+def test_a_signal_after_the_reader_went_away_unnoticed_still_ends_with_its_code() -> None:
+    # nothing printed between the reader going away and the signal: the line that says how
+    # to go on meets the closed pipe after the block, where its BrokenPipeError ended the
+    # command with exit 1 through the interpreter's teardown (Ray's atexit shutdown waited
+    # 30+ s for the final comparison's tasks there)
+    proc = _start("quiet")
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
