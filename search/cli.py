@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from search.signals import received
 from trainables.errors import DefenseSearchError
 
 __all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "EXIT_STOPPED", "EXIT_USAGE", "Parser",
@@ -54,7 +55,8 @@ def run_cli(body: Callable[[], int], *,
         return EXIT_DISK_FULL
     except KeyboardInterrupt as err:
         print(interrupted() if callable(interrupted) else interrupted, file=sys.stderr)
-        return int(getattr(err, "exit_code", EXIT_INTERRUPTED))
+        signum = received()
+        return int(getattr(err, "exit_code", EXIT_INTERRUPTED if signum is None else 128 + signum))
 
 
 def exit_now(code: int) -> NoReturn:

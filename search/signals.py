@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO
 
-__all__ = ["Interrupted", "catch_signals", "deferred", "graceful", "reinstall", "stop_tune"]
+__all__ = ["Interrupted", "catch_signals", "deferred", "graceful", "received", "reinstall",
+           "stop_tune"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -89,6 +90,13 @@ def catch_signals() -> Iterator[None]:
         _STATE.installed = False
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def received() -> int | None:
+    """The first signal the search took (SIGPIPE for a lost reader), None if none. Ray's
+    `wait` turns a signal that interrupts it into a plain KeyboardInterrupt of its own, whose
+    exit code is then this signal's, not Ctrl-C's."""
+    return _STATE.received
 
 
 def reinstall() -> None:

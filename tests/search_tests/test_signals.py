@@ -43,6 +43,11 @@ def body():
             time.sleep(60)
         elif how == "quiet":  # prints nothing until it is stopped
             time.sleep(60)
+        elif how == "ray-wait":  # what ray.wait does with the handler's exception
+            try:
+                time.sleep(60)
+            except BaseException:
+                raise KeyboardInterrupt from None
         else:
             for _ in range(1200):
                 print("working", flush=True)
@@ -123,3 +128,12 @@ def test_a_signal_after_the_reader_went_away_unnoticed_still_ends_with_its_code(
     proc.stderr.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_a_signal_that_ray_wait_turns_into_a_keyboard_interrupt_keeps_its_code() -> None:
+    # seen with a SIGTERM during the final comparison (which waits in ray.wait): exit 130
+    proc = _start("ray-wait")
+    proc.send_signal(signal.SIGTERM)
+    code, err = _ended(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert err.splitlines() == ["interrupted: resume with the same command"], err
