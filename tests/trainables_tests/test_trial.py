@@ -141,9 +141,14 @@ def test_mid_defaults_reach_the_promised_quality() -> None:
 # ---- speed levers give the same answers (issue: "a lever must not change what is measured")
 
 def _final_metrics(space: spaces.Space, shared: Shared, fidelity: Fidelity | None = None,
-                   **values: Any) -> dict[str, float]:
+                   reports: list[dict[str, float]] | None = None, **values: Any
+                   ) -> dict[str, float]:
+    """A 2-epoch trial's last metrics without its timings; `reports` collects every
+    evaluation's."""
     config = space.trial_config(epochs=2, eval_every=1, **values)
-    metrics = run_trial(config, fidelity=fidelity, shared=shared, log=_quiet).metrics
+    metrics = run_trial(config, fidelity=fidelity, shared=shared, log=_quiet,
+                        report=None if reports is None else
+                        lambda metrics, *_: reports.append(metrics)).metrics
     return {k: v for k, v in metrics.items()
             if not k.startswith("time/") and k != "train/epoch_seconds"}
 
@@ -153,13 +158,10 @@ def test_cheaper_early_evaluations_leave_training_and_the_last_evaluation_unchan
     # exact lever: evaluations draw no training randomness, so bitwise equal on CPU
     full = _final_metrics(smoke_space, smoke_shared)
     rungs = Fidelity(rung_samples=16, rung_strength=0.5, rung_heldout_only=True)
-    cheap = _final_metrics(smoke_space, smoke_shared, rungs)
+    reports: list[dict[str, float]] = []
+    cheap = _final_metrics(smoke_space, smoke_shared, rungs, reports)
     assert cheap == full
     # and each evaluation names its fidelity: 16 points at half strength, then all 64
-    reports: list[dict[str, float]] = []
-    config = smoke_space.trial_config(epochs=2, eval_every=1)
-    run_trial(config, fidelity=rungs, shared=smoke_shared, log=_quiet,
-              report=lambda metrics, *_: reports.append(metrics))
     assert [(r["fidelity/points"], r["fidelity/strength"]) for r in reports] == [
         (16.0, 0.5), (64.0, 1.0)]
 
