@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,24 +41,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return "searches" if nodeid.startswith(SEARCHES) else nodeid
 
     return SearchesTogether(config, log)
-
-
-# The searches' priority on a two-worker run: they are the suite's critical path (the other
-# worker's torch tests finish minutes earlier), so what they and their Ray and MLflow processes
-# do goes first where both workers want the cores. Only root may raise a priority; elsewhere
-# the searches keep the default one.
-SEARCH_NICE = -5
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Before a search test's fixtures start anything (the shared smoke search included), its
-    xdist worker takes SEARCH_NICE; the processes it starts from then on inherit it."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not item.nodeid.startswith(SEARCHES):
-        return
-    if os.getpriority(os.PRIO_PROCESS, 0) > SEARCH_NICE:
-        with contextlib.suppress(PermissionError):
-            os.setpriority(os.PRIO_PROCESS, 0, SEARCH_NICE)
 
 
 @pytest.fixture(scope="session", autouse=True)
