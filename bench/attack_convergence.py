@@ -25,10 +25,11 @@ import torch
 from trainables.attacks import AttackKind, attack_spec, build_attack
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
+from trainables.scoring import final
 from trainables.scoring.evaluate import clean_correct, robust_mask
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import _prepare
-from trainables.vocab import Split
+from trainables.vocab import SEALED_STRENGTH, Split
 
 
 def _model(folder: Path, shared: Shared | None) -> tuple[DefendedModel, TrialConfig, Shared]:
@@ -58,6 +59,21 @@ def kept_trial_on_test_points(
     model, config, shared = _model(folder, None)
     shared.transfer.pop("test", None)
     return args, model, config.replace(test_samples=args.points), shared
+
+
+def timed_final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig
+                           ) -> tuple[float, dict[str, float]]:
+    """Seconds and metrics of a final evaluation as those benchmarks time it (sealed strength,
+    no AutoAttack, quiet); `timed_final_header` says so in one line."""
+    start = time.perf_counter()
+    metrics = final.final_evaluation(model, shared, config, strength=SEALED_STRENGTH,
+                                     autoattack=False, log=lambda _: None).metrics
+    return time.perf_counter() - start, metrics
+
+
+def timed_final_header(args: argparse.Namespace) -> str:
+    return (f"trial {args.trial}, {args.points} test points, strength {SEALED_STRENGTH:g}, "
+            "no AutoAttack, 1 thread")
 
 
 def main() -> None:

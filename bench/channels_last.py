@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
-from attack_convergence import kept_trial_on_test_points
+from attack_convergence import (
+    kept_trial_on_test_points,
+    timed_final_evaluation,
+    timed_final_header,
+)
 
 from trainables.defense.models import with_torch_pooling
-from trainables.scoring import final
-from trainables.vocab import SEALED_STRENGTH
 
 SCORES = ("heldout/family_mean_acc", "heldout/union_acc", "sealed/family_mean_acc",
           "sealed/union_acc")
@@ -35,14 +36,11 @@ def main() -> None:
     scores: dict[str, dict[str, float]] = {}
     for _ in range(args.repeats):
         for label, defended in models.items():
-            start = time.perf_counter()
-            metrics = final.final_evaluation(defended, shared, config, strength=SEALED_STRENGTH,
-                                             autoattack=False, log=lambda _: None).metrics
-            seconds[label].append(time.perf_counter() - start)
+            took, metrics = timed_final_evaluation(defended, shared, config)
+            seconds[label].append(took)
             scores[label] = {k: metrics[f"test/{k}"] for k in SCORES}
     base = statistics.median(seconds["NCHW (shipped)"])
-    print(f"trial {args.trial}, {args.points} test points, strength {SEALED_STRENGTH:g}, "
-          "no AutoAttack, 1 thread")
+    print(timed_final_header(args))
     for label, values in seconds.items():
         print(f"  {label:<15} {' '.join(f'{v:6.1f}' for v in values)} s, median "
               f"{statistics.median(values):6.1f} s ({statistics.median(values) / base:.2f}x)  "

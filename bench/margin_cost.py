@@ -10,13 +10,15 @@ RESULTS_FOLDER is a search's Ray results folder (`<keep>/ray_results/<name>`). O
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
-from attack_convergence import kept_trial_on_test_points
+from attack_convergence import (
+    kept_trial_on_test_points,
+    timed_final_evaluation,
+    timed_final_header,
+)
 
 from trainables.scoring import final
-from trainables.vocab import SEALED_STRENGTH
 
 
 def main() -> None:
@@ -31,16 +33,13 @@ def main() -> None:
     for _ in range(args.repeats):
         for label, margin in (("CE alone", without), ("CE and margin", real)):
             final.margin_and = margin  # type: ignore[assignment]
-            start = time.perf_counter()
-            metrics = final.final_evaluation(model, shared, config, strength=SEALED_STRENGTH,
-                                             autoattack=False, log=lambda _: None).metrics
-            seconds[label].append(time.perf_counter() - start)
+            took, metrics = timed_final_evaluation(model, shared, config)
+            seconds[label].append(took)
             scores[label] = {k: metrics[f"test/{k}"] for k in (
                 "heldout/family_mean_acc", "sealed/family_mean_acc", "sealed/union_acc")}
     final.margin_and = real
     base = statistics.median(seconds["CE alone"])
-    print(f"trial {args.trial}, {args.points} test points, strength {SEALED_STRENGTH:g}, "
-          "no AutoAttack, 1 thread")
+    print(timed_final_header(args))
     for label, values in seconds.items():
         print(f"  {label:<14} {statistics.median(values):7.1f} s (median of {len(values)}; "
               f"{statistics.median(values) / base:.2f}x)  "
