@@ -93,7 +93,9 @@ def _agree(folder: Path, client: MlflowClient, experiment: str, study: str, coun
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[bytes]], str]]:
-    """An MLflow server the test may stop and start again on the same port and store."""
+    """An MLflow server the test may stop and start again on the same port and store (the
+    tests that leave the server alone log to the session's, `mlflow_server`, each to its own
+    experiment: a server of their own cost 7 to 8 s each to start and stop)."""
     root = tmp_path / "server"
     root.mkdir()
     proc, uri = start_mlflow_server(root)
@@ -172,8 +174,8 @@ def test_mlflow_lost_for_good_stops_cleanly_and_resume_logs_the_rest(
 
 @pytest.mark.slow
 def test_a_crashing_trial_is_failed_with_its_error_in_mlflow(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
-    _, _, uri = server
+        tmp_path: Path, mlflow_server: str) -> None:
+    uri = mlflow_server
     log = tmp_path / "search.log"
     search = _popen(_args("crash", uri, tmp_path, "--num-samples", "2", "--set",
                           "budget.epochs=5", "--set", "baselines=[]", "--max-failures", "0",
@@ -205,8 +207,8 @@ def test_a_crashing_trial_is_failed_with_its_error_in_mlflow(
 
 @pytest.mark.slow
 def test_a_diverging_trial_fails_with_its_reason_and_is_not_retried(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
-    _, _, uri = server
+        tmp_path: Path, mlflow_server: str) -> None:
+    uri = mlflow_server
     # lr 1 with Adam: clean accuracy falls to chance within the first epoch
     proc = run_module("search.run", *_args(
         "diverge", uri, tmp_path, "--num-samples", "1", "--set", "baselines=[]", "--set",
@@ -244,10 +246,10 @@ params:
 
 @pytest.mark.slow
 def test_a_proposal_that_makes_no_recipe_fails_its_trial_and_the_search_goes_on(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+        tmp_path: Path, mlflow_server: str) -> None:
     """The local sampler's first proposal (seed 0) moves train_on alone: clean training with
     every clean-side weight 0 trains nothing. It used to end the whole search (exit 2)."""
-    _, _, uri = server
+    uri = mlflow_server
     space = tmp_path / "norecipe.yaml"
     space.write_text(NO_RECIPE_SPACE)
     args = _args("norecipe", uri, tmp_path, "--num-samples", "3", "--search-alg", "local",
@@ -265,8 +267,8 @@ def test_a_proposal_that_makes_no_recipe_fails_its_trial_and_the_search_goes_on(
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_and_its_leftovers_are_stopped(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
-    _, _, uri = server
+        tmp_path: Path, mlflow_server: str) -> None:
+    uri = mlflow_server
     args = _args("resume", uri, tmp_path, "--num-samples", "4", "--set", "budget.epochs=6",
                  "--set", "baselines=[]")
     log = tmp_path / "first.log"
@@ -334,8 +336,8 @@ def _one_line_at_the_end(output: str, start: str) -> str:
 
 @pytest.mark.slow
 def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
-    _, _, uri = server
+        tmp_path: Path, mlflow_server: str) -> None:
+    uri = mlflow_server
     args = _args("ctrlc", uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1",
                  "--set", "budget.epochs=1", "--set", "baselines=[]")
     log, folder, client = tmp_path / "first.log", tmp_path / "ray" / "ctrlc", MlflowClient(uri)
@@ -418,9 +420,9 @@ def _stopped_mid_trial(name: str, uri: str, tmp_path: Path,
 
 @pytest.mark.slow
 def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+        tmp_path: Path, mlflow_server: str) -> None:
     code, took, output = _stopped_mid_trial(
-        "term", server[2], tmp_path,
+        "term", mlflow_server, tmp_path,
         lambda search: search.send_signal(signal.SIGTERM))  # what `timeout` and schedulers send
     assert code == 143 and took < 60, (code, took, output[-3000:])
     _one_line_at_the_end(output, "interrupted: resume with")
@@ -428,7 +430,7 @@ def test_sigterm_stops_the_search_in_seconds_without_a_ray_crash(
 
 @pytest.mark.slow
 def test_a_reader_of_the_output_that_goes_away_stops_the_search_as_a_signal_does(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str]) -> None:
+        tmp_path: Path, mlflow_server: str) -> None:
     # `search.run | tee log` with the tee killed: the next print stops the search, where
     # Python's EPIPE ended it with a traceback from Tune's reporter, its trial's run left
     # RUNNING in MLflow
@@ -436,7 +438,7 @@ def test_a_reader_of_the_output_that_goes_away_stops_the_search_as_a_signal_does
         assert search.stdout is not None
         search.stdout.close()
 
-    code, took, output = _stopped_mid_trial("pipe", server[2], tmp_path, reader_gone,
+    code, took, output = _stopped_mid_trial("pipe", mlflow_server, tmp_path, reader_gone,
                                             piped=True)
     assert code == 128 + signal.SIGPIPE and took < 90, (code, took, output[-3000:])
     _one_line_at_the_end(output, "interrupted: resume with")
@@ -499,9 +501,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(
-        tmp_path: Path, server: tuple[Path, list[subprocess.Popen[bytes]], str],
+        tmp_path: Path, mlflow_server: str,
         small_disk: Path) -> None:
-    _, _, uri = server
+    uri = mlflow_server
     args = _args("full", uri, tmp_path, "--num-samples", "2", "--set", "budget.epochs=3",
                  "--set", "baselines=[]", "--storage-path", str(small_disk / "ray"))
     log, folder, filler = tmp_path / "search.log", small_disk / "ray" / "full", small_disk / "fill"
