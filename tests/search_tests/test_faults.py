@@ -339,16 +339,19 @@ def test_ctrl_c_is_a_state_one_search_per_name_and_resume_finishes_it(
         tmp_path: Path, mlflow_server: str) -> None:
     uri = mlflow_server
     args = _args("ctrlc", uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1",
-                 "--set", "budget.epochs=1", "--set", "baselines=[]")
+                 "--set", "budget.epochs=2", "--set", "baselines=[]")
     log, folder, client = tmp_path / "first.log", tmp_path / "ray" / "ctrlc", MlflowClient(uri)
     first = _popen(args, tmp_path, log)
     try:
-        def one_done_one_running() -> bool:
-            statuses = [r.data.tags.get("trial_status") for r in _children(client, "ctrlc")]  # type: ignore[attr-defined]
-            return "completed" in statuses and "running" in statuses
+        def statuses() -> list[object]:
+            return [r.data.tags.get("trial_status") for r in _children(client, "ctrlc")]  # type: ignore[attr-defined]
 
-        _wait_until(one_done_one_running, first, log, timeout=900)
-        second = run_module("search.run", *args, cwd=tmp_path, timeout=300)  # same name
+        _wait_until(lambda: "running" in statuses(), first, log, timeout=900)
+        # the same name while the first search runs; before the wait below, so that the
+        # signal follows it within a poll (the second trial of a fast hour took about as long
+        # as this command, and ended the search before the signal)
+        second = run_module("search.run", *args, cwd=tmp_path, timeout=300)
+        _wait_until(lambda: {"completed", "running"} <= set(statuses()), first, log, timeout=900)
         start = time.monotonic()
         first.send_signal(signal.SIGINT)  # what Ctrl-C sends
         code = first.wait(timeout=300)
