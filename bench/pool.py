@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_pooling
+from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_layers
 from trainables.setting.setup import dataset_info
 
 Pass = Callable[[], torch.Tensor]
@@ -53,7 +53,9 @@ def _pool_rows(first: torch.Tensor) -> dict[str, tuple[Pass, Pass]]:
                 lambda: torch.autograd.grad(MaxPool2x2()(leaf), leaf, grad)[0])}
 
 
-def _race(a: Pass, b: Pass, repeats: int) -> tuple[float, float]:
+def race(a: Callable[[], object], b: Callable[[], object], repeats: int
+         ) -> tuple[float, float]:
+    """Median seconds of `a` and of `b`, run alternately `repeats` times after a warm-up."""
     times: tuple[list[float], list[float]] = ([], [])
     a(), b()  # warm
     for _ in range(repeats):
@@ -76,7 +78,7 @@ def main() -> None:
     info = dataset_info(args.dataset)
     parts = build_arch(info.default_arch, info.image_shape, info.num_classes)
     ours = DefendedModel(parts.encoder, parts.head).eval()
-    theirs = with_torch_pooling(copy.deepcopy(ours))
+    theirs = with_torch_layers(copy.deepcopy(ours), convolution=False)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {args.dataset} {info.default_arch}, "
           f"{args.threads} thread(s), median of {args.repeats}; ms, nn.MaxPool2d(2) vs "
           "MaxPool2x2")
@@ -88,7 +90,7 @@ def main() -> None:
         rows.update({f"whole model, {name}": (torch_pool[name], mine[name]) for name in mine})
         for label, (slow, fast) in rows.items():
             same = torch.equal(slow(), fast())
-            before, after = _race(slow, fast, args.repeats)
+            before, after = race(slow, fast, args.repeats)
             print(f"  batch {batch:4d}  {label:<52} {before * 1e3:8.2f} -> {after * 1e3:8.2f}"
                   f"  ({before / after:.2f}x, bitwise equal: {'yes' if same else 'NO'})")
 

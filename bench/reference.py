@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from trainables.attacks.specs import attack_budget
 from trainables.config import TrialConfig
-from trainables.defense.models import build_arch, with_torch_pooling
+from trainables.defense.models import build_arch, with_torch_layers
 from trainables.setting.prepare import Shared
 
 __all__ = ["plain_pgd_at"]
@@ -27,7 +27,7 @@ def plain_pgd_at(config: TrialConfig, shared: Shared) -> float:
     parts = build_arch(setup.arch, setup.info.image_shape, setup.info.num_classes)
     # PyTorch's own layers (nn.MaxPool2d, not the project's faster MaxPool2x2): what a user
     # writes, so a lever of the project's model shows in the ratio
-    model = with_torch_pooling(torch.nn.Sequential(parts.encoder, parts.head))
+    model = with_torch_layers(torch.nn.Sequential(parts.encoder, parts.head))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     eps = attack_budget("PGD", setup.threat)
     steps = config.train_attack_steps

@@ -106,6 +106,19 @@ def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
     assert len(rows) == 4 and all("bitwise equal: yes" in row for row in rows), rows
 
 
+def test_the_conv_benchmark_runs_and_finds_what_the_lever_promises(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # it imports the pool benchmark's timer
+    conv = _bench("conv")
+    monkeypatch.setattr(sys, "argv", ["conv.py", "--dataset", "digits", "--batches", "8",
+                                      "--repeats", "1"])
+    conv.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
+    assert len(rows) == 3 and all("bitwise equal: yes" in row for row in rows), rows
+    gaps = [float(row.rsplit("within ", 1)[1].rstrip(")")) for row in rows]
+    assert all(0 <= gap < 1e-5 for gap in gaps), rows
+
+
 @pytest.mark.parametrize(("mode", "same"), [([], "images"), (["--final"], "metrics")])
 def test_the_pixle_benchmark_runs_and_finds_the_answers_unchanged(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mode: list[str],

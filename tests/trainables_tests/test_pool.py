@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_pooling
+from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_layers
 
 
 def _inputs(seed: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_a_training_step_of_the_small_cnn_is_bitwise_the_same() -> None:
     torch.manual_seed(0)
     parts = build_arch("small_cnn", (1, 28, 28), 10)
     ours = DefendedModel(parts.encoder, parts.head)
-    theirs = with_torch_pooling(copy.deepcopy(ours))
+    theirs = with_torch_layers(copy.deepcopy(ours), convolution=False)
     assert sum(isinstance(m, nn.MaxPool2d) for m in theirs.modules()) == 2
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     for model in (ours, theirs):

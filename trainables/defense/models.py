@@ -24,9 +24,10 @@ __all__ = [
     "DefendedModel",
     "MaxPool2x2",
     "ModelParts",
+    "ThinConv2d",
     "build_arch",
     "list_archs",
-    "with_torch_pooling",
+    "with_torch_layers",
 ]
 
 
@@ -100,13 +101,19 @@ class MaxPool2x2(nn.Module):
         return out
 
 
-def with_torch_pooling(module: nn.Module) -> nn.Module:
-    """`module`, changed in place, with nn.MaxPool2d(2) for each MaxPool2x2: the same model
-    as a user writes it with PyTorch's own layers (the benchmarks' reference loop, tests)."""
+def with_torch_layers(module: nn.Module, *, pooling: bool = True, convolution: bool = True
+                      ) -> nn.Module:
+    """`module`, changed in place, with nn.MaxPool2d(2) for each MaxPool2x2 and nn.Conv2d for
+    each ThinConv2d (same weights): the same model as a user writes it with PyTorch's own
+    layers (the benchmarks' reference loop, tests); `pooling` or `convolution` False keeps
+    that kind of the project's layers (to measure one at a time)."""
     for parent in module.modules():
         for name, child in parent.named_children():
-            if isinstance(child, MaxPool2x2):
+            if pooling and isinstance(child, MaxPool2x2):
                 setattr(parent, name, nn.MaxPool2d(2))
+            elif convolution and isinstance(child, ThinConv2d):
+                conv: nn.Module = child
+                conv.__class__ = nn.Conv2d  # it adds no state: the same parameters
     return module
 
 
@@ -126,6 +133,55 @@ class _Pool2x2(torch.autograd.Function):
         x, index = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad.contiguous(), x.contiguous(), *_Pool2x2._ARGS, index)
+
+
+class ThinConv2d(nn.Conv2d):
+    """nn.Conv2d whose input gradient, on a CPU, is one batched GEMM and a fold.
+
+    oneDNN's CPU kernel for the input gradient of a convolution of a thin input (the small
+    CNN's first layer: 1 channel in, 32 out) took about 20 ms on mnist5k's batch of 256
+    where the GEMM (the weights against the output gradient) and the fold back onto the image
+    take about 5 (bench/conv.py): a sixth of the forward + backward w.r.t. the input that every
+    gradient attack runs. The output and the weight and bias gradients are nn.Conv2d's, bit
+    for bit (its forward on a detached input); the input gradient is the same sum in another
+    order, equal to float32 round-off (tests/trainables_tests/test_layers.py), so answers move
+    only as a change of summation order moves them. Second-order gradients (UniG, the meta
+    step) flow through it. Elsewhere (a GPU, strides, dilation, groups, an input that needs no
+    gradient) it is nn.Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or not (torch.is_grad_enabled() and x.requires_grad)
+                or x.dim() != 4 or self.groups != 1 or self.stride != (1, 1)
+                or self.dilation != (1, 1) or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return super().forward(x)
+        out = F.conv2d(x.detach(), self.weight, self.bias, padding=self.padding)
+        result: torch.Tensor = _InputGrad.apply(out, x, self.weight, self.padding)
+        return result
+
+
+class _InputGrad(torch.autograd.Function):
+    """The identity on a convolution's output that adds the gradient w.r.t. its input."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.side, ctx.padding = x.shape[-2:], padding
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
+        (weight,) = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[1]:
+            # per image: (C_in k k, C_out) @ (C_out, H W) columns, summed back onto the image
+            taps = weight.flatten(1).t()
+            columns = torch.bmm(taps.expand(len(grad), *taps.shape), grad.flatten(2))
+            grad_x = F.fold(columns, ctx.side, weight.shape[-2:], padding=ctx.padding)
+        return grad, grad_x, None, None
 
 
 @register_arch
@@ -150,7 +206,7 @@ def _cnn(image_shape: tuple[int, int, int], num_classes: int, *, width: int, hid
         raise ConfigError(f"small_cnn and wide_cnn need image sides divisible by 4, got "
                           f"{height}x{width_px}")
     encoder = nn.Sequential(
-        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), MaxPool2x2(),
+        ThinConv2d(channels, width, 3, padding=1), nn.ReLU(), MaxPool2x2(),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), MaxPool2x2(),
     )
     decoder = nn.Sequential(
