@@ -13,18 +13,16 @@ largest difference relative to its largest entry is printed).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from pool import race
+from pool import layer_setup, race
 from torch import nn
 
-from trainables.defense.models import DefendedModel, build_arch, with_torch_layers
-from trainables.setting.setup import dataset_info
+from trainables.defense.models import DefendedModel, with_torch_layers
 
 Grads = Callable[[], list[torch.Tensor]]
 
@@ -53,16 +51,7 @@ def _verdict(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    info = dataset_info(args.dataset)
-    parts = build_arch(info.default_arch, info.image_shape, info.num_classes)
+    args, info, parts = layer_setup(__doc__)
     plain = with_torch_layers(copy.deepcopy(parts.encoder), pooling=False)
     ours = DefendedModel(parts.encoder, parts.head).eval()
     theirs = DefendedModel(plain, parts.head).eval()  # the same head

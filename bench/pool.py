@@ -22,8 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.defense.models import DefendedModel, MaxPool2x2, build_arch, with_torch_layers
-from trainables.setting.setup import dataset_info
+from trainables.defense.models import (
+    DefendedModel,
+    MaxPool2x2,
+    ModelParts,
+    build_arch,
+    with_torch_layers,
+)
+from trainables.setting.setup import DatasetInfo, dataset_info
 
 Pass = Callable[[], torch.Tensor]
 
@@ -66,8 +72,10 @@ def race(a: Callable[[], object], b: Callable[[], object], repeats: int
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def layer_setup(description: str | None) -> tuple[argparse.Namespace, DatasetInfo, ModelParts]:
+    """The layer benchmarks' arguments, and a fresh model of the data set's default
+    architecture (seeded, on the asked threads)."""
+    p = argparse.ArgumentParser(description=(description or "").split("\n\n")[0])
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     p.add_argument("--repeats", type=int, default=20)
@@ -76,7 +84,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     info = dataset_info(args.dataset)
-    parts = build_arch(info.default_arch, info.image_shape, info.num_classes)
+    return args, info, build_arch(info.default_arch, info.image_shape, info.num_classes)
+
+
+def main() -> None:
+    args, info, parts = layer_setup(__doc__)
     ours = DefendedModel(parts.encoder, parts.head).eval()
     theirs = with_torch_layers(copy.deepcopy(ours), convolution=False)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {args.dataset} {info.default_arch}, "
