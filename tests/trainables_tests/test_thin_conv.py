@@ -113,3 +113,19 @@ def test_pgd_breaks_the_same_points_of_a_small_cnn() -> None:
     assert 0.05 < masks[1].float().mean() < 0.95  # the attack breaks some points, not all
     assert (masks[0] != masks[1]).float().mean() <= 0.02
     assert F.cross_entropy(ours(x), y).item() == F.cross_entropy(theirs(x), y).item()
+
+
+def test_the_weight_gradients_derivative_wrt_the_input_is_nn_conv2ds() -> None:
+    # what a loss on the weight gradient differentiated w.r.t. the images takes (the
+    # convolution on a detached input alone would drop it)
+    ours, theirs = _pair(padding=1)
+    x0 = torch.rand(2, 1, 5, 6, generator=torch.Generator().manual_seed(4))
+    found = []
+    for conv in (ours, theirs):
+        x = x0.clone().requires_grad_(True)
+        loss = torch.tanh(conv(x)).square().sum()
+        (dw,) = torch.autograd.grad(loss, conv.weight, create_graph=True)
+        (d2,) = torch.autograd.grad(dw.square().sum(), x)
+        found.append((dw.detach(), d2))
+    assert torch.equal(found[0][0], found[1][0])
+    assert _close(found[0][1], found[1][1])

@@ -143,11 +143,13 @@ class ThinConv2d(nn.Conv2d):
     where the GEMM (the weights against the output gradient) and the fold back onto the image
     take about 5 (bench/conv.py): a sixth of the forward + backward w.r.t. the input that every
     gradient attack runs. The output and the weight and bias gradients are nn.Conv2d's, bit
-    for bit (its forward on a detached input); the input gradient is the same sum in another
-    order, equal to float32 round-off (tests/trainables_tests/test_layers.py), so answers move
-    only as a change of summation order moves them. Second-order gradients (UniG, the meta
-    step) flow through it. Elsewhere (a GPU, strides, dilation, groups, an input that needs no
-    gradient) it is nn.Conv2d.
+    for bit (its forward on a detached input, so PyTorch computes the weight gradient only
+    where it is asked for); the input gradient is the same sum in another order, equal to
+    float32 round-off (tests/trainables_tests/test_thin_conv.py), so answers move only as a
+    change of summation order moves them. Second-order gradients match nn.Conv2d's, the weight
+    gradient's derivative w.r.t. the input included. The output is a view: an in-place
+    operation on it raises (nn.ReLU() is not in place). Elsewhere (a GPU, strides, dilation,
+    groups, an input that needs no gradient) it is nn.Conv2d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,21 +169,30 @@ class _InputGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 padding: tuple[int, int]) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.side, ctx.padding = x.shape[-2:], padding
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
         return out.view_as(out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
-        (weight,) = ctx.saved_tensors
-        grad_x = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
             # per image: (C_in k k, C_out) @ (C_out, H W) columns, summed back onto the image
-            taps = weight.flatten(1).t()
+            taps = weight.flatten(1).t().to(grad.dtype)
             columns = torch.bmm(taps.expand(len(grad), *taps.shape), grad.flatten(2))
-            grad_x = F.fold(columns, ctx.side, weight.shape[-2:], padding=ctx.padding)
-        return grad, grad_x, None, None
+            grad_x = F.fold(columns, x.shape[-2:], weight.shape[-2:], padding=ctx.padding)
+        if torch.is_grad_enabled() and ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:
+            # a graph of this gradient is being built (create_graph): the weight gradient that
+            # the convolution on the detached input gives lacks its derivative w.r.t. the input;
+            # this adds it (its value is 0, its derivative w.r.t. the output gradient is none)
+            upstream = grad.detach()
+            found = torch.ops.aten.convolution_backward(
+                upstream, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+                [False, True, False])[1]
+            grad_weight = found - found.detach()
+        return grad, grad_x, grad_weight, None
 
 
 @register_arch
