@@ -96,24 +96,26 @@ def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_e
         levers.merge(space, sources, str(out))
 
 
+def _layer_rows(name: str, capsys: pytest.CaptureFixture[str],
+                monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A layer benchmark's rows at toy size (digits, batch 8, one repeat)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # conv.py imports pool.py's timer
+    module = _bench(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--dataset", "digits", "--batches", "8",
+                                      "--repeats", "1"])
+    module.main()
+    return [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
+
+
 def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    pool = _bench("pool")
-    monkeypatch.setattr(sys, "argv", ["pool.py", "--dataset", "digits", "--batches", "8",
-                                      "--repeats", "1"])
-    pool.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
+    rows = _layer_rows("pool", capsys, monkeypatch)
     assert len(rows) == 4 and all("bitwise equal: yes" in row for row in rows), rows
 
 
 def test_the_conv_benchmark_runs_and_finds_what_the_lever_promises(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(REPO / "bench"))  # it imports the pool benchmark's timer
-    conv = _bench("conv")
-    monkeypatch.setattr(sys, "argv", ["conv.py", "--dataset", "digits", "--batches", "8",
-                                      "--repeats", "1"])
-    conv.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
+    rows = _layer_rows("conv", capsys, monkeypatch)
     assert len(rows) == 3 and all("bitwise equal: yes" in row for row in rows), rows
     gaps = [float(row.rsplit("within ", 1)[1].rstrip(")")) for row in rows]
     assert all(0 <= gap < 1e-5 for gap in gaps), rows
