@@ -102,6 +102,24 @@ def test_mnist5k_fresh_is_mnist5k_with_only_its_family_split_changed() -> None:
     assert set(first.base["sealed"]) - {"Blur@medium"} <= set(fresh.base["sealed"])
 
 
+def test_the_wide_proof_space_is_mnist5k_at_twice_the_width_with_two_baselines() -> None:
+    # bench/spaces/mnist5k-wide-proof.yaml, issue 15's capacity proof: a README result rests
+    # on it differing from mnist5k only where its description says
+    first = spaces.load("mnist5k")
+    wide = spaces.load(str(Path(__file__).resolve().parents[2] / "bench" / "spaces"
+                           / "mnist5k-wide-proof.yaml"))
+    assert wide.params == first.params and wide.pool == first.pool
+    assert wide.base["arch"] == "wide_cnn" and "arch" not in first.base  # small_cnn
+    assert ({k: v for k, v in wide.base.items() if k != "arch"}
+            == {k: v for k, v in first.base.items() if k != "arch"})
+    assert wide.baselines == ("pgd-at", "trades")
+    assert wide.baseline_recipe("pgd-at")["lr"] == 0.0005  # round 8's tuned wide PGD-AT
+    assert wide.baseline_recipe("trades") == first.baseline_recipe("trades")
+    # the baselines and the default recipe, each to full length: no proposals, no rung stops
+    assert wide.search.num_samples == len(wide.baselines) + 1
+    assert wide.search.grace_period == 3 == wide.base["epochs"] // wide.base["eval_every"]
+
+
 def test_mid_searches_all_four_dimensions() -> None:
     space = spaces.load("mid")
     assert space.pool.searched  # pool composition
