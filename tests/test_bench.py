@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -132,3 +133,14 @@ def test_the_pixle_benchmark_runs_and_finds_the_answers_unchanged(
     out = capsys.readouterr().out
     assert f"the same {same}: yes" in out, out
     assert sparse.smallest.__name__ == "smallest"  # the benchmark put the shipped one back
+
+
+def test_the_scripts_import_the_repository_packages_not_a_folder_beside_them() -> None:
+    # `python bench/x.py` puts bench/ first on sys.path: a folder there named like a package
+    # (bench/spaces/ held a space file once) becomes a namespace package that hides it
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
+    assert {"trainables", "spaces", "search"} <= packages
+    assert not packages & {p.name for p in (REPO / "bench").iterdir() if p.is_dir()}
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "trial_cost.py"), "--help"],
+                         cwd="/", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

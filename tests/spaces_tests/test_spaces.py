@@ -103,10 +103,10 @@ def test_mnist5k_fresh_is_mnist5k_with_only_its_family_split_changed() -> None:
 
 
 def test_the_wide_proof_space_is_mnist5k_at_twice_the_width_with_two_baselines() -> None:
-    # bench/spaces/mnist5k-wide-proof.yaml, issue 15's capacity proof: a README result rests
+    # bench/mnist5k-wide-proof.yaml, issue 15's capacity proof: a README result rests
     # on it differing from mnist5k only where its description says
     first = spaces.load("mnist5k")
-    wide = spaces.load(str(Path(__file__).resolve().parents[2] / "bench" / "spaces"
+    wide = spaces.load(str(Path(__file__).resolve().parents[2] / "bench"
                            / "mnist5k-wide-proof.yaml"))
     assert wide.params == first.params and wide.pool == first.pool
     assert wide.base["arch"] == "wide_cnn" and "arch" not in first.base  # small_cnn
