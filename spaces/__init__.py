@@ -73,8 +73,17 @@ def _path_of(name_or_path: str) -> Path:
 
 
 def read_raw(name_or_path: str) -> tuple[dict[str, Any], str]:
-    """The raw mapping of a space file and its path (read as `load_yaml` reads YAML)."""
+    """The mapping a space file describes and its path: a file that `extends` another space
+    is resolved here into the whole mapping (what the search logs and resumes against)."""
     path = _path_of(name_or_path)
+    return _resolved(path, ()), str(path)
+
+
+MAX_EXTENDS = 8  # a chain of spaces, each extending the next
+CHILD_KEYS = ("name", "description", "extends", "set")
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     what = f"space file {str(path)!r}"
     size = path.stat().st_size
     if size > MAX_YAML_BYTES:
@@ -83,7 +92,63 @@ def read_raw(name_or_path: str) -> tuple[dict[str, Any], str]:
     raw = load_yaml(path.read_bytes(), what)
     if not isinstance(raw, dict):
         raise SpaceError(f"{what} must hold a mapping at the top level")
-    return raw, str(path)
+    return raw
+
+
+def _resolved(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A space file's mapping; one with `extends: <space>` is that space's mapping with the
+    file's `set:` values put at their dotted keys (each replaces the parent's whole value, as
+    `--set` does) and the file's own name and description."""
+    raw, what = _read_mapping(path), f"space file {str(path)!r}"
+    if "extends" not in raw:
+        return raw
+    parent = raw["extends"]
+    if not isinstance(parent, str) or not parent:
+        raise SpaceError(f"{what}: extends={parent!r}; name a space ({', '.join(list_spaces())}"
+                         ") or a .yaml path (relative to this file)")
+    others = sorted(set(raw) - set(CHILD_KEYS), key=str)
+    if others:
+        raise SpaceError(f"{what} extends {parent!r}, so its own keys are only "
+                         f"{', '.join(CHILD_KEYS)}; move {', '.join(map(str, others))} under "
+                         f"set: as dotted keys (e.g. attacks.heldout: [...]), each replacing "
+                         "the parent's value")
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise SpaceError(f"{what} extends {parent!r}: give it its own name (a non-empty "
+                         "string)")
+    settings = raw.get("set", {})
+    if not isinstance(settings, dict):
+        raise SpaceError(f"{what}: set must map dotted keys to values (e.g. budget.epochs: 5)"
+                         f", not a {type(settings).__name__}")
+    relative = path.parent / parent
+    parent_path = _path_of(str(relative) if relative.suffix in (".yaml", ".yml") else parent)
+    chain = (*chain, path.resolve())
+    if parent_path.resolve() in chain:
+        names = " -> ".join(p.name for p in (*chain, parent_path.resolve()))
+        raise SpaceError(f"{what}: its extends chain loops ({names}); end it at a space that "
+                         "extends none")
+    if len(chain) >= MAX_EXTENDS:
+        raise SpaceError(f"{what}: more than {MAX_EXTENDS} spaces in its extends chain; "
+                         "extend a space closer to the root")
+    out = {**_resolved(parent_path, chain), "name": raw["name"]}
+    if "description" in raw:
+        out["description"] = raw["description"]
+    for key, value in settings.items():
+        _assign(out, str(key), value, f"{what}: set {key!r}")
+    return out
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Puts `value` at the dotted `key` of `raw` (in place), replacing what was there."""
+    node = raw
+    parts = key.split(".")
+    if not all(parts):
+        raise SpaceError(f"{what}: {key!r} is not a dotted key (e.g. budget.epochs)")
+    for depth, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpaceError(f"{what}: {'.'.join(parts[:depth + 1])} is not a mapping, so it "
+                             "has no sub-keys")
+    node[parts[-1]] = value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -93,15 +158,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SpaceError(f"--set {item!r} must look like KEY=VALUE (e.g. budget.epochs=5)")
-        value = load_yaml(text, f"--set {item!r}: the value")
-        node = out
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SpaceError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is not a "
-                                 "mapping, so it has no sub-keys")
-        node[parts[-1]] = value
+        _assign(out, key, load_yaml(text, f"--set {item!r}: the value"), f"--set {item!r}")
     return out
 
 

@@ -35,6 +35,8 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("space file missing", RUN, ["--space", "{tmp}/none.yaml"], "does not exist"),
     ("space not YAML", RUN, ["--space", "{bad_yaml}"], "is not valid YAML at line"),
     ("space not a mapping", RUN, ["--space", "{list_yaml}"], "must hold a mapping"),
+    ("space extends itself", RUN, ["--space", "{extends_loop_yaml}"],
+     "its extends chain loops (extends_loop.yaml -> extends_loop.yaml)"),
     ("space: billion laughs", RUN, ["--space", "{laughs_yaml}"],
      "expands to more than 100,000 values"),
     ("space: nested too deep", RUN, ["--space", "{deep_yaml}"], "nests deeper than 32 levels"),
@@ -317,6 +319,7 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: int) -> dict
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("name: bad\ndataset: digits\nattacks: [unclosed\n")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "extends_loop.yaml").write_text("name: loop\nextends: extends_loop.yaml\n")
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "spaces").mkdir()
     weights = ("w_ce", "w_ce_clean", "w_trades", "w_feat", "w_cyc", "w_pcl")
@@ -351,6 +354,7 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: int) -> dict
         (garbage / name).write_bytes(os.urandom(4096))
     return {"tmp": str(tmp_path), "holder": str(holder), "bad_yaml": str(tmp_path / "bad.yaml"),
             "list_yaml": str(tmp_path / "list.yaml"), "file": str(tmp_path / "afile"),
+            "extends_loop_yaml": str(tmp_path / "extends_loop.yaml"),
             "folder": str(tmp_path / "spaces"), "garbage": str(garbage),
             **{f"{n}_yaml": str(tmp_path / f"{n}.yaml") for n in ("dead", "clean_only",
                                                                    "w_ce_only",

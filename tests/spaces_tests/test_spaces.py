@@ -217,6 +217,56 @@ def test_missing_space_file(tmp_path: Path) -> None:
         spaces.load(str(tmp_path / "missing.yaml"))
 
 
+def test_a_space_that_extends_another_is_its_parent_with_the_set_values(tmp_path: Path
+                                                                       ) -> None:
+    parent = _tiny(tmp_path)
+    child = _write(tmp_path, {"name": "child", "description": "tiny, 3 epochs, PGD-L2 sealed",
+                              "extends": "space.yaml",  # beside this file
+                              "set": {"budget.epochs": 3, "attacks.sealed": ["PGDL2"],
+                                      "attacks.heldout": ["Elastic@medium"]}},
+                   name="child.yaml")
+    space, first = spaces.load(child), spaces.load(parent)
+    assert (space.name, space.description) == ("child", "tiny, 3 epochs, PGD-L2 sealed")
+    assert space.base["epochs"] == 3 and space.base["eval_every"] == 1  # replaced, kept
+    assert list(space.base["sealed"]) == ["PGDL2"] and space.params == first.params
+    # what a search logs and resumes against is the whole mapping, which loads on its own
+    assert "extends" not in space.raw and "set" not in space.raw
+    assert spaces.parse_space(dict(space.raw), source=space.source) == space
+    grandchild = _write(tmp_path, {"name": "grandchild", "extends": str(child),
+                                   "set": {"budget.epochs": 4}}, name="grandchild.yaml")
+    again = spaces.load(grandchild, ["budget.eval_every=2"])
+    assert (again.base["epochs"], again.base["eval_every"], list(again.base["sealed"])) == \
+        (4, 2, ["PGDL2"])
+    assert again.description == space.description  # none of its own: its parent's
+    # a shipped space by name
+    assert spaces.load(_write(tmp_path, {"name": "m", "extends": "mnist5k"}, name="m.yaml")
+                       ).base == spaces.load("mnist5k").base
+
+
+@pytest.mark.parametrize(("child", "message"), [
+    ({"name": "c", "extends": "space.yaml", "budget": {"epochs": 3}},
+     r"extends 'space.yaml', so its own keys are only name, description, extends, set; move "
+     r"budget under set: as dotted keys"),
+    ({"extends": "space.yaml"}, "give it its own name"),
+    ({"name": "c", "extends": 3}, r"extends=3; name a space \(mid, "),
+    ({"name": "c", "extends": "nope"}, "unknown space 'nope'"),
+    ({"name": "c", "extends": "space.yaml", "set": ["budget.epochs"]},
+     "set must map dotted keys to values"),
+    ({"name": "c", "extends": "space.yaml", "set": {"budget.epochs.x": 3}},
+     r"set 'budget.epochs.x': budget.epochs is not a mapping"),
+    ({"name": "c", "extends": "space.yaml", "set": {"budget..epochs": 3}},
+     "is not a dotted key"),
+    ({"name": "c", "extends": "child.yaml"},
+     r"its extends chain loops \(child.yaml -> child.yaml\)"),
+])
+def test_a_bad_extends_is_one_space_error(tmp_path: Path, child: dict[str, Any],
+                                          message: str) -> None:
+    _tiny(tmp_path)
+    with pytest.raises(SpaceError, match=message) as err:
+        spaces.load(_write(tmp_path, child, name="child.yaml"))
+    assert "\n" not in str(err.value)
+
+
 def test_heldout_attack_among_pool_candidates(tmp_path: Path) -> None:
     path = _tiny(tmp_path, lambda r: r["attacks"].update(heldout=["PGDL2", "MIFGSM"]))
     with pytest.raises(SpaceError, match=r"\['MIFGSM'\] are in both pool candidates and heldout"):
