@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,11 +27,11 @@ import kornia.filters as KF
 import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
-from kornia.contrib import diamond_square
 from kornia.geometry import create_meshgrid
 from torch import nn
 
 from trainables.attacks.base import SeededAttack, couples_batch
+from trainables.attacks.linear_maps import gaussian_blur, plasma, plasma_draw_shapes
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
 from trainables.errors import ConfigError
 
@@ -166,12 +166,15 @@ class Elastic(Family):
         return [(batch, 2, self.height, self.width)]
 
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
+        """kornia's `elastic_transform2d(x, noise, (size, size), (sigma, sigma), alpha=1,
+        align_corners=True, padding_mode="border")`, its blur by matrices (linear_maps)."""
         (noise,) = latents
-        size = _odd(self.width // 2)
-        sigma = max(1.0, self.width / 8)
-        return KT.elastic_transform2d(x, noise, kernel_size=(size, size), sigma=(sigma, sigma),
-                                      alpha=(1.0, 1.0), align_corners=True,
-                                      padding_mode="border")
+        size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
+        shift = gaussian_blur(noise, size, sigma, "constant").permute(0, 2, 3, 1)
+        identity = torch.eye(2, 3, dtype=x.dtype, device=x.device)[None]
+        grid = F.affine_grid(identity, [1, 1, self.height, self.width], align_corners=True)
+        return F.grid_sample(x, grid + shift, mode="bilinear", padding_mode="border",
+                             align_corners=True)
 
 
 # ---------------------------------------------------------------- filters and codecs
@@ -190,8 +193,8 @@ class Blur(Family):
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
         (amount,) = latents
         size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
-        mix = KF.gaussian_blur2d(amount, (size, size), (sigma, sigma), border_type="replicate")
-        blurred = KF.gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="replicate")
+        mix = gaussian_blur(amount, size, sigma, "replicate")  # kornia's, by matrices
+        blurred = gaussian_blur(x, size, sigma, "replicate")
         return x + mix * (blurred - x)
 
 
@@ -250,28 +253,15 @@ class Fog(Family):
     doc = ("a fractal fog map (kornia's diamond-square plasma, its random draws optimised) "
            "blended in: (x + k fog) / (1 + k); budget: the largest k")
 
-    def _draw_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        shapes: list[tuple[int, ...]] = []
-
-        def record(shape: Sequence[int], device: object = None, dtype: object = None
-                   ) -> torch.Tensor:
-            shapes.append(tuple(shape))
-            return torch.zeros(tuple(shape))
-
-        diamond_square((batch, 1, self.height, self.width), random_fn=record)
-        return shapes
-
     def boxes(self) -> list[Box]:
-        return [Box(0.0, self.budget)] + [Box(0.0, 1.0)] * len(self._draw_shapes(1))
+        return [Box(0.0, self.budget)] + [Box(0.0, 1.0)] * len(self.shapes(1)[1:])
 
     def shapes(self, batch: int) -> list[tuple[int, ...]]:
-        return [(batch,), *self._draw_shapes(batch)]
+        return [(batch,), *plasma_draw_shapes(self.height, self.width, batch)]
 
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
         strength, *draws = latents
-        replay = iter(draws)
-        fog = diamond_square((len(x), 1, self.height, self.width), roughness=0.6,
-                             random_fn=lambda *_, **__: next(replay), dtype=x.dtype)
+        fog = plasma(draws, self.height, self.width, roughness=0.6)  # kornia's, by a matrix
         k = strength.view(-1, 1, 1, 1)
         return (x + k * fog) / (1 + k)
 
