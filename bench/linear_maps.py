@@ -26,14 +26,22 @@ from kornia.contrib import diamond_square
 from pool import layer_setup, race
 
 from trainables.attacks import build_attack
-from trainables.attacks.unforeseen import Blur, Elastic, Fog, Latents, TransformAttack, _odd
+from trainables.attacks.unforeseen import (
+    Blur,
+    Elastic,
+    Family,
+    Fog,
+    Latents,
+    TransformAttack,
+    smoothing,
+)
 from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import predict
 
 
 class KorniaElastic(Elastic):
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
-        size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
+        size, sigma = smoothing(self.width)
         return KT.elastic_transform2d(x, latents[0], kernel_size=(size, size),
                                       sigma=(sigma, sigma), alpha=(1.0, 1.0),
                                       align_corners=True, padding_mode="border")
@@ -41,7 +49,7 @@ class KorniaElastic(Elastic):
 
 class KorniaBlur(Blur):
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
-        size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
+        size, sigma = smoothing(self.width)
         mix = KF.gaussian_blur2d(latents[0], (size, size), (sigma, sigma), "replicate")
         blurred = KF.gaussian_blur2d(x, (size, size), (sigma, sigma), "replicate")
         return x + mix * (blurred - x)
@@ -61,7 +69,7 @@ KORNIA = {"Elastic": KorniaElastic, "Blur": KorniaBlur, "Fog": KorniaFog}
 Run = Callable[[], list[torch.Tensor]]
 
 
-def _step(family: Elastic, model: DefendedModel | None, x: torch.Tensor, y: torch.Tensor,
+def _step(family: Family, model: DefendedModel | None, x: torch.Tensor, y: torch.Tensor,
           latents: Latents) -> Run:
     """Forward + backward w.r.t. the latents: of the corrupted images (a fixed weighting of
     them) or, with a model, of its loss on them, as an attack step runs it."""
@@ -117,15 +125,19 @@ def main() -> None:
                   f"kornia's against itself at half the batch: {int((was != halves).sum())})")
 
 
-def _attack(attack: TransformAttack, family: Elastic, x: torch.Tensor, y: torch.Tensor,
+def _attack(attack: TransformAttack, family: Family, x: torch.Tensor, y: torch.Tensor,
             batch: int) -> tuple[float, torch.Tensor]:
     """Seconds, and which points the attack with `family`'s map fools, `batch` at a time."""
-    attack.corruption = family
+    shipped, attack.corruption = attack.corruption, family
     start, fooled = time.perf_counter(), []
-    for i in range(0, len(x), batch):
-        x_adv = attack(x[i:i + batch], y[i:i + batch])
-        fooled.append(predict(attack.model, x_adv, batch) != y[i:i + batch])
+    try:
+        for i in range(0, len(x), batch):
+            x_adv = attack(x[i:i + batch], y[i:i + batch])
+            fooled.append(predict(attack.model, x_adv, batch) != y[i:i + batch])
+    finally:
+        attack.corruption = shipped
     return time.perf_counter() - start, torch.cat(fooled)
+
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,7 @@ from trainables.errors import ConfigError
 
 __all__ = [
     "INACTIVE",
+    "MAX_EXTENDS",
     "ORIGIN",
     "RECORD_KEY",
     "Mode",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 SPACES_DIR = Path(__file__).resolve().parent
+# a space may extend another (`extends`); a chain this long is a mistake, not a design
+MAX_EXTENDS = 8
+CHILD_KEYS = ("name", "description", "extends", "set")
 
 
 def list_spaces() -> list[str]:
@@ -79,11 +83,8 @@ def read_raw(name_or_path: str) -> tuple[dict[str, Any], str]:
     return _resolved(path, ()), str(path)
 
 
-MAX_EXTENDS = 8  # a chain of spaces, each extending the next
-CHILD_KEYS = ("name", "description", "extends", "set")
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
+def _read_mapping(path: Path) -> tuple[dict[str, Any], str]:
+    """A space file's top-level mapping, and how errors name the file."""
     what = f"space file {str(path)!r}"
     size = path.stat().st_size
     if size > MAX_YAML_BYTES:
@@ -92,14 +93,14 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     raw = load_yaml(path.read_bytes(), what)
     if not isinstance(raw, dict):
         raise SpaceError(f"{what} must hold a mapping at the top level")
-    return raw
+    return raw, what
 
 
 def _resolved(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """A space file's mapping; one with `extends: <space>` is that space's mapping with the
     file's `set:` values put at their dotted keys (each replaces the parent's whole value, as
     `--set` does) and the file's own name and description."""
-    raw, what = _read_mapping(path), f"space file {str(path)!r}"
+    raw, what = _read_mapping(path)
     if "extends" not in raw:
         return raw
     parent = raw["extends"]
@@ -115,15 +116,18 @@ def _resolved(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(raw.get("name"), str) or not raw["name"]:
         raise SpaceError(f"{what} extends {parent!r}: give it its own name (a non-empty "
                          "string)")
-    settings = raw.get("set", {})
+    settings = raw.get("set") or {}
     if not isinstance(settings, dict):
         raise SpaceError(f"{what}: set must map dotted keys to values (e.g. budget.epochs: 5)"
                          f", not a {type(settings).__name__}")
-    relative = path.parent / parent
-    parent_path = _path_of(str(relative) if relative.suffix in (".yaml", ".yml") else parent)
+    try:  # a bare name is a shipped space; a path is read from this file's folder
+        parent_path = (SPACES_DIR / f"{parent}.yaml" if parent in list_spaces() else
+                       _path_of(str(path.parent / Path(parent).expanduser())))
+    except SpaceError as err:
+        raise SpaceError(f"{what}: extends {parent!r}: {err}") from None
     chain = (*chain, path.resolve())
     if parent_path.resolve() in chain:
-        names = " -> ".join(p.name for p in (*chain, parent_path.resolve()))
+        names = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
         raise SpaceError(f"{what}: its extends chain loops ({names}); end it at a space that "
                          "extends none")
     if len(chain) >= MAX_EXTENDS:

@@ -170,11 +170,13 @@ def test_the_pixle_benchmark_runs_and_finds_the_answers_unchanged(
 
 
 def test_the_scripts_import_the_repository_packages_not_a_folder_beside_them() -> None:
-    # `python bench/x.py` puts bench/ first on sys.path: a folder there named like a package
-    # (bench/spaces/ held a space file once) becomes a namespace package that hides it
+    # `python bench/x.py` puts bench/ first on sys.path: a module there named like a package,
+    # or a folder (bench/spaces/ held a space file once: a namespace package), hides it
     packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
     assert {"trainables", "spaces", "search"} <= packages
-    assert not packages & {p.name for p in (REPO / "bench").iterdir() if p.is_dir()}
+    beside = {p.name if p.is_dir() else p.stem for p in (REPO / "bench").iterdir()
+              if p.is_dir() or p.suffix == ".py"}
+    assert not packages & beside
     run = subprocess.run([sys.executable, str(REPO / "bench" / "trial_cost.py"), "--help"],
                          cwd="/", capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -36,7 +36,7 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("space not YAML", RUN, ["--space", "{bad_yaml}"], "is not valid YAML at line"),
     ("space not a mapping", RUN, ["--space", "{list_yaml}"], "must hold a mapping"),
     ("space extends itself", RUN, ["--space", "{extends_loop_yaml}"],
-     "its extends chain loops (extends_loop.yaml -> extends_loop.yaml)"),
+     "its extends chain loops ({extends_loop_yaml} -> {extends_loop_yaml})"),
     ("space: billion laughs", RUN, ["--space", "{laughs_yaml}"],
      "expands to more than 100,000 values"),
     ("space: nested too deep", RUN, ["--space", "{deep_yaml}"], "nests deeper than 32 levels"),

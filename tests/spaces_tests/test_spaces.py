@@ -249,7 +249,10 @@ def test_a_space_that_extends_another_is_its_parent_with_the_set_values(tmp_path
      r"budget under set: as dotted keys"),
     ({"extends": "space.yaml"}, "give it its own name"),
     ({"name": "c", "extends": 3}, r"extends=3; name a space \(mid, "),
-    ({"name": "c", "extends": "nope"}, "unknown space 'nope'"),
+    ({"name": "c", "extends": "nope"}, r"child.yaml': extends 'nope': unknown space '.*nope'"),
+    ({"name": "c", "extends": "gone.yaml"}, r"child.yaml': extends 'gone.yaml': space file "
+                                            r"'.*gone.yaml' does not exist"),
+    ({"name": "c", "extends": "space.yaml", "set": None}, None),  # an empty set: the parent
     ({"name": "c", "extends": "space.yaml", "set": ["budget.epochs"]},
      "set must map dotted keys to values"),
     ({"name": "c", "extends": "space.yaml", "set": {"budget.epochs.x": 3}},
@@ -257,14 +260,43 @@ def test_a_space_that_extends_another_is_its_parent_with_the_set_values(tmp_path
     ({"name": "c", "extends": "space.yaml", "set": {"budget..epochs": 3}},
      "is not a dotted key"),
     ({"name": "c", "extends": "child.yaml"},
-     r"its extends chain loops \(child.yaml -> child.yaml\)"),
+     r"its extends chain loops \(.*child.yaml -> .*child.yaml\)"),
 ])
 def test_a_bad_extends_is_one_space_error(tmp_path: Path, child: dict[str, Any],
-                                          message: str) -> None:
+                                          message: str | None) -> None:
     _tiny(tmp_path)
+    path = _write(tmp_path, child, name="child.yaml")
+    if message is None:
+        assert spaces.load(path).base == spaces.load(str(tmp_path / "space.yaml")).base
+        return
     with pytest.raises(SpaceError, match=message) as err:
-        spaces.load(_write(tmp_path, child, name="child.yaml"))
+        spaces.load(path)
     assert "\n" not in str(err.value)
+
+
+def test_an_extends_chain_is_bounded_and_a_shipped_name_wins_over_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny(tmp_path)
+    parent = "space.yaml"
+    for depth in range(spaces.MAX_EXTENDS):  # each extends the one before
+        _write(tmp_path, {"name": f"s{depth}", "extends": parent}, name=f"s{depth}.yaml")
+        parent = f"s{depth}.yaml"
+    assert spaces.load(str(tmp_path / f"s{spaces.MAX_EXTENDS - 2}.yaml")).name == \
+        f"s{spaces.MAX_EXTENDS - 2}"  # 8 spaces: the root and 7 that extend
+    with pytest.raises(SpaceError, match=f"more than {spaces.MAX_EXTENDS} spaces in its "
+                                         "extends chain"):
+        spaces.load(str(tmp_path / f"s{spaces.MAX_EXTENDS - 1}.yaml"))  # 9 spaces
+    # a folder named like a shipped space in the working directory does not hide it, and a
+    # path with ~ is the home's
+    shipped = spaces.load("mnist5k").base
+    (tmp_path / "mnist5k").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    child = _write(tmp_path, {"name": "m", "extends": "mnist5k"}, name="m.yaml")
+    assert spaces.load(child).base == shipped
+    (tmp_path / "sub").mkdir()
+    home = _write(tmp_path / "sub", {"name": "h", "extends": "~/space.yaml"}, name="h.yaml")
+    assert spaces.load(home).base == spaces.load(str(tmp_path / "space.yaml")).base
 
 
 def test_heldout_attack_among_pool_candidates(tmp_path: Path) -> None:

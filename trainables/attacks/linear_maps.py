@@ -19,8 +19,14 @@ from kornia.filters.kernels import get_gaussian_kernel1d
 
 __all__ = ["gaussian_blur", "plasma", "plasma_draw_shapes"]
 
+# The plasma's matrix has (draws x pixels) entries, about 2 x pixels^2: 6 MB at 32 x 32, 0.8 GB
+# at 96 x 96. Past this many entries kornia's own convolutions run instead.
+MAX_PLASMA_ENTRIES = 2**24
+
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)  # a cached inference tensor could not be saved for backward
+@torch.no_grad()
 def _gaussian_axis(n: int, size: int, sigma: float, border: str, dtype: torch.dtype,
                    device: str) -> torch.Tensor:
     """(n, n): kornia's 1-D Gaussian filter along an axis of length n, with its border."""
@@ -53,6 +59,8 @@ def _plasma_shapes(height: int, width: int) -> tuple[tuple[int, ...], ...]:
 
 
 @lru_cache(maxsize=8)
+@torch.inference_mode(False)
+@torch.no_grad()
 def _plasma(height: int, width: int, roughness: float, dtype: torch.dtype, device: str
             ) -> torch.Tensor:
     """kornia's diamond-square plasma of one (height, width) map is linear in its random
@@ -77,6 +85,11 @@ def plasma(draws: list[torch.Tensor], height: int, width: int, roughness: float
     """kornia's `diamond_square((batch, 1, height, width), roughness, random_fn=<the draws in
     order>)`: (batch, 1, height, width)."""
     first = draws[0]
+    count = sum(int(torch.Size(shape).numel()) for shape in _plasma_shapes(height, width))
+    if count * height * width > MAX_PLASMA_ENTRIES:
+        replay = iter(draws)
+        return diamond_square((len(first), 1, height, width), roughness=roughness,
+                              random_fn=lambda *_, **__: next(replay), dtype=first.dtype)
     matrix = _plasma(height, width, float(roughness), first.dtype, str(first.device))
     flat = torch.cat([draw.reshape(len(draw), -1) for draw in draws], dim=1)
     return (flat @ matrix).view(len(first), 1, height, width)

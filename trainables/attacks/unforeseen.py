@@ -169,7 +169,7 @@ class Elastic(Family):
         """kornia's `elastic_transform2d(x, noise, (size, size), (sigma, sigma), alpha=1,
         align_corners=True, padding_mode="border")`, its blur by matrices (linear_maps)."""
         (noise,) = latents
-        size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
+        size, sigma = smoothing(self.width)
         shift = gaussian_blur(noise, size, sigma, "constant").permute(0, 2, 3, 1)
         identity = torch.eye(2, 3, dtype=x.dtype, device=x.device)[None]
         grid = F.affine_grid(identity, [1, 1, self.height, self.width], align_corners=True)
@@ -192,8 +192,8 @@ class Blur(Family):
 
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
         (amount,) = latents
-        size, sigma = _odd(self.width // 2), max(1.0, self.width / 8)
-        mix = gaussian_blur(amount, size, sigma, "replicate")  # kornia's, by matrices
+        size, sigma = smoothing(self.width)
+        mix = gaussian_blur(amount, size, sigma, "replicate")
         blurred = gaussian_blur(x, size, sigma, "replicate")
         return x + mix * (blurred - x)
 
@@ -261,7 +261,7 @@ class Fog(Family):
 
     def apply(self, x: torch.Tensor, latents: Latents) -> torch.Tensor:
         strength, *draws = latents
-        fog = plasma(draws, self.height, self.width, roughness=0.6)  # kornia's, by a matrix
+        fog = plasma(draws, self.height, self.width, roughness=0.6)
         k = strength.view(-1, 1, 1, 1)
         return (x + k * fog) / (1 + k)
 
@@ -431,6 +431,12 @@ def gabor_kernels(theta: torch.Tensor, *, size: int) -> torch.Tensor:
     kernel = torch.exp(-(along**2 + across**2) / (2 * sigma**2)) * torch.cos(
         2 * math.pi * along / wavelength)
     return kernel / kernel.flatten(1).abs().sum(1).view(-1, 1, 1)
+
+
+def smoothing(width: int) -> tuple[int, float]:
+    """Elastic's and Blur's Gaussian (one definition, so the benchmark's kornia versions use
+    the same): a kernel half the image wide, sigma an eighth of it."""
+    return _odd(width // 2), max(1.0, width / 8)
 
 
 def _odd(n: int) -> int:
