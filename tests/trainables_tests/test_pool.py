@@ -63,3 +63,32 @@ def test_a_training_step_of_the_small_cnn_is_bitwise_the_same() -> None:
             optimiser.step()
     for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_small_cnn_pools_before_its_relu_and_the_order_changes_no_bit() -> None:
+    """max and ReLU commute: pooling first gives the user's model (ReLU, then pool) outputs,
+    input gradients and second-order gradients bit for bit, and the same state dict keys
+    (models and teachers saved before the reorder load as they were)."""
+    torch.manual_seed(1)
+    parts = build_arch("small_cnn", (1, 28, 28), 10)
+    kinds = [type(m) for m in parts.encoder]
+    assert kinds == [type(parts.encoder[0]), MaxPool2x2, nn.ReLU, nn.Conv2d, MaxPool2x2,
+                     nn.ReLU]
+    ours = DefendedModel(parts.encoder, parts.head)
+    theirs = with_torch_layers(copy.deepcopy(ours), pooling=False, convolution=False)
+    assert [type(m) for m in theirs.encoder] == [kinds[0], nn.ReLU, MaxPool2x2, nn.Conv2d,
+                                                 nn.ReLU, MaxPool2x2]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.rand(8, 1, 28, 28)
+    x[:2, :, :10] = 0.0  # blank rows: equal convolution outputs, ties in every window
+    y = torch.randint(0, 10, (8,))
+    found = []
+    for model in (ours, theirs):
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        (dx,) = torch.autograd.grad(F.cross_entropy(out, y), leaf, create_graph=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        second = torch.autograd.grad((dx * dx).sum(), params)  # the meta step's kind
+        found.append((out.detach(), dx.detach(), *second))
+    for a, b in zip(*found, strict=True):
+        assert torch.equal(a, b)
