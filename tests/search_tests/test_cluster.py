@@ -253,6 +253,9 @@ def test_storage_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: Path) 
                                     for r in cluster.child_runs("cluster-hidden")}
 
 
+_LOST_EPOCHS = 10
+
+
 @pytest.mark.slow
 def test_a_lost_worker_node_reschedules_its_trials(cluster: Cluster, tmp_path: Path) -> None:
     """A second worker joins; its raylet is killed while it runs a trial. The trial goes back
@@ -273,9 +276,13 @@ ray.init(address="127.0.0.1:{port}", logging_level="ERROR")
 print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and "doomed" in n["Resources"]]))
 """)
         (doomed_id,) = nodes  # type: ignore[misc]
-        # 2 CPUs per trial: one trial fits on each worker, so one runs on the doomed node
+        # 2 CPUs per trial: one trial fits on each worker, so one runs on the doomed node;
+        # enough epochs that it still runs when this loop has seen its first one (each look
+        # starts a Python process for MLflow's client: seconds on a loaded machine, while a
+        # smoke epoch takes about 2; with 4 epochs the trial once ended before the kill)
         search = cluster.popen(*_search(cluster, "cluster-lost", "--num-samples", "2",
-                                        "--scheduler", "none", "--set", "budget.epochs=4",
+                                        "--scheduler", "none",
+                                        "--set", f"budget.epochs={_LOST_EPOCHS}",
                                         "--set", "baselines=[]", "--sealed-top-k", "0",
                                         "--max-failures", "3", "--cpus-per-trial", "2",
                                         "--gpus-per-trial", "0"),
@@ -305,7 +312,7 @@ print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and "doomed" in
     assert all(r["tags"]["trial_status"] == "completed" for r in children)  # type: ignore[index]
     moved = [r for r in children if r["run_id"] == there[0]["run_id"]]
     assert moved[0]["tags"]["ray_node_id"] != doomed_id  # type: ignore[index]
-    assert max(int(k) for k in moved[0]["history"]) == 4  # type: ignore[union-attr]
+    assert max(int(k) for k in moved[0]["history"]) == _LOST_EPOCHS  # type: ignore[union-attr]
     states = cluster.query(f"""
 import json, optuna
 study = optuna.load_study(study_name="cluster-lost",
