@@ -228,8 +228,8 @@ def _cnn(image_shape: tuple[int, int, int], num_classes: int, *, width: int, hid
                           f"{height}x{width_px}")
     # each pool before its ReLU: max and ReLU commute (the same outputs and gradients, bit
     # for bit: both pick the window's first largest value), and the ReLU then runs on a
-    # quarter of the values, forward and backward: 1.17-1.22x on the forward + backward
-    # w.r.t. the input that every gradient attack runs (bench/pool.py)
+    # quarter of the values, forward and backward: 1.09-1.13x on the forward + backward
+    # w.r.t. the input that every gradient attack runs (bench/pool.py --repeats 60)
     encoder = nn.Sequential(
         ThinConv2d(channels, width, 3, padding=1), MaxPool2x2(), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, padding=1), MaxPool2x2(), nn.ReLU(),
