@@ -169,6 +169,16 @@ def test_the_pixle_benchmark_runs_and_finds_the_answers_unchanged(
     assert sparse.smallest.__name__ == "smallest"  # the benchmark put the shipped one back
 
 
+def test_the_allocator_benchmark_runs_and_finds_every_answer_unchanged(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    allocator = _bench("allocator")
+    monkeypatch.setattr(sys, "argv", ["allocator.py", "--space", "mid", "--rounds", "1",
+                                      "--trial-epochs", "1", "--works", "model-b64", "trial"])
+    allocator.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if "bitwise" in line]
+    assert len(rows) == 2 and all("bitwise equal: yes" in row for row in rows), rows
+
+
 def test_the_scripts_import_the_repository_packages_not_a_folder_beside_them() -> None:
     # `python bench/x.py` puts bench/ first on sys.path: a module there named like a package,
     # or a folder (bench/spaces/ held a space file once: a namespace package), hides it
