@@ -83,11 +83,13 @@ def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
 
 def _measure(work: str, setting: str, args: argparse.Namespace) -> dict[str, object]:
     env = {**os.environ, "DEFENSE_SEARCH_ALLOCATOR": setting}
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, __file__, "--child", work, "--space", args.space,
          "--trial-epochs", str(args.trial_epochs)],
-        env=env, check=True, capture_output=True, text=True).stdout
-    found: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+        env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{work} ({setting}) failed:\n{proc.stderr[-3000:]}")
+    found: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return found
 
 
@@ -114,6 +116,7 @@ def main() -> None:
         seconds = {s: [float(str(r["seconds"])) for r in found] for s, found in runs.items()}
         digests = {str(r["digest"]) for found in runs.values() for r in found}
         assert all(r["tuned"] for r in runs["tuned"]), "tune_allocator did not apply here"
+        assert not any(r["tuned"] for r in runs["default"]), "the opt-out was not honoured"
         before, after = (statistics.median(v) for v in seconds.values())
         same = "-" if digests == {"-"} else ("yes" if len(digests) == 1 else "NO")
         print(f"  {work:<11} {before:9.4f} [{min(seconds['default']):.4f}, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import platform
 import random
@@ -18,14 +18,18 @@ import torch
 from trainables.errors import ConfigError
 from trainables.vocab import time_key
 
-__all__ = ["ALLOCATOR_ENV", "Stopwatch", "pinned_threads", "resolve_device", "seed_everything",
-           "set_threads", "tune_allocator"]
+__all__ = ["ALLOCATOR_ENV", "Stopwatch", "allocator_env", "pinned_threads", "resolve_device",
+           "seed_everything", "set_threads", "tune_allocator"]
 
-# glibc's mallopt parameters (malloc.h) and the values tune_allocator sets
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest on 64-bit; a batch of 256 28x28 maps is 26 MB
-_TRIM_THRESHOLD = 2**30
-ALLOCATOR_ENV = "DEFENSE_SEARCH_ALLOCATOR"  # "default": leave glibc's thresholds as they are
+# glibc's settings that tune_allocator makes: (mallopt parameter of malloc.h, the environment
+# variable glibc reads at a process's start, value). The mmap threshold is glibc's largest on
+# 64-bit (a batch of 256 of mnist5k's first-layer maps is 26 MB); one arena, because glibc
+# unmaps a thread arena's heaps as soon as they are empty whatever the trim threshold, and
+# Ray Tune runs each trial in a thread of its worker.
+_GLIBC_SETTINGS = ((-3, "MALLOC_MMAP_THRESHOLD_", 32 * 2**20),
+                   (-1, "MALLOC_TRIM_THRESHOLD_", 2**30),
+                   (-8, "MALLOC_ARENA_MAX", 1))
+ALLOCATOR_ENV = "DEFENSE_SEARCH_ALLOCATOR"  # tuned (unset) or default: glibc's own thresholds
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -52,25 +56,47 @@ def set_threads(threads: int) -> None:
 
 
 def tune_allocator() -> bool:
-    """Keeps the memory of freed tensors up to 32 MB in the process (glibc only), so that
-    the next batch's tensors reuse it; True if set, False where there is no glibc.
+    """Keeps the memory of freed tensors (up to 32 MB each) in this process, so that the next
+    batch's tensors reuse it instead of page-faulting fresh memory in; True if set, False
+    where it is not (no glibc, or DEFENSE_SEARCH_ALLOCATOR=default).
 
-    glibc serves each block above its mmap threshold (128 KB, raised only to the largest
-    block freed so far) by a fresh mmap and returns it on free, and trims the heap's top
-    above 128 KB, so every forward and backward pass of a batch page-faults its activations
-    in again: on mnist5k's small CNN (batch 256, 1 thread) zeroing and copying the first
-    layer's maps took about a fifth of a forward + backward pass. Both thresholds set here
-    cost memory (a process keeps up to 1 GB freed heap) and change no arithmetic
-    (bench/allocator.py, tests/trainables_tests/test_runtime.py). A process-wide setting: a
-    trial or a final-comparison task sets it for the worker it runs in;
-    DEFENSE_SEARCH_ALLOCATOR=default leaves glibc's own (to compare, or to save memory).
+    By default glibc serves each block above its mmap threshold (128 KB at first, raised only
+    to the largest block freed so far) by a fresh mmap, returns it on free, trims the heap's
+    top above twice that threshold and unmaps thread arenas' heaps once empty: every forward
+    and backward pass then faults its activations in again. On mnist5k's small CNN (batch
+    256, 1 thread) zeroing and copying the first layer's maps took about a fifth of a forward
+    + backward pass. The settings cost memory (a process keeps up to 1 GB freed heap) and
+    change no arithmetic (tests/trainables_tests/test_runtime.py, bench/allocator.py). They
+    hold for the whole process; threads that already allocated keep their arena, so Ray's
+    workers get them from the start through `allocator_env` (search/session.py).
     """
-    if (os.environ.get(ALLOCATOR_ENV) == "default" or platform.system() != "Linux"
-            or platform.libc_ver()[0] != "glibc"):
+    if not _allocator_tuned():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    libc = _libc()
+    return all(libc.mallopt(parameter, value) == 1 for parameter, _, value in _GLIBC_SETTINGS)
+
+
+def allocator_env() -> dict[str, str]:
+    """tune_allocator's settings as the environment variables glibc reads when a process
+    starts (for the processes Ray starts: its workers); empty where tune_allocator does
+    nothing."""
+    if not _allocator_tuned():
+        return {}
+    return {name: str(value) for _, name, value in _GLIBC_SETTINGS}
+
+
+def _allocator_tuned() -> bool:
+    choice = os.environ.get(ALLOCATOR_ENV, "tuned")
+    if choice not in ("tuned", "default"):
+        raise ConfigError(f"{ALLOCATOR_ENV}={choice!r} is not a choice; use tuned (what a "
+                          "search does unless told) or default (glibc's own thresholds)")
+    return (choice == "tuned" and platform.system() == "Linux"
+            and platform.libc_ver()[0] == "glibc")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # the C library this process already uses
 
 
 @contextmanager
