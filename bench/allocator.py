@@ -1,17 +1,17 @@
-"""Does keeping freed tensors' memory in the process pay (trainables/runtime.py,
-tune_allocator)?
+"""Would keeping freed tensors' memory in the process pay? (Measured: not end to end; off.)
 
     python bench/allocator.py                  # mnist5k, 1 thread, 5 rounds
-    python bench/allocator.py --rounds 3 --trial-epochs 1
+    python bench/allocator.py --rounds 3 --works model-b256 trial
 
-glibc's malloc settings hold for a whole process and cannot be undone, so every figure comes
-from a fresh Python process, glibc's own thresholds (DEFENSE_SEARCH_ALLOCATOR=default) and the
-tuned ones alternating in every round, so a noisy machine moves both alike; median of the
-rounds. Rows: the small CNN's forward + backward w.r.t. the input (what every gradient attack
-and evaluation runs) at batch 64 and 256; one epoch of the plain PGD-AT reference loop
-(bench/reference.py: what a user's own loop would gain from the same setting); and the
-`pgd-at` trial itself (training, evaluations, masking checks), whose metrics must be bitwise
-equal under both settings (the setting changes no arithmetic).
+glibc serves each block above its mmap threshold by a fresh mmap and returns it on free, and
+trims the heap's top, so a pass over a batch may page-fault its activations in again. This
+times each work in a fresh Python process, alternating glibc's own settings with
+MALLOC_MMAP_THRESHOLD_=32 MB, MALLOC_TRIM_THRESHOLD_=1 GB and MALLOC_ARENA_MAX=1 in the
+environment it starts with (glibc reads them then), so a noisy machine moves both alike;
+median of the rounds. Rows: the small CNN's forward + backward w.r.t. the input at batch 64
+and 256 in a fresh process (where the churn shows: 1.2x), one epoch of the plain PGD-AT loop
+(bench/reference.py), and the `pgd-at` trial (training, evaluations, masking checks), whose
+metrics must be bitwise equal under both (the settings change no arithmetic).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 _WORKS = ("model-b64", "model-b256", "reference", "trial")
+SETTINGS = {"glibc's own": {},
+            "kept memory": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                            "MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_ARENA_MAX": "1"}}
 
 
 def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
@@ -35,10 +38,7 @@ def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
     import torch
     import torch.nn.functional as F
 
-    from trainables.runtime import tune_allocator
-
     torch.set_num_threads(1)
-    tuned = tune_allocator()
     if work.startswith("model"):
         from trainables.defense.models import build_arch
 
@@ -57,7 +57,7 @@ def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
         start = time.perf_counter()
         for _ in range(20):
             grad = step()
-        return {"tuned": tuned, "seconds": (time.perf_counter() - start) / 20,
+        return {"seconds": (time.perf_counter() - start) / 20,
                 "digest": hashlib.sha256(grad.numpy().tobytes()).hexdigest()[:16]}
     sys.path.insert(0, str(_HERE))
     from reference import plain_pgd_at
@@ -71,24 +71,24 @@ def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
     config = baseline_config(space.trial_config(threads=1), "pgd-at")
     shared = prepare_shared(config, pool_candidates=space.pool.candidates, log=lambda _: None)
     if work == "reference":
-        return {"tuned": tuned, "seconds": plain_pgd_at(config, shared), "digest": "-"}
+        return {"seconds": plain_pgd_at(config, shared), "digest": "-"}
     start = time.perf_counter()
     result = run_trial(config, shared=shared, log=lambda _: None)
     seconds = time.perf_counter() - start
     metrics = {k: v for k, v in sorted(result.metrics.items())
                if not k.startswith("time/") and "seconds" not in k}  # timings differ anyway
-    return {"tuned": tuned, "seconds": seconds,
+    return {"seconds": seconds,
             "digest": hashlib.sha256(json.dumps(metrics).encode()).hexdigest()[:16]}
 
 
-def _measure(work: str, setting: str, args: argparse.Namespace) -> dict[str, object]:
-    env = {**os.environ, "DEFENSE_SEARCH_ALLOCATOR": setting}
+def _measure(work: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", work, "--space", args.space,
          "--trial-epochs", str(args.trial_epochs)],
-        env=env, capture_output=True, text=True)
+        env={**base, **env}, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{work} ({setting}) failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{work} failed:\n{proc.stderr[-3000:]}")
     found: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return found
 
@@ -106,22 +106,20 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.space, args.trial_epochs)))
         return
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {args.space}, 1 thread, {args.rounds} "
-          "round(s), a fresh process per figure; seconds median [min, max]: glibc's "
-          "thresholds -> tuned")
+          "round(s), a fresh process per figure; seconds median [min, max]: glibc's own "
+          "settings -> kept memory")
     for work in args.works:
-        runs: dict[str, list[dict[str, object]]] = {"default": [], "tuned": []}
+        runs: dict[str, list[dict[str, object]]] = {name: [] for name in SETTINGS}
         for _ in range(args.rounds):
-            for setting in runs:
-                runs[setting].append(_measure(work, setting, args))
-        seconds = {s: [float(str(r["seconds"])) for r in found] for s, found in runs.items()}
+            for name, env in SETTINGS.items():
+                runs[name].append(_measure(work, env, args))
+        seconds = [[float(str(r["seconds"])) for r in found] for found in runs.values()]
         digests = {str(r["digest"]) for found in runs.values() for r in found}
-        assert all(r["tuned"] for r in runs["tuned"]), "tune_allocator did not apply here"
-        assert not any(r["tuned"] for r in runs["default"]), "the opt-out was not honoured"
-        before, after = (statistics.median(v) for v in seconds.values())
+        before, after = (statistics.median(v) for v in seconds)
         same = "-" if digests == {"-"} else ("yes" if len(digests) == 1 else "NO")
-        print(f"  {work:<11} {before:9.4f} [{min(seconds['default']):.4f}, "
-              f"{max(seconds['default']):.4f}] -> {after:9.4f} [{min(seconds['tuned']):.4f}, "
-              f"{max(seconds['tuned']):.4f}]  {before / after:5.2f}x  bitwise equal: {same}")
+        print(f"  {work:<11} {before:9.4f} [{min(seconds[0]):.4f}, {max(seconds[0]):.4f}] -> "
+              f"{after:9.4f} [{min(seconds[1]):.4f}, {max(seconds[1]):.4f}]  "
+              f"{before / after:5.2f}x  bitwise equal: {same}")
 
 
 if __name__ == "__main__":

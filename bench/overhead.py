@@ -90,10 +90,6 @@ def main() -> None:
         "standalone trial (wall)", "standalone training (craft + step)",
         "trial inside a one-trial search (Tune's time_total_s)",
         "one-trial search command (wall)", "plain PyTorch + torchattacks PGD-AT loop")}
-    # the user's loop first, in a process whose allocator no trial has tuned yet (a trial
-    # sets glibc's thresholds for the whole process: trainables/runtime.py, tune_allocator)
-    found["plain PyTorch + torchattacks PGD-AT loop"] = [
-        plain_pgd_at(config, shared) for _ in range(args.repeats)]
     for _ in range(args.repeats):
         wall, training = standalone(config, shared)
         found["standalone trial (wall)"].append(wall)
@@ -102,6 +98,7 @@ def main() -> None:
             inside, command = in_search(args.space, overrides, Path(folder))
         found["trial inside a one-trial search (Tune's time_total_s)"].append(inside)
         found["one-trial search command (wall)"].append(command)
+        found["plain PyTorch + torchattacks PGD-AT loop"].append(plain_pgd_at(config, shared))
     print(f"space {space.name}, recipe pgd-at ({config.epochs} epochs, batch "
           f"{config.batch_size}, {config.train_attack_steps}-step PGD), 1 thread, "
           f"{args.repeats} repeat(s); seconds min / median / max")

@@ -1,10 +1,7 @@
 """The reference every speed figure is a ratio to: the PGD-AT loop a user writes instead of
 using this project (plain PyTorch + torchattacks, the same model, data, epochs, batch, steps,
 step size and optimiser as the project's `pgd-at` recipe), timed in the same run, so that a
-figure survives a slow day on a shared machine. It runs under glibc's own malloc thresholds,
-as a user's loop does: time it before anything in the process calls run_trial, which tunes
-them for the whole process (trainables/runtime.py, tune_allocator; bench/allocator.py times
-this loop under both)."""
+figure survives a slow day on a shared machine."""
 
 from __future__ import annotations
 

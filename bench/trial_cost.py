@@ -110,8 +110,6 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {space.name} "
           f"({args.overrides or 'as shipped'}), {args.threads} thread(s), {args.repeats} "
           "repeat(s); seconds min / median / max, and the median over the reference")
-    # before any trial: a trial tunes the process's allocator (trainables/runtime.py), and the
-    # reference is the user's loop under glibc's own thresholds
     reference = [plain_pgd_at(recipes["pgd-at"], shared) for _ in range(args.repeats)]
     base = statistics.median(reference)
     print(_row("reference: plain PGD-AT loop (training only)", reference, base))

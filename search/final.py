@@ -74,7 +74,6 @@ from trainables.defense.export import load_defended_model, save_defended_model
 from trainables.defense.models import DefendedModel
 from trainables.errors import ConfigError
 from trainables.files import write_atomic
-from trainables.runtime import tune_allocator
 from trainables.scoring.final import Evaluation, final_evaluation
 from trainables.scoring.masking import invalidates
 from trainables.scoring.stats import (
@@ -316,7 +315,6 @@ def _evaluate(shared: Shared, record: TrialRecord, payload: bytes | None, streng
     from trainables.train import run_trial
 
     torch.set_num_threads(threads)
-    tune_allocator()  # a reused model is never trained here: run_trial would not set it
     device = assigned_device()
     config = record.config.replace(device=device, threads=threads, masking_samples=0)
     start = time.perf_counter()

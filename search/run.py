@@ -34,7 +34,6 @@ from search.vocab import (
 )
 from spaces import SearchAlg, Space
 from trainables.errors import ConfigError
-from trainables.runtime import allocator_env
 from trainables.vocab import SEALED_STRENGTH
 
 __all__ = ["build_parser", "interrupted_line", "main", "make_plan"]
@@ -181,7 +180,6 @@ def interrupted_line(args: argparse.Namespace, plan: SearchPlan | None) -> str:
 
 def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Checks every argument and the space; nothing here starts Ray or trains anything."""
-    allocator_env()  # the environment's DEFENSE_SEARCH_ALLOCATOR, checked with the arguments
     space = _load_space(args)
     _check_numbers(args)
     address = check_address(args.address)

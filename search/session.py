@@ -23,7 +23,6 @@ from pathlib import Path
 import psutil
 
 from search.signals import reinstall
-from trainables.runtime import allocator_env
 
 __all__ = ["ray_session", "record_ray_processes", "records_dir", "stop_leftovers"]
 
@@ -36,11 +35,9 @@ def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iter
 
     if address is None:
         stop_leftovers(log)
-    env = allocator_env()  # before Ray starts: a bad DEFENSE_SEARCH_ALLOCATOR stops here
-    # "local" starts a new instance even where `ray start` left a cluster file behind; the
-    # workers (on every node of a cluster) start with glibc's allocator settings
+    # "local" starts a new instance even where `ray start` left a cluster file behind
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, runtime_env={"env_vars": env} if env else None)
+             logging_level=logging.ERROR)
     reinstall()  # ray.init replaced the driver's SIGTERM handler with a sys.exit
     try:
         if address is None:

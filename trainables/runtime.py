@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
-import platform
 import random
 import time
 from collections import defaultdict
@@ -18,18 +15,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.vocab import time_key
 
-__all__ = ["ALLOCATOR_ENV", "Stopwatch", "allocator_env", "pinned_threads", "resolve_device",
-           "seed_everything", "set_threads", "tune_allocator"]
-
-# glibc's settings that tune_allocator makes: (mallopt parameter of malloc.h, the environment
-# variable glibc reads at a process's start, value). The mmap threshold is glibc's largest on
-# 64-bit (a batch of 256 of mnist5k's first-layer maps is 26 MB); one arena, because glibc
-# unmaps a thread arena's heaps as soon as they are empty whatever the trim threshold, and
-# Ray Tune runs each trial in a thread of its worker.
-_GLIBC_SETTINGS = ((-3, "MALLOC_MMAP_THRESHOLD_", 32 * 2**20),
-                   (-1, "MALLOC_TRIM_THRESHOLD_", 2**30),
-                   (-8, "MALLOC_ARENA_MAX", 1))
-ALLOCATOR_ENV = "DEFENSE_SEARCH_ALLOCATOR"  # tuned (unset) or default: glibc's own thresholds
+__all__ = ["Stopwatch", "pinned_threads", "resolve_device", "seed_everything", "set_threads"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -53,50 +39,6 @@ def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def tune_allocator() -> bool:
-    """Keeps the memory of freed tensors (up to 32 MB each) in this process, so that the next
-    batch's tensors reuse it instead of page-faulting fresh memory in; True if set, False
-    where it is not (no glibc, or DEFENSE_SEARCH_ALLOCATOR=default).
-
-    By default glibc serves each block above its mmap threshold (128 KB at first, raised only
-    to the largest block freed so far) by a fresh mmap, returns it on free, trims the heap's
-    top above twice that threshold and unmaps thread arenas' heaps once empty: every forward
-    and backward pass then faults its activations in again. On mnist5k's small CNN (batch
-    256, 1 thread) zeroing and copying the first layer's maps took about a fifth of a forward
-    + backward pass. The settings cost memory (a process keeps up to 1 GB freed heap) and
-    change no arithmetic (tests/trainables_tests/test_runtime.py, bench/allocator.py). They
-    hold for the whole process; threads that already allocated keep their arena, so Ray's
-    workers get them from the start through `allocator_env` (search/session.py).
-    """
-    if not _allocator_tuned():
-        return False
-    libc = _libc()
-    return all(libc.mallopt(parameter, value) == 1 for parameter, _, value in _GLIBC_SETTINGS)
-
-
-def allocator_env() -> dict[str, str]:
-    """tune_allocator's settings as the environment variables glibc reads when a process
-    starts (for the processes Ray starts: its workers); empty where tune_allocator does
-    nothing."""
-    if not _allocator_tuned():
-        return {}
-    return {name: str(value) for _, name, value in _GLIBC_SETTINGS}
-
-
-def _allocator_tuned() -> bool:
-    choice = os.environ.get(ALLOCATOR_ENV, "tuned")
-    if choice not in ("tuned", "default"):
-        raise ConfigError(f"{ALLOCATOR_ENV}={choice!r} is not a choice; use tuned (what a "
-                          "search does unless told) or default (glibc's own thresholds)")
-    return (choice == "tuned" and platform.system() == "Linux"
-            and platform.libc_ver()[0] == "glibc")
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None)  # the C library this process already uses
 
 
 @contextmanager

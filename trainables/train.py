@@ -27,7 +27,7 @@ from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.defense.student import Defense, Parts
 from trainables.errors import ConfigError, TrialFailedError
-from trainables.runtime import Stopwatch, resolve_device, set_threads, tune_allocator
+from trainables.runtime import Stopwatch, resolve_device, set_threads
 from trainables.scoring.validation import Rungs, validate
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.vocab import (
@@ -149,7 +149,6 @@ def _prepare(config: TrialConfig, fidelity: Fidelity, shared: Shared | None,
              report: Report | None, resume: dict[str, Any] | None, log: Log) -> _Run:
     """Device, shared state, the defense and its pool attacks; restored from `resume`."""
     set_threads(config.threads)
-    tune_allocator()
     device = resolve_device(config.device)
     if shared is None:
         shared = prepare_shared(config, log=log)

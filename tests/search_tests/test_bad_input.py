@@ -375,16 +375,6 @@ def _tree(root: Path) -> set[str]:
                          ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(
         inputs: dict[str, str], main: Main, args: list[str], message: str) -> None:
-    _refused(inputs, main, args, message)
-
-
-def test_a_bad_allocator_choice_in_the_environment_is_refused_before_ray(
-        inputs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEFENSE_SEARCH_ALLOCATOR", "fast")
-    _refused(inputs, RUN, S, "DEFENSE_SEARCH_ALLOCATOR='fast' is not a choice; use tuned")
-
-
-def _refused(inputs: dict[str, str], main: Main, args: list[str], message: str) -> None:
     import ray
 
     tmp = Path(inputs["tmp"])
