@@ -8,10 +8,11 @@ trims the heap's top, so a pass over a batch may page-fault its activations in a
 times each work in a fresh Python process, alternating glibc's own settings with
 MALLOC_MMAP_THRESHOLD_=32 MB, MALLOC_TRIM_THRESHOLD_=1 GB and MALLOC_ARENA_MAX=1 in the
 environment it starts with (glibc reads them then), so a noisy machine moves both alike;
-median of the rounds. Rows: the small CNN's forward + backward w.r.t. the input at batch 64
-and 256 in a fresh process (where the churn shows: 1.2x), one epoch of the plain PGD-AT loop
-(bench/reference.py), and the `pgd-at` trial (training, evaluations, masking checks), whose
-metrics must be bitwise equal under both (the settings change no arithmetic).
+median of the rounds. Rows: the space's model's forward + backward w.r.t. the input
+(bench/pool.py's pass) at batch 64 and 256 in a fresh process (where the churn shows: 1.2x on
+mnist5k), one epoch of the plain PGD-AT loop (bench/reference.py), and the `pgd-at` trial
+(training, evaluations, masking checks), whose metrics must be bitwise equal under both (the
+settings change no arithmetic).
 """
 
 from __future__ import annotations
@@ -36,22 +37,25 @@ SETTINGS = {"glibc's own": {},
 def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
     """One measurement in this (fresh) process: seconds and a digest of what it computed."""
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(1)
+    sys.path.insert(0, str(_HERE))
+    import spaces
+
+    space = spaces.load(space_name, [f"budget.epochs={epochs}"])
     if work.startswith("model"):
-        from trainables.defense.models import build_arch
+        from pool import passes
+
+        from trainables.defense.models import DefendedModel, build_arch
+        from trainables.setting.setup import dataset_info
 
         torch.manual_seed(0)
-        parts = build_arch("small_cnn", (1, 28, 28), 10)
-        model = torch.nn.Sequential(parts.encoder, parts.head).eval()
+        info = dataset_info(space.trial_config().dataset)
+        parts = build_arch(info.default_arch, info.image_shape, info.num_classes)
         batch = int(work.removeprefix("model-b"))
-        x = torch.rand(batch, 1, 28, 28, requires_grad=True)
-        y = torch.randint(0, 10, (batch,))
-
-        def step() -> torch.Tensor:
-            return torch.autograd.grad(F.cross_entropy(model(x), y), x)[0]
-
+        step = passes(DefendedModel(parts.encoder, parts.head).eval(),
+                      torch.rand(batch, *info.image_shape),
+                      torch.randint(0, info.num_classes, (batch,)))["forward + backward"]
         for _ in range(5):
             step()
         start = time.perf_counter()
@@ -59,15 +63,12 @@ def _child(work: str, space_name: str, epochs: int) -> dict[str, object]:
             grad = step()
         return {"seconds": (time.perf_counter() - start) / 20,
                 "digest": hashlib.sha256(grad.numpy().tobytes()).hexdigest()[:16]}
-    sys.path.insert(0, str(_HERE))
     from reference import plain_pgd_at
 
-    import spaces
     from trainables.defense.baselines import baseline_config
     from trainables.setting.prepare import prepare_shared
     from trainables.train import run_trial
 
-    space = spaces.load(space_name, [f"budget.epochs={epochs}"])
     config = baseline_config(space.trial_config(threads=1), "pgd-at")
     shared = prepare_shared(config, pool_candidates=space.pool.candidates, log=lambda _: None)
     if work == "reference":

@@ -37,7 +37,7 @@ from trainables.setting.setup import DatasetInfo, dataset_info
 Pass = Callable[[], torch.Tensor]
 
 
-def _passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Pass]:
+def passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Pass]:
     def forward() -> torch.Tensor:
         with torch.no_grad():
             return model(x)
@@ -102,8 +102,8 @@ def main() -> None:
         x = torch.rand(batch, *info.image_shape)
         y = torch.randint(0, info.num_classes, (batch,))
         rows = _pool_rows(next(parts.encoder.children())(x).detach())
-        mine, torch_pool = _passes(ours, x, y), _passes(theirs, x, y)
-        order = _passes(relu_first, x, y)
+        mine, torch_pool = passes(ours, x, y), passes(theirs, x, y)
+        order = passes(relu_first, x, y)
         rows.update({f"whole model, {name}": (torch_pool[name], mine[name]) for name in mine})
         rows.update({f"whole model, ReLU first -> pool first, {name}": (order[name], mine[name])
                      for name in mine})
