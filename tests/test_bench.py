@@ -111,6 +111,20 @@ def _layer_rows(name: str, capsys: pytest.CaptureFixture[str],
     return [line for line in capsys.readouterr().out.splitlines() if "batch" in line]
 
 
+def test_the_precision_benchmark_runs_and_bounds_what_bfloat16_moves(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # precision.py imports pool.py's timer
+    precision = _bench("precision")
+    monkeypatch.setattr(sys, "argv", ["precision.py", "--space", "smoke", "--points", "64",
+                                      "--repeats", "2"])
+    precision.main()
+    out = capsys.readouterr().out
+    assert "reference: plain PGD-AT loop" in out and "float32 / bfloat16" in out, out
+    assert re.search(r"forward \+ backward +float32 +[0-9.]+ +bfloat16 +[0-9.]+", out), out
+    moved = [float(m) for m in re.findall(r"-> [0-9.]+ +([+-][0-9.]+)", out)]
+    assert all(abs(d) <= 0.1 for d in moved), out  # 64 points: one point is 0.016
+
+
 def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     rows = _layer_rows("pool", capsys, monkeypatch)

@@ -26,6 +26,7 @@ from trainables.vocab import (
     Optimizer,
     PclLayers,
     PoolCombine,
+    Precision,
     StudentInit,
     TaskSide,
     TrainOn,
@@ -196,6 +197,11 @@ class TrialConfig:
     stack_pool: bool = _value(True, "the pool's iterative attacks are crafted in lockstep, one "
                               "pass per step over all of them, and the worst of the pool is "
                               "picked in one pass (the same up to float round-off)")
+    eval_precision: Precision = _value(
+        Precision.AUTO, "what the final evaluation's non-Lp and L0 attacks craft in: float32, "
+        "bfloat16 (autocast; every success they find is confirmed in float32 and every point "
+        "judged in float32, so only the search path changes: a test bounds it) or auto "
+        "(bfloat16 where the device computes it natively); AutoAttack is float32 always")
 
     # ---- recipe: optimisation and training hygiene (Rice et al. 2020, Pang et al. 2021,
     # Gowal et al. 2020: early stopping, weight decay and weight averaging move robust

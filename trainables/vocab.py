@@ -179,6 +179,14 @@ class LrSchedule(StrEnum):
     PIECEWISE = "piecewise"
 
 
+class Precision(StrEnum):
+    """The arithmetic evaluation attacks craft in (every verdict is float32's)."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    AUTO = "auto"  # bfloat16 where the device computes it natively, else float32
+
+
 class PoolCombine(StrEnum):
     """How a batch's pool attacks become training tasks."""
 

@@ -34,6 +34,7 @@ from trainables.attacks.threat import ThreatModel
 from trainables.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from trainables.attacks.base import Attack
@@ -66,7 +67,7 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
                  strength: float = 1.0, train_steps: int | None = None, seed: int = 0,
                  budget: float | None = None, scale: float = 1.0,
                  feature_model: nn.Module | None = None, adaptive: Adaptive | None = None,
-                 **overrides: Any) -> Attack:
+                 precision: torch.dtype | None = None, **overrides: Any) -> Attack:
     """Builds `name` against `model` at the threat model's budget for it (or `budget`).
 
     `strength` scales iterations, queries and restarts; `train_steps` sets the step count of
@@ -77,6 +78,8 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
     attacks ignore it); `overrides` replace arguments of the attack's row. A query attack
     (`Square@q1000`) runs behind a counter of its queries (query.py); `adaptive` says how an
     adaptive attacker asks at the same budget (repeated queries averaged, points alone).
+    `precision`: an autocast dtype the non-Lp families and Pixle craft in (they confirm each
+    success in float32, precision.py); other attacks ignore it.
     """
     spec = attack_spec(name)
     budget = (attack_budget(name, threat) if budget is None else budget) * scale
@@ -91,6 +94,7 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
 
         return query_attack(spec, model, ctx, args, queries=queries,
                             adaptive=adaptive or Adaptive(), name=name)
+    model = _crafting_model(spec, model, precision)
     if spec.impl == Impl.CORRUPTION:
         from trainables.attacks.unforeseen import TransformAttack, family
 
@@ -117,6 +121,17 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
         attack.fallback = build_attack(fallback_name, model, threat, num_classes=num_classes,
                                        train_steps=train_steps, seed=seed, scale=scale)
     return attack
+
+
+def _crafting_model(spec: AttackSpec, model: nn.Module, precision: torch.dtype | None
+                    ) -> nn.Module:
+    """What `spec`'s attack crafts on: `model` in `precision` for the attacks that ask float32
+    for their verdicts (the non-Lp families and Pixle), else `model` itself."""
+    if precision is None or spec.impl not in (Impl.CORRUPTION, Impl.SPARSE):
+        return model
+    from trainables.attacks.precision import LowPrecision
+
+    return LowPrecision(model, precision)
 
 
 def _pixel_attack(spec: AttackSpec, model: nn.Module, ctx: AttackContext, args: dict[str, Any],

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from trainables.attacks.base import SeededAttack, couples_batch
+from trainables.attacks.precision import verdict
 from trainables.attacks.specs import AttackSpec
 
 __all__ = ["Pixle", "smallest"]
@@ -62,7 +63,7 @@ class Pixle(SeededAttack):
                     inside = inside[inside]
                 logits = self.model(candidate)
                 p = logits.softmax(1).gather(1, y[rows, None]).squeeze(1)
-                wrong = logits.argmax(1) != y[rows]
+                wrong = verdict(self.model, candidate, y[rows], logits)
                 take = ~fooled[rows] & inside & (wrong | (p < best_p[rows]))
                 best[rows[take]] = candidate[take]
                 best_p[rows[take]] = p[take]

@@ -32,6 +32,7 @@ from torch import nn
 
 from trainables.attacks.base import SeededAttack, couples_batch
 from trainables.attacks.linear_maps import gaussian_blur, plasma, plasma_draw_shapes
+from trainables.attacks.precision import verdict
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
 from trainables.errors import ConfigError
 
@@ -571,9 +572,11 @@ class _Best:
             x, y, corruption = self.x[index], self.y[index], self.corruption.rows(index)
             part = [lat[index] for lat in latents]
         with torch.set_grad_enabled(latents[0].requires_grad):
-            logits = self.model(corruption.apply(x, part).clamp(0, 1))
+            images = corruption.apply(x, part).clamp(0, 1)
+            logits = self.model(images)
             loss = self.loss_of(logits, y)
-        wrong, seen = logits.detach().argmax(1) != y, loss.detach()
+        wrong = verdict(self.model, images, y, logits)
+        seen = loss.detach()
         if len(x) != len(self.x):  # back to the whole batch; the others are fooled already
             assert index is not None
             wrong = torch.zeros_like(self.fooled).index_fill_(0, index[wrong], True)

@@ -4,6 +4,8 @@ comparison runs on every recipe and seed).
 The test split and the sealed attacks are never used while searching. The report holds:
 - `test/heldout/...` and `test/sealed/...`: those attacks at `strength` x their iterations,
   queries and restarts, each non-Lp one on the CE and the margin loss (masking.margin_and);
+  the non-Lp ones and Pixle craft in `eval_precision` (bfloat16 where the device has it:
+  attacks/precision.py), every point judged in float32;
 - `test/transfer/...`: the held-out attacks crafted on the undefended target (MID's own
   protocol), kept apart from the white-box numbers;
 - models with UniG: each gradient-based held-out and sealed attack also run through BPDA and
@@ -36,6 +38,7 @@ import torch
 
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
+from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.threat import ThreatModel
 from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel
@@ -171,6 +174,24 @@ def _autoattack(model: DefendedModel, shared: Shared, config: TrialConfig, x: to
     return out
 
 
+def _attack_groups(model: DefendedModel, shared: Shared, config: TrialConfig, strength: float,
+                   precision: torch.dtype | None) -> dict[str, list[Attack]]:
+    """The held-out and sealed attacks (and for a scores claim the white-box ones) bound to
+    `model`, crafting in `precision` where they can (build_attack)."""
+    setup = shared.setup
+
+    def bind(names: tuple[str, ...]) -> list[Attack]:
+        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
+                             strength=strength, seed=config.seed, precision=precision)
+                for n in names]
+
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
+                                       Group.SEALED: bind(config.sealed)}
+    if config.access == Access.SCORES:
+        groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)))
+    return groups
+
+
 def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, *,
                       strength: float = SEALED_STRENGTH, autoattack: bool = True,
                       log: Callable[[str], None] = print) -> Evaluation:
@@ -179,15 +200,9 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
     setup, device = shared.setup, next(model.parameters()).device
     model.eval()
     x, y = (t.to(device) for t in shared.points(Split.TEST, config))
-
-    def bind(names: tuple[str, ...]) -> list[Attack]:
-        return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                            strength=strength, seed=config.seed) for n in names]
-
-    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
-                                       Group.SEALED: bind(config.sealed)}
-    if config.access == Access.SCORES:
-        groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)))
+    # UniG's test-time optimisation runs in float32: its model crafts in float32 too
+    precision = crafting_dtype(config.eval_precision, device) if model.unig is None else None
+    groups = _attack_groups(model, shared, config, strength, precision)
     metrics, masks = evaluate_groups(model, x, y, groups, split=Split.TEST,
                                      batch_size=config.eval_batch_size, seed=config.seed)
     by_group: dict[str, dict[str, torch.Tensor]] = {
@@ -207,7 +222,8 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
     for group in (Group.HELDOUT, Group.SEALED):  # CE saturates: the margin loss too
         by_group[group] = margin_and(model, by_group[group], x, y, setup.threat,
                                      num_classes=setup.info.num_classes, strength=strength,
-                                     batch_size=config.eval_batch_size, seed=config.seed)
+                                     batch_size=config.eval_batch_size, seed=config.seed,
+                                     precision=precision)
         metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     if model.unig is not None:  # the held-out ones again, as scored
         by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()

@@ -256,7 +256,8 @@ def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: tor
 
 def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Tensor,
                y: torch.Tensor, threat: ThreatModel, *, num_classes: int, strength: float,
-               batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+               batch_size: int, seed: int, precision: torch.dtype | None = None
+               ) -> dict[str, torch.Tensor]:
     """Each non-Lp gradient attack of `plain` (name -> its robust mask) run again on the
     margin loss (the best other logit minus the true one), AND-ed with the plain mask.
 
@@ -266,14 +267,16 @@ def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Ten
     at the same steps took most of it (README, "The held-out attacks had not converged"). It
     is what answers the flags of a stronger attack (more_steps_help, dlr_much_stronger): every
     score it is part of no longer rests on the saturating loss alone. A point already broken
-    is not attacked again; other attacks keep their plain mask."""
+    is not attacked again; other attacks keep their plain mask. `precision`: what the attacks
+    craft in (build_attack's)."""
     out = dict(plain)
     for name, robust in plain.items():
         spec = attack_spec(name)
         if spec.kind != AttackKind.TRANSFORM:
             continue
         crafted = build_attack(name, model, threat, num_classes=num_classes, seed=seed + 1,
-                               strength=strength, loss="margin")  # other random starts
+                               strength=strength, loss="margin",  # other random starts
+                               precision=precision)
         out[name] = robust_mask(model, crafted, x, y, robust, batch_size=batch_size, seed=seed,
                                 stream=f"{name}/margin")
     return out
