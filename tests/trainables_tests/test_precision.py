@@ -49,13 +49,21 @@ def test_float32_decides_every_verdict_bfloat16_could_get_wrong() -> None:
     assert asked == [1]  # only the claimed success is confirmed
 
 
-def test_what_each_precision_asks_for() -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_what_each_precision_asks_for(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainables.attacks import precision
+
+    monkeypatch.setattr(precision, "native_bfloat16", lambda _device: native)
     assert crafting_dtype(Precision.FLOAT32, CPU) is None
     assert crafting_dtype("bfloat16", CPU) == torch.bfloat16
-    assert crafting_dtype(Precision.AUTO, CPU) == (torch.bfloat16 if native_bfloat16(CPU)
-                                                   else None)
+    assert crafting_dtype(Precision.AUTO, CPU) == (torch.bfloat16 if native else None)
     with pytest.raises(ValueError, match="float16"):
         crafting_dtype("float16", CPU)
+
+
+def test_native_bfloat16_is_a_yes_or_no_on_any_cpu() -> None:
+    assert native_bfloat16(CPU) in (True, False)
+    assert native_bfloat16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("name", ["Fog@medium", "JPEG@medium", "Pixle"])
@@ -80,8 +88,29 @@ def test_bfloat16_crafting_finds_what_float32_finds_within_a_bound(
 
 
 def test_only_the_attacks_that_confirm_craft_in_low_precision(at_model: DefendedModel) -> None:
+    from trainables.defense.unig import UniG
+
     threat = dataset_info("digits").threat_model
     for name in ("PGD", "APGD-DLR", "Square"):
         attack = build_attack(name, at_model, threat, num_classes=10,
                               precision=torch.bfloat16)
         assert not isinstance(attack.model, LowPrecision), name
+    # nor a model that couples its batch: a verdict asked of some rows would be another one
+    unig = DefendedModel(at_model.encoder, at_model.head, UniG("per_sample")).eval()
+    attack = build_attack("Fog@medium", unig, threat, num_classes=10, precision=torch.bfloat16)
+    assert attack.model is unig
+    # a Pixle built for training gets its PGD fallback on the float32 model
+    pixle = build_attack("Pixle", at_model, threat, num_classes=10, train_steps=2,
+                         precision=torch.bfloat16)
+    assert isinstance(pixle.model, LowPrecision) and pixle.fallback is not None
+    assert pixle.fallback.model is at_model
+
+
+def test_an_attack_in_low_precision_leaves_the_model_in_eval_mode(
+        digits_model: DefendedModel) -> None:
+    threat = dataset_info("digits").threat_model
+    x, y = digits_model.val_x[:16], digits_model.val_y[:16]  # type: ignore[index]
+    for name in ("Fog@medium", "Pixle"):
+        digits_model.eval()
+        build_attack(name, digits_model, threat, num_classes=10, precision=torch.bfloat16)(x, y)
+        assert not digits_model.training, name  # BatchNorm models judge in eval mode

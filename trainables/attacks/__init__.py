@@ -94,12 +94,11 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
 
         return query_attack(spec, model, ctx, args, queries=queries,
                             adaptive=adaptive or Adaptive(), name=name)
-    model = _crafting_model(spec, model, precision)
     if spec.impl == Impl.CORRUPTION:
         from trainables.attacks.unforeseen import TransformAttack, family
 
-        return TransformAttack(spec, model, family(spec.target, ctx.budget), seed=seed,
-                               name=name, **args)
+        return TransformAttack(spec, _crafting_model(spec, model, precision),
+                               family(spec.target, ctx.budget), seed=seed, name=name, **args)
     if spec.impl == Impl.PERCEPTUAL:
         from trainables.attacks.perceptual import PerceptualAttack
 
@@ -115,7 +114,7 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
         from trainables.attacks.base import UniformNoise
 
         return UniformNoise(spec, model, ctx.budget)
-    attack = _pixel_attack(spec, model, ctx, args, name)
+    attack = _pixel_attack(spec, _crafting_model(spec, model, precision), ctx, args, name)
     fallback_name = _FALLBACKS.get(str(spec.norm), _DEFAULT_FALLBACK)
     if train_steps is not None and name not in (_DEFAULT_FALLBACK, *_FALLBACKS.values()):
         attack.fallback = build_attack(fallback_name, model, threat, num_classes=num_classes,
@@ -126,10 +125,14 @@ def build_attack(name: str, model: nn.Module, threat: ThreatModel, *, num_classe
 def _crafting_model(spec: AttackSpec, model: nn.Module, precision: torch.dtype | None
                     ) -> nn.Module:
     """What `spec`'s attack crafts on: `model` in `precision` for the attacks that ask float32
-    for their verdicts (the non-Lp families and Pixle), else `model` itself."""
-    if precision is None or spec.impl not in (Impl.CORRUPTION, Impl.SPARSE):
-        return model
+    for their verdicts (the non-Lp families and Pixle), else `model` itself; a model that
+    couples its batch (UniG) too, since a verdict asked of some of its rows is another one."""
+    from trainables.attacks.base import couples_batch
     from trainables.attacks.precision import LowPrecision
+
+    if precision is None or spec.impl not in (Impl.CORRUPTION, Impl.SPARSE) or \
+            couples_batch(model):
+        return model
 
     return LowPrecision(model, precision)
 

@@ -32,6 +32,8 @@ class LowPrecision(nn.Module):
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.exact, self.dtype = model, dtype
+        # an attack restores the mode it found: a fresh module's (train) would stay on the model
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=self.dtype):
@@ -75,9 +77,12 @@ def crafting_dtype(precision: Precision | str, device: torch.device) -> torch.dt
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (emulated, autocast is slower than float32)."""
+    """Whether `device` computes bfloat16 natively (emulated, autocast is slower than float32):
+    a CUDA device of compute capability 8 or more (Ampere on), a CPU with AVX512-BF16 or AMX
+    (oneDNN's own check also passes AVX512 CPUs that only emulate it)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.backends.mkldnn.is_available() and bool(
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return False
