@@ -133,7 +133,6 @@ def _crafting_model(spec: AttackSpec, model: nn.Module, precision: torch.dtype |
     if precision is None or spec.impl not in (Impl.CORRUPTION, Impl.SPARSE) or \
             couples_batch(model):
         return model
-
     return LowPrecision(model, precision)
 
 

@@ -7,6 +7,7 @@ lie inside the threat model's budget. Subclasses implement `forward` only.
 
 from __future__ import annotations
 
+import math
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from torch import nn
 from trainables.attacks.norms import perturbation_norm, project, within_budget
 from trainables.attacks.specs import AttackSpec
 
-__all__ = ["Attack", "CallableAttack", "SeededAttack", "UniformNoise", "couples_batch"]
+__all__ = ["Attack", "CallableAttack", "SeededAttack", "UniformNoise", "couples_batch",
+           "margin_loss"]
 
 
 class Attack(ABC):
@@ -124,3 +126,10 @@ def couples_batch(model: nn.Module) -> bool:
     says so, as UniG does): attacks then judge the whole batch at every step, as a served
     model would see it, instead of dropping the samples they already fooled."""
     return any(getattr(module, "couples_batch", False) for module in model.modules())
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the best other logit minus the true one (> 0: fooled)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    return other - true

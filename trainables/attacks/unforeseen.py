@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from kornia.geometry import create_meshgrid
 from torch import nn
 
-from trainables.attacks.base import SeededAttack, couples_batch
+from trainables.attacks.base import SeededAttack, couples_batch, margin_loss
 from trainables.attacks.linear_maps import gaussian_blur, plasma, plasma_draw_shapes
 from trainables.attacks.precision import verdict
 from trainables.attacks.specs import CORRUPTIONS, AttackSpec
@@ -587,13 +587,6 @@ class _Best:
         self.loss = torch.where(take, seen, self.loss)
         self.fooled |= wrong
         return loss
-
-
-def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per sample, the best other logit minus the true one (> 0: fooled)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-    return other - true
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
