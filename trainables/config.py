@@ -198,10 +198,16 @@ class TrialConfig:
                               "pass per step over all of them, and the worst of the pool is "
                               "picked in one pass (the same up to float round-off)")
     eval_precision: Precision = _value(
-        Precision.AUTO, "what the final evaluation's non-Lp and L0 attacks craft in: float32, "
-        "bfloat16 (autocast; every success they find is confirmed in float32 and every point "
-        "judged in float32, so only the search path changes: a test bounds it) or auto "
-        "(bfloat16 where the device computes it natively); AutoAttack is float32 always")
+        Precision.AUTO, "what the evaluations' (validation and final) non-Lp and L0 attacks "
+        "craft in: float32, bfloat16 (autocast; every success they find is confirmed in "
+        "float32 and every point judged in float32, so only the search path changes: a test "
+        "bounds it) or auto (bfloat16 where the device computes it natively); AutoAttack and "
+        "the masking checks are float32 always")
+    train_precision: Precision = _value(
+        Precision.AUTO, "what training (the pool's crafting and the update's passes) computes "
+        "in: float32, bfloat16 (autocast, mixed precision: the weights, the optimiser and the "
+        "losses stay float32; the trained model differs from float32's by about a seed's "
+        "spread: a test bounds it) or auto (bfloat16 where the device computes it natively)")
 
     # ---- recipe: optimisation and training hygiene (Rice et al. 2020, Pang et al. 2021,
     # Gowal et al. 2020: early stopping, weight decay and weight averaging move robust

@@ -180,7 +180,7 @@ class LrSchedule(StrEnum):
 
 
 class Precision(StrEnum):
-    """The arithmetic evaluation attacks craft in (every verdict is float32's)."""
+    """The arithmetic attacks craft in and training computes in (every verdict is float32's)."""
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"

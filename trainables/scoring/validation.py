@@ -3,7 +3,9 @@ model's held-out attacks also adaptive, masking.adaptive_and: the objective is w
 who knows the defense reaches; every non-Lp one also on the margin loss, masking.margin_and),
 the transfer group and the gradient-masking checks (the cheap
 ones at every evaluation, the whole list at the last one), at the fidelity of the evaluation
-(ASHA's early rungs score fewer points at a lower attack strength than the last one)."""
+(ASHA's early rungs score fewer points at a lower attack strength than the last one). The
+non-Lp and L0 attacks craft in `eval_precision`, as the final evaluation's do (every point
+judged in float32: attacks/precision.py); the masking checks stay float32."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from trainables.attacks import AttackKind, attack_spec, build_attack
+from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.base import Attack
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
@@ -98,9 +101,13 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                if any(attack_spec(n).kind == AttackKind.PERCEPTUAL for n in config.pool)
                else None)
 
+    # UniG's test-time optimisation runs in float32: its model crafts in float32 too
+    precision = crafting_dtype(config.eval_precision, x.device) if model.unig is None else None
+
     def bind(names: tuple[str, ...]) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                             seed=config.seed, strength=rung.strength, feature_model=teacher)
+                             seed=config.seed, strength=rung.strength, feature_model=teacher,
+                             precision=precision)
                 for n in names]
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
@@ -117,7 +124,8 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                                    batch_size=config.eval_batch_size, seed=config.seed)
         heldout = margin_and(model, heldout, x, y, setup.threat,
                              num_classes=setup.info.num_classes, strength=rung.strength,
-                             batch_size=config.eval_batch_size, seed=config.seed)
+                             batch_size=config.eval_batch_size, seed=config.seed,
+                             precision=precision)
         metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
     teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
