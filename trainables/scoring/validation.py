@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from trainables.attacks import AttackKind, attack_spec, build_attack
-from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.base import Attack
+from trainables.attacks.precision import crafting_dtype
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.runtime import Stopwatch
