@@ -12,6 +12,15 @@ of each and every test metric that moved (both are judged in float32). The model
 here (the space's `pgd-at` baseline, no masking checks) unless `--model` names a saved one.
 The plain PGD-AT loop of the same data and epochs (bench/reference.py) is timed in the same
 run: ratios to it survive a noisy day.
+
+    python bench/precision.py --train 0,1            # whole trials, float32 vs bfloat16
+
+`--train SEEDS`: instead, whole trials as the search runs them (training, validation with its
+masking checks) of the space's `pgd-at` and default recipe at each seed, with
+`train_precision` and `eval_precision` both float32, then both bfloat16: the seconds of each
+phase, and the validation metrics each precision reached next to how far float32's own move
+from one seed to the next (bfloat16 training is another rounding of the same recipe: what it
+moves should be within a seed's spread).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from itertools import pairwise
 
 import torch
 from pool import passes, race
@@ -30,7 +40,7 @@ from trainables.attacks.precision import LowPrecision, native_bfloat16
 from trainables.defense.baselines import baseline_config
 from trainables.defense.models import DefendedModel
 from trainables.scoring.final import final_evaluation
-from trainables.setting.prepare import prepare_shared
+from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial
 from trainables.vocab import Precision
 
@@ -47,6 +57,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="space override, e.g. budget.epochs=2 (repeatable)")
+    p.add_argument("--train", default="", metavar="SEEDS",
+                   help="whole trials at these seeds (e.g. 0,1) instead of the evaluation")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     space = spaces.load(args.space, args.overrides)
@@ -59,6 +71,10 @@ def main() -> None:
           f"bfloat16 {'natively' if native_bfloat16(device) else 'by emulation'}")
     reference = plain_pgd_at(config, shared)
     print(f"  reference: plain PGD-AT loop ({config.epochs} epochs)      {reference:8.2f} s")
+    if args.train:
+        _trials(space, shared, [int(s) for s in args.train.split(",")], args.threads,
+                reference)
+        return
 
     if args.model:
         model = load_defended_model(args.model)
@@ -99,6 +115,52 @@ def main() -> None:
     print(f"  test metrics that moved (bfloat16 minus float32; {len(moved)} of them):")
     for key, (fp32, bf16) in moved.items():
         print(f"    {key:<44} {fp32:.4f} -> {bf16:.4f}  {bf16 - fp32:+.4f}")
+
+
+TRIAL_METRICS = {"clean": "val/clean/acc", "held-out family mean": "val/heldout/family_mean_acc",
+                 "pool mean": "val/pool/mean_acc"}
+PHASES = ("craft", "step", "eval_attacks", "masking")
+
+
+def _trials(space: spaces.Space, shared: Shared, seeds: list[int], threads: int,
+            reference: float) -> None:
+    """Whole trials of `pgd-at` and the default recipe at each seed, in each precision."""
+    default = space.trial_config(threads=threads)
+    recipes = {"pgd-at": baseline_config(default, "pgd-at"), "default recipe": default}
+    for label, recipe in recipes.items():
+        print(f"\n{label}: whole trials (training + validation + masking checks), seconds and "
+              "validation metrics")
+        found: dict[tuple[int, str], dict[str, float]] = {}
+        for seed in seeds:
+            for precision in PRECISIONS:
+                config = recipe.replace(seed=seed, train_precision=precision,
+                                        eval_precision=precision)
+                start = time.perf_counter()
+                result = run_trial(config, fidelity=space.fidelity, shared=shared,
+                                   log=lambda _: None)
+                row = {"wall": time.perf_counter() - start, **{
+                    phase: result.metrics.get(f"time/{phase}_s", 0.0) for phase in PHASES},
+                    **{k: result.metrics[m] for k, m in TRIAL_METRICS.items()}}
+                found[seed, precision] = row
+                print(f"  seed {seed} {precision:<8} {row['wall']:7.1f} s "
+                      f"({row['wall'] / reference:.2f}x the reference)  " + "  ".join(
+                          f"{phase} {row[phase]:.1f}" for phase in PHASES) + "  |  " +
+                      "  ".join(f"{k} {row[k]:.3f}" for k in TRIAL_METRICS), flush=True)
+        _trial_summary(found, seeds)
+
+
+def _trial_summary(found: dict[tuple[int, str], dict[str, float]], seeds: list[int]) -> None:
+    fp32, bf16 = PRECISIONS
+    walls = {p: statistics.median(found[s, p]["wall"] for s in seeds) for p in PRECISIONS}
+    print(f"  median trial: float32 {walls[fp32]:.1f} s, bfloat16 {walls[bf16]:.1f} s: "
+          f"{walls[fp32] / walls[bf16]:.2f}x")
+    for key in TRIAL_METRICS:
+        moved = [found[s, bf16][key] - found[s, fp32][key] for s in seeds]
+        spread = [found[b, fp32][key] - found[a, fp32][key] for a, b in pairwise(seeds)]
+        print(f"  {key:<22} bfloat16 - float32 per seed: "
+              + ", ".join(f"{d:+.3f}" for d in moved)
+              + ("; float32 seed to seed: " + ", ".join(f"{d:+.3f}" for d in spread)
+                 if spread else ""))
 
 
 if __name__ == "__main__":
