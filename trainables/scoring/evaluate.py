@@ -19,6 +19,7 @@ from torch import nn
 from trainables.attacks import attack_spec, split_name
 from trainables.attacks.base import Attack
 from trainables.attacks.norms import within_budget
+from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.threat import ThreatModel
 from trainables.runtime import seed_everything
 from trainables.scoring.stats import Interval, mean_interval, wilson
@@ -34,8 +35,8 @@ from trainables.vocab import (
     time_key,
 )
 
-__all__ = ["clean_correct", "evaluate_groups", "family_masks", "group_metrics", "group_points",
-           "robust_mask", "transfer_masks"]
+__all__ = ["attack_precision", "clean_correct", "evaluate_groups", "family_masks",
+           "group_metrics", "group_points", "robust_mask", "transfer_masks"]
 
 
 @torch.inference_mode()  # no autograd state at all (UniG opens its own inside)
@@ -176,3 +177,12 @@ def transfer_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             fooled &= within_budget(x_adv - x, spec.norm, threat.budget(spec.norm))
         masks[name] = correct & ~fooled
     return masks
+
+
+def attack_precision(model: nn.Module, precision: str, device: torch.device
+                     ) -> torch.dtype | None:
+    """What an evaluation's attacks on `model` craft in (`eval_precision`, build_attack's
+    `precision`): UniG's test-time optimisation runs in float32, so its model's attacks do too."""
+    if getattr(model, "unig", None) is not None:
+        return None
+    return crafting_dtype(precision, device)

@@ -38,11 +38,11 @@ import torch
 
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
-from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.threat import ThreatModel
 from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import (
+    attack_precision,
     clean_correct,
     evaluate_groups,
     family_masks,
@@ -200,8 +200,7 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
     setup, device = shared.setup, next(model.parameters()).device
     model.eval()
     x, y = (t.to(device) for t in shared.points(Split.TEST, config))
-    # UniG's test-time optimisation runs in float32: its model crafts in float32 too
-    precision = crafting_dtype(config.eval_precision, device) if model.unig is None else None
+    precision = attack_precision(model, config.eval_precision, device)
     groups = _attack_groups(model, shared, config, strength, precision)
     metrics, masks = evaluate_groups(model, x, y, groups, split=Split.TEST,
                                      batch_size=config.eval_batch_size, seed=config.seed)

@@ -17,11 +17,11 @@ import torch
 
 from trainables.attacks import AttackKind, attack_spec, build_attack
 from trainables.attacks.base import Attack
-from trainables.attacks.precision import crafting_dtype
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.runtime import Stopwatch
 from trainables.scoring.evaluate import (
+    attack_precision,
     evaluate_groups,
     group_metrics,
     group_points,
@@ -101,8 +101,7 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
                if any(attack_spec(n).kind == AttackKind.PERCEPTUAL for n in config.pool)
                else None)
 
-    # UniG's test-time optimisation runs in float32: its model crafts in float32 too
-    precision = crafting_dtype(config.eval_precision, x.device) if model.unig is None else None
+    precision = attack_precision(model, config.eval_precision, x.device)
 
     def bind(names: tuple[str, ...]) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
