@@ -134,9 +134,28 @@ def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
 
 
+class ErrorsInState(TrialScheduler):
+    """A trial whose actor died is saved as ERROR in Tune's experiment state.
+
+    Ray 2.60's TuneController drops the actor of a dead worker before it handles the failed
+    task, so `_schedule_trial_stop` sets ERROR and returns before it queues the trial for the
+    next snapshot: where a snapshot was taken after the trial's last result, the state on
+    disk keeps it RUNNING for good (a resume would run it again, and Ray, Optuna and MLflow
+    disagree). The scheduler hears of the error first, with the controller: queue it here;
+    the snapshot reads the trial's status when it is written, after the ERROR."""
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        tune_controller._mark_trial_to_checkpoint(trial)
+        super().on_trial_error(tune_controller, trial)
+
+
+class Fifo(ErrorsInState, FIFOScheduler):
+    """Tune's FIFO scheduler, crashed trials saved as ERROR (ErrorsInState)."""
+
+
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:
     if plan.scheduler == Scheduler.NONE:
-        return FIFOScheduler()
+        return Fifo()
     settings = plan.space.search
     # Single objective: ASHA takes metric/mode from TuneConfig (Ray refuses them twice);
     # multi-objective: TuneConfig has none, so ASHA gets the held-out objective itself.
@@ -150,7 +169,7 @@ def make_scheduler(plan: SearchPlan) -> TrialScheduler:
                              mode=plan.mode.value if own else None)
 
 
-class BaselinesToTheEnd(ASHAScheduler):
+class BaselinesToTheEnd(ErrorsInState, ASHAScheduler):
     """ASHA that never stops a baseline early: the recipes every other one is compared with
     must run to the end. With `baselines_in_rungs` (the default) their results still set the
     rungs' cutoffs; without it a baseline bypasses the rungs, so the searched recipes compete
