@@ -16,9 +16,12 @@ model of the final comparison: recipes x seeds tasks (train + evaluate) over the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from reference import plain_pgd_at
@@ -27,6 +30,7 @@ import spaces
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.baselines import baseline_config
 from trainables.defense.models import DefendedModel
+from trainables.scoring import final
 from trainables.scoring.final import autoattack_points, autoattack_robust, final_evaluation
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared, prepare_shared
@@ -34,6 +38,34 @@ from trainables.train import run_trial
 from trainables.vocab import TIME_AUTOATTACK, TIME_FINAL, Split
 
 PHASES = ("craft", "step", "eval_attacks", "masking")
+# the final evaluation's parts, timed from outside (the evaluation logs per-attack times only)
+FINAL_PARTS = {"evaluate_groups": "plain attacks (held-out + sealed, CE)",
+               "margin_and": "margin pass (non-Lp gradient attacks, unbroken points)",
+               "transfer_masks": "transfer attacks", "_served": "output change (served)",
+               "adaptive_and": "adaptive attacks (UniG models)"}
+
+
+@contextlib.contextmanager
+def _timed_parts(into: dict[str, float]) -> Iterator[None]:
+    """Each of `final`'s FINAL_PARTS wrapped in a timer adding its seconds to `into`."""
+    originals = {name: getattr(final, name) for name in FINAL_PARTS}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                into[FINAL_PARTS[name]] += time.perf_counter() - start
+        return run
+
+    for name, fn in originals.items():
+        setattr(final, name, timed(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(final, name, fn)
 
 
 def _phases(config: TrialConfig, fidelity: Fidelity, shared: Shared, repeats: int
@@ -70,9 +102,12 @@ def _row(label: str, values: list[float], reference: float | None = None) -> str
 def _final(model: DefendedModel, shared: Shared, config: TrialConfig,
            counts: list[int]) -> dict[str, float]:
     """The final evaluation's seconds per attack, and AutoAttack at each point count."""
-    evaluation = final_evaluation(model, shared, config, log=lambda _: None)
+    parts: dict[str, float] = defaultdict(float)
+    with _timed_parts(parts):
+        evaluation = final_evaluation(model, shared, config, log=lambda _: None)
     times = {k.removeprefix("time/").removesuffix("_s"): v
              for k, v in evaluation.metrics.items() if k.startswith("time/test/")}
+    times.update(parts)
     times["AutoAttack (configured points)"] = evaluation.metrics.get(TIME_AUTOATTACK, 0.0)
     times["whole final evaluation"] = evaluation.metrics[TIME_FINAL]
     x, y = shared.points(Split.TEST, config)
@@ -99,6 +134,8 @@ def main() -> None:
     p.add_argument("--aa-points", default="100,250,500",
                    help="point counts AutoAttack is timed on (with --final)")
     p.add_argument("--cores", type=int, default=2, help="cores the final comparison runs on")
+    p.add_argument("--recipes", default="default recipe,pgd-at",
+                   help="which of 'default recipe', 'pgd-at' to time (comma-separated)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="space override, e.g. budget.epochs=2 (repeatable)")
     args = p.parse_args()
@@ -106,11 +143,13 @@ def main() -> None:
     space = spaces.load(args.space, args.overrides)
     default = space.trial_config(threads=args.threads)
     shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
-    recipes = {"default recipe": default, "pgd-at": baseline_config(default, "pgd-at")}
+    pgd_at = baseline_config(default, "pgd-at")
+    recipes = {label: {"default recipe": default, "pgd-at": pgd_at}[label]
+               for label in args.recipes.split(",")}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {space.name} "
           f"({args.overrides or 'as shipped'}), {args.threads} thread(s), {args.repeats} "
           "repeat(s); seconds min / median / max, and the median over the reference")
-    reference = [plain_pgd_at(recipes["pgd-at"], shared) for _ in range(args.repeats)]
+    reference = [plain_pgd_at(pgd_at, shared) for _ in range(args.repeats)]
     base = statistics.median(reference)
     print(_row("reference: plain PGD-AT loop (training only)", reference, base))
     trained: dict[str, tuple[float, DefendedModel]] = {}
