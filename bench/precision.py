@@ -36,9 +36,10 @@ from reference import plain_pgd_at
 
 import spaces
 from trainables import load_defended_model
-from trainables.attacks.precision import LowPrecision, native_bfloat16
+from trainables.attacks.precision import LowPrecision
 from trainables.defense.baselines import baseline_config
 from trainables.defense.models import DefendedModel
+from trainables.runtime import native_bfloat16
 from trainables.scoring.final import final_evaluation
 from trainables.setting.prepare import Shared, prepare_shared
 from trainables.train import run_trial

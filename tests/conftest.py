@@ -21,7 +21,7 @@ from trainables.setting.prepare import Shared, prepare_shared
 # test is named here.
 SEARCHES = tuple(f"tests/search_tests/{name}.py" for name in (
     "test_card", "test_cluster", "test_faults", "test_mlflow_ui", "test_optuna_dashboard",
-    "test_query_space", "test_report", "test_resume", "test_search_run"))
+    "test_query_space", "test_report", "test_resume", "test_scheduler", "test_search_run"))
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, unknown without it

@@ -205,8 +205,9 @@ class TrialConfig:
         "the masking checks are float32 always")
     train_precision: Precision = _value(
         Precision.AUTO, "what training (the pool's crafting and the update's passes) computes "
-        "in: float32, bfloat16 (autocast, mixed precision: the weights, the optimiser and the "
-        "losses stay float32; the trained model differs from float32's by about a seed's "
+        "in: float32, bfloat16 (autocast on the networks' passes, mixed precision: the "
+        "weights, the optimiser's state, the loss terms and the update stay float32; the "
+        "trained model differs from float32's by about a seed's "
         "spread: a test bounds it) or auto (bfloat16 where the device computes it natively)")
 
     # ---- recipe: optimisation and training hygiene (Rice et al. 2020, Pang et al. 2021,

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
-from trainables.vocab import time_key
+from trainables.vocab import Precision, time_key
 
-__all__ = ["Stopwatch", "pinned_threads", "resolve_device", "seed_everything", "set_threads"]
+__all__ = ["Stopwatch", "autocast_dtype", "native_bfloat16", "pinned_threads",
+           "resolve_device", "seed_everything", "set_threads"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -76,3 +77,26 @@ class Stopwatch:
 
     def metrics(self) -> dict[str, float]:
         return {time_key(name): seconds for name, seconds in self.totals.items()}
+
+
+def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `precision` asks for on `device` (an attack's crafting, training's
+    forward passes); None: float32 (no autocast)."""
+    precision = Precision(precision)
+    if precision == Precision.FLOAT32:
+        return None
+    if precision == Precision.AUTO and not native_bfloat16(device):
+        return None
+    return torch.bfloat16
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (emulated, autocast is slower than float32):
+    a CUDA device of compute capability 8 or more (Ampere on), a CPU with AVX512-BF16 or AMX
+    (oneDNN's own check also passes AVX512 CPUs that only emulate it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from trainables.attacks import attack_spec, build_attack
 from trainables.attacks.base import Attack
-from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.stacked import StackedPool
 from trainables.config import Fidelity, TrialConfig
 from trainables.defense.models import DefendedModel
@@ -219,18 +218,14 @@ def _train_epoch(run: _Run, epoch: int) -> str:
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(
         config.seed * EPOCH_SEED_STRIDE + epoch))
     batches = order.split(config.batch_size)
-    # mixed precision (train_precision): autocast runs the passes in bfloat16, the weights,
-    # optimiser state and losses stay float32
-    dtype = crafting_dtype(config.train_precision, device)
     for index in batches:
         index = index.to(device)
         x, y = train_x[index], train_y[index]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            with run.watch.phase("craft"):
-                adversarial = _craft(run, x, y, index)
-            with run.watch.phase("step"):  # the losses, the (meta) gradient and the update
-                tasks = ([x] if config.include_clean else []) + adversarial
-                step_loss = run.defense.step(tasks, x, y, parts, run.attack_tasks, run.rng)
+        with run.watch.phase("craft"), run.defense.passes():  # train_precision
+            adversarial = _craft(run, x, y, index)
+        with run.watch.phase("step"):  # the losses, the (meta) gradient and the update
+            tasks = ([x] if config.include_clean else []) + adversarial
+            step_loss = run.defense.step(tasks, x, y, parts, run.attack_tasks, run.rng)
         parts["loss"] = parts["loss"] + step_loss.double()
     # one host-device transfer per epoch for all the loss parts
     run.train_metrics = {train_key(k): v / len(batches) for k, v in zip(

@@ -129,16 +129,16 @@ def test_a_trial_killed_after_a_snapshot_of_its_last_result_is_saved_as_error(
     """Ray 2.60 leaves such a trial RUNNING in its saved state (see ErrorsInState): the race
     made a fault test fail on CI; here it is forced. Snapshots every second, so one is taken
     after the trial's only result; then its worker is killed."""
-    pid_file = tmp_path / "pid"
+    pid_file, log = tmp_path / "pid", tmp_path / "tune.log"
     proc = subprocess.Popen(
         [sys.executable, "-c", _ONE_RESULT_THEN_WAIT, str(tmp_path / "ray"), str(pid_file)],
         env={**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while not any(result.get("step") == 1
                       for _, result in _saved_trials(tmp_path / "ray" / "crash")):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()  # type: ignore[union-attr]
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         proc.wait(timeout=120)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import spaces
-from trainables import run_trial
+from trainables import run_trial, runtime
 from trainables.attacks import build_attack
-from trainables.attacks.precision import LowPrecision, crafting_dtype, native_bfloat16, verdict
+from trainables.attacks.precision import LowPrecision, verdict
 from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import clean_correct, robust_mask
@@ -58,19 +58,17 @@ def test_float32_decides_every_verdict_bfloat16_could_get_wrong() -> None:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_what_each_precision_asks_for(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainables.attacks import precision
-
-    monkeypatch.setattr(precision, "native_bfloat16", lambda _device: native)
-    assert crafting_dtype(Precision.FLOAT32, CPU) is None
-    assert crafting_dtype("bfloat16", CPU) == torch.bfloat16
-    assert crafting_dtype(Precision.AUTO, CPU) == (torch.bfloat16 if native else None)
+    monkeypatch.setattr(runtime, "native_bfloat16", lambda _device: native)
+    assert runtime.autocast_dtype(Precision.FLOAT32, CPU) is None
+    assert runtime.autocast_dtype("bfloat16", CPU) == torch.bfloat16
+    assert runtime.autocast_dtype(Precision.AUTO, CPU) == (torch.bfloat16 if native else None)
     with pytest.raises(ValueError, match="float16"):
-        crafting_dtype("float16", CPU)
+        runtime.autocast_dtype("float16", CPU)
 
 
 def test_native_bfloat16_is_a_yes_or_no_on_any_cpu() -> None:
-    assert native_bfloat16(CPU) in (True, False)
-    assert native_bfloat16(torch.device("meta")) is False
+    assert runtime.native_bfloat16(CPU) in (True, False)
+    assert runtime.native_bfloat16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("name", ["Fog@medium", "JPEG@medium", "Pixle"])
@@ -181,3 +179,42 @@ def test_validation_crafts_in_eval_precision(smoke_space: spaces.Space,
         # the non-Lp held-out attack crafts in bfloat16, the Lp ones (PGD, PGDL2) never
         assert built == {"PGD": False, "PGDL2": False, "Elastic@medium": low}, built
         assert margin == [torch.bfloat16 if low else None]
+
+
+def test_bfloat16_training_runs_the_passes_low_and_every_loss_term_in_float32(
+        smoke_space: spaces.Space, monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a CPU autocast leaves softmax and log-softmax in bfloat16: a KL between two close
+    # distributions from bfloat16 log-probabilities keeps three significant digits
+    from trainables.defense import losses, student
+
+    seen: dict[str, set[object]] = {}
+
+    def recording(name: str, term: losses.LossTerm) -> losses.LossTerm:
+        def run(view: losses.TaskView) -> torch.Tensor:
+            value = term(view)
+            tensors = (view.z, view.h, view.logits, view.teacher_z, view.teacher_logits,
+                       view.own_clean_logits(), view.random_point_logits(),
+                       view.reencoded(view.regenerated()))
+            seen.setdefault(name, set()).update(
+                {t.dtype for t in tensors} | {value.dtype, torch.is_autocast_enabled("cpu")})
+            return value
+        return run
+
+    for name, term in list(losses.TERMS.items()):
+        monkeypatch.setitem(losses.TERMS, name, recording(name, term))
+    passes: set[torch.dtype] = set()
+    forward = student.Defense._forward
+
+    def recording_forward(self: student.Defense, *args: Any) -> Any:
+        out = forward(self, *args)
+        passes.update(part.dtype for task in out for part in task)
+        return out
+
+    monkeypatch.setattr(student.Defense, "_forward", recording_forward)
+    weights = {w: 1.0 for w in ("w_ce", "w_ce_clean", "w_trades", "w_vr", "w_pred_kl",
+                                "w_feat", "w_cyc", "w_pix", "w_pcl")}
+    run_trial(_pgd_trial_config(smoke_space, epochs=1, eval_every=1, include_clean=True,
+                                train_precision="bfloat16", **weights), log=lambda _: None)
+    assert passes == {torch.bfloat16}
+    assert seen.keys() == weights.keys()
+    assert all(found == {torch.float32, False} for found in seen.values()), seen

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from trainables.attacks.base import margin_loss
-from trainables.vocab import Precision
 
-__all__ = ["LowPrecision", "crafting_dtype", "native_bfloat16", "verdict"]
+__all__ = ["LowPrecision", "verdict"]
 
 
 class LowPrecision(nn.Module):
@@ -62,25 +61,3 @@ def verdict(model: nn.Module, images: torch.Tensor, y: torch.Tensor, logits: tor
     with torch.no_grad():
         exact_wrong = model.exact(images[rows].detach()).argmax(1) != y[rows]
     return wrong.index_put((rows,), exact_wrong)
-
-
-def crafting_dtype(precision: Precision | str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype `precision` asks for on `device`; None: float32 (no autocast)."""
-    precision = Precision(precision)
-    if precision == Precision.FLOAT32:
-        return None
-    if precision == Precision.AUTO and not native_bfloat16(device):
-        return None
-    return torch.bfloat16
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (emulated, autocast is slower than float32):
-    a CUDA device of compute capability 8 or more (Ampere on), a CPU with AVX512-BF16 or AMX
-    (oneDNN's own check also passes AVX512 CPUs that only emulate it)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return False

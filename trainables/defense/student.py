@@ -24,7 +24,7 @@ from trainables.defense.losses import TERMS, TaskView, part_name
 from trainables.defense.meta import TasksLoss, meta_objective
 from trainables.defense.models import ClassifierHead, DefendedModel, ModelParts, build_arch
 from trainables.defense.unig import UniG
-from trainables.runtime import seed_everything
+from trainables.runtime import autocast_dtype, seed_everything
 from trainables.vocab import (
     LrSchedule,
     MetaOrder,
@@ -118,6 +118,7 @@ class Defense:
                  num_classes: int, threat_eps: tuple[str, float], steps_per_epoch: int,
                  device: torch.device) -> None:
         self.config, self.device, self.num_classes = config, device, num_classes
+        self.precision = autocast_dtype(config.train_precision, device)
         self.norm, self.eps = threat_eps  # the primary threat region (variation's 2nd point)
         self.t_encoder = copy.deepcopy(teacher.encoder).to(device).eval()
         self.t_decoder = copy.deepcopy(teacher.decoder).to(device).eval()
@@ -156,23 +157,32 @@ class Defense:
         return DefendedModel(net.encoder, net.head, build_unig(self.config))
 
     # ---- one training step
+    def passes(self) -> torch.autocast:
+        """The networks' forward passes in `train_precision` (mixed precision: autocast). The
+        loss terms take float32 outputs and compute in float32, and the backward pass and the
+        update run outside: on a CPU, autocast leaves softmax and log-softmax in bfloat16,
+        three significant digits for a KL between two close distributions."""
+        return torch.autocast(self.device.type, dtype=self.precision,
+                              enabled=self.precision is not None)
+
     def step(self, tasks: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, parts: Parts,
              attack_tasks: Sequence[int], rng: random.Random) -> torch.Tensor:
         """One update on a batch's tasks (the clean images first when include_clean); returns
         the loss (detached)."""
         config = self.config
-        tasks_loss = self.tasks_loss(tasks, x, y, parts)
         params: dict[str, torch.Tensor] = {
             n: p for n, p in self.student.named_parameters() if p.requires_grad}
-        if config.meta == MetaOrder.OFF:
-            loss = tasks_loss(params, range(len(tasks))).mean()
-            meta_parts: Parts = {}
-        else:
-            meta_test = rng.sample(list(attack_tasks), config.meta_test_attacks)
-            meta_train = [t for t in range(len(tasks)) if t not in meta_test]
-            loss, meta_parts = meta_objective(params, tasks_loss, meta_train, meta_test,
-                                              alpha=config.meta_alpha, beta=config.meta_beta,
-                                              order=config.meta)
+        with self.passes():
+            tasks_loss = self.tasks_loss(tasks, x, y, parts)
+            if config.meta == MetaOrder.OFF:
+                loss = tasks_loss(params, range(len(tasks))).mean()
+                meta_parts: Parts = {}
+            else:
+                meta_test = rng.sample(list(attack_tasks), config.meta_test_attacks)
+                meta_train = [t for t in range(len(tasks)) if t not in meta_test]
+                loss, meta_parts = meta_objective(params, tasks_loss, meta_train, meta_test,
+                                                  alpha=config.meta_alpha,
+                                                  beta=config.meta_beta, order=config.meta)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -203,38 +213,51 @@ class Defense:
         clean_task = 0 if config.include_clean else None
         with torch.no_grad():
             teacher_z = self.t_encoder(x)
-            teacher_logits = self.t_head(teacher_z)
+            teacher_logits = self.t_head(teacher_z).float()
+            teacher_z = teacher_z.float()
         weights = [(name, getattr(config, name), FIELDS[name].applies) for name in LOSS_WEIGHTS
                    if getattr(config, name)]
         random_point = _Lazy(lambda: self._random_point(x))
+
+        def reencoded(images: torch.Tensor) -> torch.Tensor:
+            return self._float_pass(lambda: self.t_encoder(images))
         prototypes: dict[str, torch.Tensor] = dict(self.prototypes.items())
 
         def loss(params: dict[str, torch.Tensor], indices: Sequence[int]) -> torch.Tensor:
-            outputs = self._forward(params, [tasks[t] for t in indices], len(x))
-            clean_logits = _Lazy(lambda: functional_call(self.student, params, (x,))[2])
+            outputs = [tuple(t.float() for t in task) for task in self._forward(
+                params, [tasks[t] for t in indices], len(x))]
+            clean_logits = _Lazy(lambda: self._float_pass(
+                lambda: functional_call(self.student, params, (x,))[2]))
             if clean_task is not None and clean_task in indices:  # TRADES' clean side: the
                 clean_logits.value = outputs[list(indices).index(clean_task)][2]  # task's own
-            random_logits = _Lazy(
-                lambda: functional_call(self.student, params, (random_point(),))[2])
+            random_logits = _Lazy(lambda: self._float_pass(
+                lambda: functional_call(self.student, params, (random_point(),))[2]))
             losses = []
             for task, (z, h, logits, *pixel) in zip(indices, outputs, strict=True):
                 side = TaskSide.CLEAN if task == clean_task else TaskSide.ADVERSARIAL
                 view = TaskView(
                     side == TaskSide.CLEAN, x, y, z, h, logits, teacher_z, teacher_logits,
-                    config, prototypes, partial(_first, pixel), self.t_encoder, clean_logits,
+                    config, prototypes, partial(_first, pixel), reencoded, clean_logits,
                     random_logits)
                 terms = []
-                for name, weight, applies in weights:
-                    if applies in (TaskSide.ALL, side):
-                        value = weight * TERMS[name](view)
-                        key = part_name(name)  # summed on the device: no sync per batch
-                        parts[key] = parts[key] + value.detach().double()
-                        terms.append(value)
+                with torch.autocast(x.device.type, enabled=False):  # the terms in float32
+                    for name, weight, applies in weights:
+                        if applies in (TaskSide.ALL, side):
+                            value = weight * TERMS[name](view)
+                            key = part_name(name)  # summed on the device: no sync per batch
+                            parts[key] = parts[key] + value.detach().double()
+                            terms.append(value)
                 # a task without a term (e.g. a clean task without CE) trains nothing
                 losses.append(torch.stack(terms).sum() if terms else logits.new_zeros(()))
             return torch.stack(losses)
 
         return loss
+
+    def _float_pass(self, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`run()`, a network's pass that a loss term asks for, in `train_precision`; its
+        output in float32."""
+        with self.passes():
+            return run().float()
 
     def _forward(self, params: dict[str, torch.Tensor], images: list[torch.Tensor],
                  size: int) -> list[tuple[torch.Tensor, ...]]:

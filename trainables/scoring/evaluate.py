@@ -19,9 +19,8 @@ from torch import nn
 from trainables.attacks import attack_spec, split_name
 from trainables.attacks.base import Attack
 from trainables.attacks.norms import within_budget
-from trainables.attacks.precision import crafting_dtype
 from trainables.attacks.threat import ThreatModel
-from trainables.runtime import seed_everything
+from trainables.runtime import autocast_dtype, seed_everything
 from trainables.scoring.stats import Interval, mean_interval, wilson
 from trainables.vocab import (
     Group,
@@ -185,4 +184,4 @@ def attack_precision(model: nn.Module, precision: str, device: torch.device
     `precision`): UniG's test-time optimisation runs in float32, so its model's attacks do too."""
     if getattr(model, "unig", None) is not None:
         return None
-    return crafting_dtype(precision, device)
+    return autocast_dtype(precision, device)
