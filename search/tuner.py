@@ -140,9 +140,10 @@ class ErrorsInState(TrialScheduler):
     Ray 2.60's TuneController drops the actor of a dead worker before it handles the failed
     task, so `_schedule_trial_stop` sets ERROR and returns before it queues the trial for the
     next snapshot: where a snapshot was taken after the trial's last result, the state on
-    disk keeps it RUNNING for good (a resume would run it again, and Ray, Optuna and MLflow
-    disagree). The scheduler hears of the error first, with the controller: queue it here;
-    the snapshot reads the trial's status when it is written, after the ERROR."""
+    disk keeps it RUNNING for good, and Ray's record of the search disagrees with Optuna's and
+    MLflow's. The scheduler hears of the error first, with the controller: queue it here (a
+    private method: Ray is pinned at 2.60.0); the snapshot reads the trial's status when it
+    is written, after the ERROR."""
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         tune_controller._mark_trial_to_checkpoint(trial)
