@@ -1,4 +1,4 @@
-"""What the margin pass (masking.margin_and) costs in a final evaluation: one trial of a kept
+"""What the margin pass (masking.both_losses) costs in a final evaluation: one trial of a kept
 search read back from its last checkpoint, its final evaluation on the test split (no
 AutoAttack, no transfer group) with and without the pass, alternated, and each score.
 
@@ -23,7 +23,7 @@ from trainables.scoring import final
 
 def main() -> None:
     args, model, config, shared = kept_trial_on_test_points(__doc__.split("\n\n")[0])
-    real = final.margin_and
+    real = final.both_losses
     seconds: dict[str, list[float]] = {"CE alone": [], "CE and margin": []}
     scores: dict[str, dict[str, float]] = {}
 
@@ -32,12 +32,12 @@ def main() -> None:
 
     for _ in range(args.repeats):
         for label, margin in (("CE alone", without), ("CE and margin", real)):
-            final.margin_and = margin  # type: ignore[assignment]
+            final.both_losses = margin  # type: ignore[assignment]
             took, metrics = timed_final_evaluation(model, shared, config)
             seconds[label].append(took)
             scores[label] = {k: metrics[f"test/{k}"] for k in (
                 "heldout/family_mean_acc", "sealed/family_mean_acc", "sealed/union_acc")}
-    final.margin_and = real
+    final.both_losses = real
     base = statistics.median(seconds["CE alone"])
     print(timed_final_header(args))
     for label, values in seconds.items():

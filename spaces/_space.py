@@ -52,7 +52,8 @@ BEFORE_POOL = ("meta", "meta_test_attacks", "include_clean")
 SPLIT_BY = ("family", "name")  # attacks.split_by: what the three attack sets may not share
 FIELD_DEFAULTS = TrialConfig().to_dict()
 BUDGET_KEYS = {"epochs", "batch_size", "eval_every", "eval_samples", "test_samples",
-               "autoattack_samples", "eval_batch_size", "eval_precision", "train_precision",
+               "autoattack_samples", "eval_batch_size", "eval_precision", "eval_losses",
+               "train_precision",
                "teacher_epochs", "masking_samples", *FIDELITY_FIELDS}
 RECORD_KEY = "trial"  # where a Tune trial's config holds the record Space.sample built
 

@@ -133,7 +133,7 @@ def _passthrough(model: Any, plain: Masks, *_: Any, **__: Any) -> Masks:
 
 
 def _recording(real: Any, calls: list[Call]) -> Any:
-    """`real` (adaptive_and, margin_and) that also keeps each call's input and output."""
+    """`real` (adaptive_and, both_losses) that also keeps each call's input and output."""
     def spy(model: Any, plain: Masks, *args: Any, **kwargs: Any) -> Masks:
         calls.append((dict(plain), real(model, plain, *args, **kwargs)))
         return calls[-1][1]
@@ -169,7 +169,7 @@ def test_a_unig_models_held_out_and_sealed_scores_are_the_adaptive_and(
     key, real, anded = "val/heldout/family_mean_acc", validation.adaptive_and, []
     from trainables.scoring import final
     for module in (validation, final):  # this test is about adaptive_and alone
-        monkeypatch.setattr(module, "margin_and", _passthrough)
+        monkeypatch.setattr(module, "both_losses", _passthrough)
 
     def spy(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         anded.append(real(*args, **kwargs))
@@ -206,7 +206,7 @@ def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
         smoke_space: object, smoke_shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
     """CE saturates on a confident model: the validation objective and the test split's
     held-out and sealed scores of every model (no UniG here) are the AND of each non-Lp
-    attack on CE with the same attack on the margin loss (masking.margin_and)."""
+    attack on CE with the same attack on the margin loss (masking.both_losses)."""
     from trainables.config import Fidelity
     from trainables.runtime import Stopwatch
     from trainables.scoring import final, validation
@@ -219,8 +219,8 @@ def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
                       validation=False).model.eval()
     rung = validation.Rungs.of(config, Fidelity(), smoke_shared, torch.device("cpu")).last
     calls: list[Call] = []
-    spy = _recording(validation.margin_and, calls)
-    monkeypatch.setattr(validation, "margin_and", spy)
+    spy = _recording(validation.both_losses, calls)
+    monkeypatch.setattr(validation, "both_losses", spy)
     metrics = validation.validate(model, smoke_shared, config, rung, final=False,
                                   watch=Stopwatch())[0]
     assert len(calls) == 1 and "Elastic@medium" in calls[0][0]
@@ -229,7 +229,7 @@ def test_every_models_held_out_and_sealed_scores_include_the_margin_pass(
     # smoke's held-out PGDL2 is an Lp attack the margin pass leaves alone: no flag is met
     assert metrics["masking/answered"] == 0.0
     calls.clear()
-    monkeypatch.setattr(final, "margin_and", spy)
+    monkeypatch.setattr(final, "both_losses", spy)
     test = final_evaluation(model, smoke_shared, config, autoattack=False,
                             log=lambda _: None).metrics
     _assert_scored_by(calls, test)

@@ -17,7 +17,7 @@ from trainables.attacks.precision import LowPrecision, verdict
 from trainables.config import TrialConfig
 from trainables.defense.models import DefendedModel
 from trainables.scoring.evaluate import clean_correct, robust_mask
-from trainables.scoring.masking import margin_and
+from trainables.scoring.masking import both_losses
 from trainables.setting.setup import dataset_info
 from trainables.vocab import Precision
 
@@ -167,10 +167,10 @@ def test_validation_crafts_in_eval_precision(smoke_space: spaces.Space,
     def recording_margin(*args: object, precision: torch.dtype | None = None,
                          **kwargs: object) -> object:
         margin.append(precision)
-        return margin_and(*args, precision=precision, **kwargs)  # type: ignore[arg-type]
+        return both_losses(*args, precision=precision, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(validation, "build_attack", recording_build)
-    monkeypatch.setattr(validation, "margin_and", recording_margin)
+    monkeypatch.setattr(validation, "both_losses", recording_margin)
     for precision, low in (("bfloat16", True), ("float32", False)):
         built.clear()
         margin.clear()

@@ -3,7 +3,7 @@ comparison runs on every recipe and seed).
 
 The test split and the sealed attacks are never used while searching. The report holds:
 - `test/heldout/...` and `test/sealed/...`: those attacks at `strength` x their iterations,
-  queries and restarts, each non-Lp one on the CE and the margin loss (masking.margin_and);
+  queries and restarts, each non-Lp one on the CE and the margin loss (masking.both_losses);
   the non-Lp ones and Pixle craft in `eval_precision` (bfloat16 where the device has it:
   attacks/precision.py), every point judged in float32;
 - `test/transfer/...`: the held-out attacks crafted on the undefended target (MID's own
@@ -51,7 +51,7 @@ from trainables.scoring.evaluate import (
     predict,
     transfer_masks,
 )
-from trainables.scoring.masking import adaptive_and, is_randomized, margin_and
+from trainables.scoring.masking import adaptive_and, both_losses, is_randomized, plain_loss
 from trainables.scoring.served import adaptive_query_masks, output_change, white_box_names
 from trainables.scoring.stats import wilson
 from trainables.setting.prepare import Shared
@@ -182,7 +182,8 @@ def _attack_groups(model: DefendedModel, shared: Shared, config: TrialConfig, st
 
     def bind(names: tuple[str, ...]) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
-                             strength=strength, seed=config.seed, precision=precision)
+                             strength=strength, seed=config.seed, precision=precision,
+                             **plain_loss(n, config.eval_losses))
                 for n in names]
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
@@ -219,10 +220,10 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
                 num_classes=setup.info.num_classes, strength=strength,
                 batch_size=config.eval_batch_size, seed=config.seed)
     for group in (Group.HELDOUT, Group.SEALED):  # CE saturates: the margin loss too
-        by_group[group] = margin_and(model, by_group[group], x, y, setup.threat,
-                                     num_classes=setup.info.num_classes, strength=strength,
-                                     batch_size=config.eval_batch_size, seed=config.seed,
-                                     precision=precision)
+        by_group[group] = both_losses(model, by_group[group], x, y, setup.threat,
+                                      num_classes=setup.info.num_classes, strength=strength,
+                                      batch_size=config.eval_batch_size, seed=config.seed,
+                                      precision=precision, losses=config.eval_losses)
         metrics.update(group_metrics(Split.TEST, group, by_group[group]))
     if model.unig is not None:  # the held-out ones again, as scored
         by_group[Group.ADAPTIVE] = {name: mask for name, mask in by_group[Group.HELDOUT].items()

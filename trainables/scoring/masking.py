@@ -11,7 +11,7 @@ of the claim its check judges: the gradient checks invalidate a white-box claim 
 served behind an API may well hide its gradients), the query checks (run for a scores claim)
 invalidate a query claim. Every flag is reported; only those of the trial's own claim zero a
 search objective (`masking/claim/<access>`), and not those that say a stronger attack exists
-(`stronger`) when the scores they judge include one (`margin_and`: `masking/answered`).
+(`stronger`) when the scores they judge include one (`both_losses`: `masking/answered`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from trainables.vocab import (
     MASKING_UNBOUNDED_SUCCESS,
     THREAT_PGD10,
     Access,
+    EvalLosses,
     Norm,
     masking_claim_key,
     time_key,
@@ -63,13 +64,14 @@ __all__ = [
     "StraightThrough",
     "adaptive_and",
     "answers_depend_on_asking",
+    "both_losses",
     "check_claim",
     "floor_accuracy",
     "invalidates",
     "is_randomized",
     "list_checks",
-    "margin_and",
     "margin_covers",
+    "plain_loss",
     "raised_flags",
     "run_masking_checks",
     "stronger_flags",
@@ -146,7 +148,7 @@ class _Entry:
     masking: bool  # raised, it counts as masking (not just information)
     quick: bool  # cheap enough (PGD-10 at most) to run at every evaluation of a trial
     claim: Access  # the claim a raised flag invalidates; query checks run for that claim only
-    stronger: bool  # raised, it says a stronger gradient attack exists: margin_and answers it
+    stronger: bool  # raised, it says a stronger gradient attack exists: both_losses answers it
 
 
 _CHECKS: Registry[_Entry] = Registry("masking check")
@@ -162,7 +164,7 @@ def register_check(*, masking: bool = True, quick: bool = False,
 
 
 def margin_covers(names: Sequence[str]) -> bool:
-    """Whether margin_and strengthens every gradient attack of `names` (all non-Lp): only then
+    """Whether both_losses strengthens every gradient attack of `names` (all non-Lp): only then
     does a score of theirs answer the flags of a stronger attack."""
     gradient = [attack_spec(n).kind for n in names if attack_spec(n).gradient_based]
     return bool(gradient) and all(kind == AttackKind.TRANSFORM for kind in gradient)
@@ -171,7 +173,7 @@ def margin_covers(names: Sequence[str]) -> bool:
 def invalidates(name: str, claim: Access, *, answered: bool = False) -> bool:
     """Whether a raised flag of check `name` invalidates a claim of `claim` access: a masking
     flag of that claim, unless it says a stronger attack exists and the scores it judges
-    already include one (`answered`: margin_and ran)."""
+    already include one (`answered`: both_losses ran)."""
     if check_claim(name) != claim:
         return False
     return not (answered and _CHECKS.get(name).stronger)
@@ -254,12 +256,21 @@ def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: tor
     return out
 
 
-def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Tensor,
-               y: torch.Tensor, threat: ThreatModel, *, num_classes: int, strength: float,
-               batch_size: int, seed: int, precision: torch.dtype | None = None
-               ) -> dict[str, torch.Tensor]:
-    """Each non-Lp gradient attack of `plain` (name -> its robust mask) run again on the
-    margin loss (the best other logit minus the true one), AND-ed with the plain mask.
+def plain_loss(name: str, losses: EvalLosses) -> dict[str, Any]:
+    """build_attack's overrides for the first pass of attack `name` in an evaluation: the
+    loss that `losses` puts first, for a non-Lp gradient attack (others have one loss)."""
+    transform = attack_spec(name).kind == AttackKind.TRANSFORM
+    return {"loss": "margin"} if transform and losses == EvalLosses.MARGIN_CE else {}
+
+
+def both_losses(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Tensor,
+                y: torch.Tensor, threat: ThreatModel, *, num_classes: int, strength: float,
+                batch_size: int, seed: int, precision: torch.dtype | None = None,
+                losses: EvalLosses = EvalLosses.CE_MARGIN) -> dict[str, torch.Tensor]:
+    """Each non-Lp gradient attack of `plain` (name -> its robust mask after the first pass,
+    on the loss `plain_loss` gave it) run again on the other loss, AND-ed with the plain mask:
+    for `ce-margin` the margin loss (the best other logit minus the true one) at `strength`,
+    for `margin-ce` CE at half of it.
 
     CE saturates on a confident model, so a 20-step CE attack on corruption latents stops
     short: measured on `mnist5k` (validation, 500 points), the held-out family mean of four
@@ -269,16 +280,16 @@ def margin_and(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Ten
     score it is part of no longer rests on the saturating loss alone. A point already broken
     is not attacked again; other attacks keep their plain mask. `precision`: what the attacks
     craft in (build_attack's)."""
+    loss, scale = ("ce", 0.5) if losses == EvalLosses.MARGIN_CE else ("margin", 1.0)
     out = dict(plain)
     for name, robust in plain.items():
-        spec = attack_spec(name)
-        if spec.kind != AttackKind.TRANSFORM:
+        if attack_spec(name).kind != AttackKind.TRANSFORM:
             continue
         crafted = build_attack(name, model, threat, num_classes=num_classes, seed=seed + 1,
-                               strength=strength, loss="margin",  # other random starts
+                               strength=strength * scale, loss=loss,  # other random starts
                                precision=precision)
         out[name] = robust_mask(model, crafted, x, y, robust, batch_size=batch_size, seed=seed,
-                                stream=f"{name}/margin")
+                                stream=f"{name}/{loss}")
     return out
 
 
@@ -580,7 +591,7 @@ class MaskingReport:
     masking: tuple[str, ...]  # the raised flags that count as masking
     seconds: dict[str, float] = field(default_factory=dict)  # per check (shared attacks: the
     # first check that runs one pays for it)
-    answered: bool = False  # the scores it judges include margin_and: `stronger` flags are met
+    answered: bool = False  # the scores it judges include both_losses: `stronger` flags are met
 
     @property
     def masked(self) -> bool:

@@ -1,6 +1,6 @@
 """A trial's evaluation on the validation split: the white-box pool and held-out groups (a UniG
 model's held-out attacks also adaptive, masking.adaptive_and: the objective is what an attacker
-who knows the defense reaches; every non-Lp one also on the margin loss, masking.margin_and),
+who knows the defense reaches; every non-Lp one also on the margin loss, masking.both_losses),
 the transfer group and the gradient-masking checks (the cheap
 ones at every evaluation, the whole list at the last one), at the fidelity of the evaluation
 (ASHA's early rungs score fewer points at a lower attack strength than the last one). The
@@ -29,8 +29,9 @@ from trainables.scoring.evaluate import (
 )
 from trainables.scoring.masking import (
     adaptive_and,
-    margin_and,
+    both_losses,
     margin_covers,
+    plain_loss,
     run_masking_checks,
 )
 from trainables.scoring.served import output_change
@@ -106,7 +107,7 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
     def bind(names: tuple[str, ...]) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                              seed=config.seed, strength=rung.strength, feature_model=teacher,
-                             precision=precision)
+                             precision=precision, **plain_loss(n, config.eval_losses))
                 for n in names]
 
     groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
@@ -121,10 +122,10 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
             heldout = adaptive_and(model, heldout, x, y, setup.threat,
                                    num_classes=setup.info.num_classes, strength=rung.strength,
                                    batch_size=config.eval_batch_size, seed=config.seed)
-        heldout = margin_and(model, heldout, x, y, setup.threat,
-                             num_classes=setup.info.num_classes, strength=rung.strength,
-                             batch_size=config.eval_batch_size, seed=config.seed,
-                             precision=precision)
+        heldout = both_losses(model, heldout, x, y, setup.threat,
+                              num_classes=setup.info.num_classes, strength=rung.strength,
+                              batch_size=config.eval_batch_size, seed=config.seed,
+                              precision=precision, losses=config.eval_losses)
         metrics.update(group_metrics(Split.VAL, Group.HELDOUT, heldout))
     metrics.update({FIDELITY_POINTS: float(len(y)), FIDELITY_STRENGTH: rung.strength})
     teacher = DefendedModel(shared.teacher.encoder, shared.teacher.head).to(x.device)
