@@ -36,6 +36,7 @@ from trainables.vocab import (
     CLEAN_ACC,
     SCORING_VERSION,
     THREAT_PGD10,
+    EvalLosses,
     Group,
     Split,
     group_metric,
@@ -257,10 +258,11 @@ def merge(space: spaces.Space, sources: list[str], out: str,
     overrides = overrides or []
     known = set(space.params) | set(space.pool.flags(space.pool.candidates))
     levers: dict[str, Any] = {}
-    scorings = []
+    scorings, orders = [], set()
     for source in sources:
         table = json.loads(Path(source).read_text())
         scorings.append(int(table.get("scoring", 0)))
+        orders.add(table.get("eval_losses", EvalLosses.CE_MARGIN))
         found = (table["space"], table["dataset"], table["objective"],
                  table.get("overrides", []))
         expected = (space.name, space.base["dataset"], space.search.objective, overrides)
@@ -283,6 +285,8 @@ def merge(space: spaces.Space, sources: list[str], out: str,
     Path(out).write_text(json.dumps(
         {"space": space.name, "dataset": space.base["dataset"],
          "objective": space.search.objective, "scoring": min(scorings, default=0),
+         # tables whose attacks ran their losses in other orders: another number (warm start)
+         **({"eval_losses": orders.pop()} if len(orders) == 1 else {"eval_losses": "mixed"}),
          "overrides": overrides, "sources": sources, "levers": levers},
         indent=1, default=str))
     print(f"{len(levers)} levers from {len(sources)} tables written to {out}")
@@ -385,7 +389,8 @@ def main() -> None:
                    for lv in levers}
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {"space": space.name, "dataset": space.base["dataset"], "objective": objective,
-             "scoring": SCORING_VERSION, "overrides": args.overrides, "seeds": args.seeds,
+             "scoring": SCORING_VERSION, "eval_losses": space.trial_config().eval_losses,
+             "overrides": args.overrides, "seeds": args.seeds,
              "levers": recipes,
              "runs": {name: [{"metrics": m, "wall_s": w} for m, _, w in rows]
                       for name, rows in runs.items()}}, indent=1, default=str))

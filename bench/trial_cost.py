@@ -39,8 +39,8 @@ from trainables.vocab import TIME_AUTOATTACK, TIME_FINAL, Split
 
 PHASES = ("craft", "step", "eval_attacks", "masking")
 # the final evaluation's parts, timed from outside (the evaluation logs per-attack times only)
-FINAL_PARTS = {"evaluate_groups": "plain attacks (held-out + sealed, CE)",
-               "both_losses": "margin pass (non-Lp gradient attacks, unbroken points)",
+FINAL_PARTS = {"evaluate_groups": "plain attacks (held-out + sealed, the first loss)",
+               "both_losses": "second loss (non-Lp gradient attacks, unbroken points)",
                "transfer_masks": "transfer attacks",
                "_served": "output change (and, for a scores claim, adaptive query attacks)",
                "adaptive_and": "adaptive attacks (UniG models)"}

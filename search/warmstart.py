@@ -26,7 +26,7 @@ from search.records import SearchInfo
 from search.vocab import ARTIFACT
 from spaces import ORIGIN, Space, SpaceError, load
 from trainables.errors import ConfigError
-from trainables.vocab import SCORING_VERSION
+from trainables.vocab import SCORING_VERSION, EvalLosses
 
 __all__ = ["WarmStart", "load_warm_start", "seed_study"]
 
@@ -100,6 +100,7 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
         same = (table["space"] == space.name and table["dataset"] == space.base["dataset"]
                 and table["objective"] == space.search.objective
                 and table.get("scoring", 0) == SCORING_VERSION  # scored as now
+                and table.get("eval_losses", EvalLosses.CE_MARGIN) == _losses(space)
                 and space.search.robust_floor is None)
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"--warm-start {str(path)!r} is not a lever table written by "
@@ -117,12 +118,19 @@ def _from_levers(path: Path, space: Space) -> WarmStart:
 
 def _same_problem(earlier: Space, space: Space) -> bool:
     """Results carry over only where they mean the same: same space, data set, objective,
-    and the same penalties on it (masking flags, robust floor); the caller also asks for the
-    same way of scoring (SCORING_VERSION)."""
+    the same penalties on it (masking flags, robust floor) and the same order of the losses
+    (eval_losses); the caller also asks for the same way of scoring (SCORING_VERSION)."""
     return (earlier.name == space.name and earlier.base["dataset"] == space.base["dataset"]
             and earlier.search.objective == space.search.objective
             and earlier.search.penalize_flags == space.search.penalize_flags
-            and earlier.search.robust_floor == space.search.robust_floor)
+            and earlier.search.robust_floor == space.search.robust_floor
+            and _losses(earlier) == _losses(space))
+
+
+def _losses(space: Space) -> EvalLosses:
+    """The order of the non-Lp attacks' two losses in its evaluations: part of how a space
+    scores (eval_losses); tables written before it existed scored with CE first."""
+    return space.trial_config().eval_losses
 
 
 def _check_point(values: Mapping[str, Any], space: Space, source: str) -> None:

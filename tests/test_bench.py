@@ -92,6 +92,7 @@ def test_lever_tables_merge_once_per_lever_and_leave_out_what_the_space_cannot_e
     merged = json.loads(out.read_text())
     assert sorted(merged["levers"]) == ["defaults", "pgd-at"]
     assert merged["levers"]["pgd-at"]["values"] == pgd  # the harmless off flag dropped
+    assert merged["eval_losses"] == "ce-margin"  # tables from before the key: CE first
     assert "left out 'gone'" in capsys.readouterr().out
     # a round run with other overrides (another width, say) measured another problem
     table = json.loads(Path(sources[1]).read_text())
@@ -123,6 +124,18 @@ def test_the_precision_benchmark_runs_and_bounds_what_bfloat16_moves(
     assert re.search(r"forward \+ backward +float32 +[0-9.]+ +bfloat16 +[0-9.]+", out), out
     moved = [float(m) for m in re.findall(r"-> [0-9.]+ +([+-][0-9.]+)", out)]
     assert all(abs(d) <= 0.1 for d in moved), out  # 64 points: one point is 0.016
+
+
+def test_the_eval_losses_benchmark_runs_both_orders_and_bounds_what_they_move(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # eval_losses.py imports reference.py
+    module = _bench("eval_losses")
+    monkeypatch.setattr(sys, "argv", ["eval_losses.py", "--space", "smoke", "--points", "64"])
+    module.main()
+    out = capsys.readouterr().out
+    assert "reference: plain PGD-AT loop" in out and "ce-margin / margin-ce" in out, out
+    moved = [float(m) for m in re.findall(r"-> [0-9.]+ +([+-][0-9.]+)", out)]
+    assert len(moved) >= 4 and all(abs(d) <= 10 for d in moved), out  # points; one is 1.6
 
 
 def test_the_pool_benchmark_runs_and_finds_the_answers_unchanged(

@@ -84,6 +84,19 @@ def test_a_table_scored_another_way_gives_proposals_not_results(tmp_path: Path) 
     assert warm is not None and not warm.results and len(warm.proposals) == 2
 
 
+def test_a_table_whose_attacks_ran_their_losses_in_another_order_gives_proposals(
+        tmp_path: Path) -> None:
+    # the margin loss first, CE at half the iterations: another number than smoke's CE first
+    source = _levers(tmp_path, spaces.load("smoke"))
+    table = json.loads(source.read_text())
+    source.write_text(json.dumps({**table, "eval_losses": "margin-ce"}))
+    warm = seed_study(_plan(tmp_path, "--warm-start", str(source)))
+    assert warm is not None and not warm.results and len(warm.proposals) == 2
+    source.write_text(json.dumps({**table, "eval_losses": "ce-margin"}))
+    warm = seed_study(_plan(tmp_path / "again", "--warm-start", str(source)))
+    assert warm is not None and len(warm.results) == 2
+
+
 def test_a_lever_table_is_proposals_where_the_space_has_a_robust_floor(tmp_path: Path
                                                                       ) -> None:
     # the table holds the objective metric as measured, the search the metric less a penalty
