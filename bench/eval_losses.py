@@ -78,7 +78,7 @@ def _report(seconds: dict[str, list[float]],
             for s in (Stat.FAMILY_MEAN, Stat.UNION)]
     families = [k for k in metrics[first] if k.endswith(f"/{Stat.ACC}") and any(
         k.startswith(f"{Split.TEST}/{g}/") for g in (Group.HELDOUT, Group.SEALED))
-        and "." not in k.split("/")[2]]  # a family's name, not an attack's (`Fog.medium`)
+        and "." not in k.split("/")[2]]  # families, and attacks without a level (Pixle)
     keys += sorted(families)
     print(f"  test scores ({first} -> {second}, points):")
     for key in keys:

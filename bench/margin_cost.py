@@ -19,10 +19,13 @@ from attack_convergence import (
 )
 
 from trainables.scoring import final
+from trainables.vocab import EvalLosses
 
 
 def main() -> None:
     args, model, config, shared = kept_trial_on_test_points(__doc__.split("\n\n")[0])
+    # what it measures is CE first (bench/eval_losses.py compares the two orders)
+    config = config.replace(eval_losses=EvalLosses.CE_MARGIN)
     real = final.both_losses
     seconds: dict[str, list[float]] = {"CE alone": [], "CE and margin": []}
     scores: dict[str, dict[str, float]] = {}

@@ -60,6 +60,7 @@ from trainables.vocab import (
     TIME_AUTOATTACK,
     TIME_FINAL,
     Access,
+    EvalLosses,
     Group,
     Norm,
     Split,
@@ -180,16 +181,17 @@ def _attack_groups(model: DefendedModel, shared: Shared, config: TrialConfig, st
     `model`, crafting in `precision` where they can (build_attack)."""
     setup = shared.setup
 
-    def bind(names: tuple[str, ...]) -> list[Attack]:
+    def bind(names: tuple[str, ...], first: EvalLosses | None) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                              strength=strength, seed=config.seed, precision=precision,
-                             **plain_loss(n, config.eval_losses))
+                             **(plain_loss(n, first) if first else {}))
                 for n in names]
 
-    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout),
-                                       Group.SEALED: bind(config.sealed)}
+    # the first loss as eval_losses says where both_losses adds the other
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout, config.eval_losses),
+                                       Group.SEALED: bind(config.sealed, config.eval_losses)}
     if config.access == Access.SCORES:
-        groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)))
+        groups[Group.WHITE_BOX] = bind(tuple(white_box_names(setup.threat)), None)
     return groups
 
 
@@ -218,7 +220,8 @@ def final_evaluation(model: DefendedModel, shared: Shared, config: TrialConfig, 
             by_group[group] = adaptive_and(
                 model, by_group[group], x, y, setup.threat,
                 num_classes=setup.info.num_classes, strength=strength,
-                batch_size=config.eval_batch_size, seed=config.seed)
+                batch_size=config.eval_batch_size, seed=config.seed,
+                losses=config.eval_losses)
     for group in (Group.HELDOUT, Group.SEALED):  # CE saturates: the margin loss too
         by_group[group] = both_losses(model, by_group[group], x, y, setup.threat,
                                       num_classes=setup.info.num_classes, strength=strength,

@@ -233,14 +233,16 @@ class StraightThrough(nn.Module):
 
 def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: torch.Tensor,
                  y: torch.Tensor, threat: ThreatModel, *, num_classes: int, strength: float,
-                 batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+                 batch_size: int, seed: int, losses: EvalLosses = EvalLosses.CE_MARGIN
+                 ) -> dict[str, torch.Tensor]:
     """For a model with UniG: each gradient-based attack of `plain` (name -> the plain
     attack's robust mask) also crafted through BPDA and on the model without UniG, judged on
     the defended model and AND-ed with the plain mask: what an attacker who knows the defense
     reaches (Athalye et al. 2018). UniG's own gradients can hide the way (measured on `mid`:
     a held-out family mean of 0.72 plain fell to 0.38), so this, not the plain attack, is
     what a UniG model's held-out and sealed scores are. A point already broken is not
-    attacked again; other attacks keep their plain mask."""
+    attacked again; other attacks keep their plain mask. Each attack on the first loss of
+    `losses`, as the plain pass (plain_loss)."""
     base = DefendedModel(model.encoder, model.head).eval()
     surrogates = (StraightThrough(model, base), base)
     out = dict(plain)
@@ -250,7 +252,8 @@ def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: tor
         mask = robust.clone()
         for via in surrogates:
             crafted = build_attack(name, via, threat, num_classes=num_classes,
-                                   strength=strength, seed=seed)  # judged on the defended model
+                                   strength=strength, seed=seed,  # judged on the defended model
+                                   **plain_loss(name, losses))
             mask = robust_mask(model, crafted, x, y, mask, batch_size=batch_size, seed=seed)
         out[name] = mask
     return out

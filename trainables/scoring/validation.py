@@ -41,6 +41,7 @@ from trainables.vocab import (
     FIDELITY_POINTS,
     FIDELITY_STRENGTH,
     MASKING,
+    EvalLosses,
     Group,
     Norm,
     Split,
@@ -104,15 +105,17 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
 
     precision = attack_precision(model, config.eval_precision, x.device)
 
-    def bind(names: tuple[str, ...]) -> list[Attack]:
+    def bind(names: tuple[str, ...], first: EvalLosses | None) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                              seed=config.seed, strength=rung.strength, feature_model=teacher,
-                             precision=precision, **plain_loss(n, config.eval_losses))
+                             precision=precision, **(plain_loss(n, first) if first else {}))
                 for n in names]
 
-    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout)}
+    # the held-out group's first loss as eval_losses says (both_losses adds the other); the
+    # pool's attacks, which nothing strengthens, on their own loss as before
+    groups: dict[str, list[Attack]] = {Group.HELDOUT: bind(config.heldout, config.eval_losses)}
     if not rung.heldout_only:
-        groups = {Group.POOL: bind(config.pool), **groups}
+        groups = {Group.POOL: bind(config.pool, None), **groups}
     with watch.phase("eval_attacks"):
         metrics, masks = evaluate_groups(model, x, y, groups, split=Split.VAL,
                                          batch_size=config.eval_batch_size, seed=config.seed)
@@ -121,7 +124,8 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
         if model.unig is not None:  # the objective is what an attacker who knows UniG reaches
             heldout = adaptive_and(model, heldout, x, y, setup.threat,
                                    num_classes=setup.info.num_classes, strength=rung.strength,
-                                   batch_size=config.eval_batch_size, seed=config.seed)
+                                   batch_size=config.eval_batch_size, seed=config.seed,
+                                   losses=config.eval_losses)
         heldout = both_losses(model, heldout, x, y, setup.threat,
                               num_classes=setup.info.num_classes, strength=rung.strength,
                               batch_size=config.eval_batch_size, seed=config.seed,
