@@ -184,7 +184,7 @@ def _attack_groups(model: DefendedModel, shared: Shared, config: TrialConfig, st
     def bind(names: tuple[str, ...], first: EvalLosses | None) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                              strength=strength, seed=config.seed, precision=precision,
-                             **(plain_loss(n, first) if first else {}))
+                             **plain_loss(n, first))
                 for n in names]
 
     # the first loss as eval_losses says where both_losses adds the other

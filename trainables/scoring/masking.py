@@ -259,9 +259,10 @@ def adaptive_and(model: DefendedModel, plain: Mapping[str, torch.Tensor], x: tor
     return out
 
 
-def plain_loss(name: str, losses: EvalLosses) -> dict[str, Any]:
+def plain_loss(name: str, losses: EvalLosses | None) -> dict[str, Any]:
     """build_attack's overrides for the first pass of attack `name` in an evaluation: the
-    loss that `losses` puts first, for a non-Lp gradient attack (others have one loss)."""
+    loss that `losses` puts first, for a non-Lp gradient attack (others have one loss; None:
+    a group both_losses does not strengthen, whose attacks keep their own loss)."""
     transform = attack_spec(name).kind == AttackKind.TRANSFORM
     return {"loss": "margin"} if transform and losses == EvalLosses.MARGIN_CE else {}
 

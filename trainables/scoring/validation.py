@@ -108,7 +108,7 @@ def _validate(model: DefendedModel, shared: Shared, config: TrialConfig, rung: R
     def bind(names: tuple[str, ...], first: EvalLosses | None) -> list[Attack]:
         return [build_attack(n, model, setup.threat, num_classes=setup.info.num_classes,
                              seed=config.seed, strength=rung.strength, feature_model=teacher,
-                             precision=precision, **(plain_loss(n, first) if first else {}))
+                             precision=precision, **plain_loss(n, first))
                 for n in names]
 
     # the held-out group's first loss as eval_losses says (both_losses adds the other); the
