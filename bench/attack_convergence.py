@@ -9,7 +9,7 @@ after each stage and the seconds each stage cost.
 RESULTS_FOLDER is a search's Ray results folder (`<keep>/ray_results/<name>`, from
 `bench/demo.py --keep` or `search.run`); each trial is read back from its last checkpoint.
 A stage `loss:k` is the family's gradient attack on that loss at k x its iterations. One
-thread, the trial's seed; what it prints is in README ("The held-out attacks had not
+thread, the trial's seed; what it prints is in docs/results.md ("The held-out attacks had not
 converged").
 """
 

@@ -1,8 +1,9 @@
 """The final comparison's table (search/final.py, FinalReport): which family a verdict rests on.
 
 A group's mean hides where it is won or lost: on mnist5k the searched recipe's sealed mean was
-level with PGD-AT's while it lost 15 points on one of the four sealed families (README). The
-table has per-family rows and paired differences, from per-point values the evaluation keeps.
+level with PGD-AT's while it lost 15 points on one of the four sealed families (docs/results.md,
+"Where the sealed mean is lost"). The table has per-family rows and paired differences, from
+per-point values the evaluation keeps.
 """
 
 from __future__ import annotations

@@ -136,3 +136,40 @@ def test_the_shipped_mnist5k_lever_study_is_a_warm_start_of_the_space_as_it_is()
         warm = load_warm_start(str(source), spaces.load("mnist5k", overrides))
         assert not warm.results and len(warm.proposals) == count >= 30
     assert "scoring" not in json.loads(source.read_text())
+
+
+def _earlier_search(folder: Path, space: spaces.Space, value: float) -> Path:
+    """An earlier search's output folder as the driver writes it: search.json, space.yaml and
+    its Optuna study with one finished trial (the space's default recipe)."""
+    import yaml
+
+    from search.records import SearchInfo
+    from search.vocab import ARTIFACT
+
+    folder.mkdir(parents=True)
+    storage = f"sqlite:///{folder / ARTIFACT.OPTUNA_DB}"
+    SearchInfo(name="earlier", space=space.name, mlflow_uri="", experiment="", experiment_id="",
+               parent_run_id="", storage_path=str(folder), optuna_storage=storage, seed=0,
+               resources={"cpu": 1.0}, address=None, cache_dir=None,
+               scoring=SCORING_VERSION).write(folder)
+    (folder / ARTIFACT.SPACE).write_text(yaml.safe_dump(dict(space.raw), sort_keys=False))
+    study = optuna.create_study(study_name="earlier", storage=storage, direction="maximize")
+    point = space.point(space.default_values())
+    study.add_trial(optuna.trial.create_trial(
+        params=point, distributions=space.distributions(point), value=value))
+    return folder
+
+
+def test_an_earlier_search_whose_attacks_ran_their_losses_in_another_order_gives_proposals(
+        tmp_path: Path) -> None:
+    # the same space and data set, but its objective values were measured margin first
+    from search.warmstart import load_warm_start
+
+    smoke = spaces.load("smoke")
+    same = _earlier_search(tmp_path / "same", smoke, 0.5)
+    other = _earlier_search(tmp_path / "other",
+                            spaces.load("smoke", ["budget.eval_losses=margin-ce"]), 0.5)
+    warm = load_warm_start(str(same), smoke)
+    assert [value for _, value in warm.results] == [0.5] and not warm.proposals
+    warm = load_warm_start(str(other), smoke)
+    assert not warm.results and warm.proposals == [smoke.point(smoke.default_values())]

@@ -214,7 +214,7 @@ def test_margin_first_scores_as_ce_first_does_at_less_work(at_model: DefendedMod
     at the final's strength, each family's score within 5 points of the other order's and
     their mean within 2, with fewer passes. On mnist5k's 1,500 test points the family means
     of two trained models moved -0.4 to +0.0 points, the final evaluation without AutoAttack
-    1.35-1.37x faster (README, "Margin first")."""
+    1.35-1.37x faster (docs/speed.md, "Margin first")."""
     x, y = digits_model.val_x[:256], digits_model.val_y[:256]  # type: ignore[index]
     threat = dataset_info("digits").threat_model
     names = ("Elastic@medium", "Fog@medium", "JPEG@medium", "Snow@medium")
