@@ -195,7 +195,7 @@ class EvalLosses(StrEnum):
     CE_MARGIN = "ce-margin"  # CE, then the margin loss at the same iterations on what CE left
     # the margin loss, then CE at half the iterations on what it left: a final evaluation
     # without AutoAttack 1.35-1.37x faster at mnist5k size, family means -0.4 to +0.0 points
-    # (README, "Margin first")
+    # (docs/speed.md, "Margin first")
     MARGIN_CE = "margin-ce"
 
 

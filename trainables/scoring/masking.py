@@ -279,11 +279,11 @@ def both_losses(model: nn.Module, plain: Mapping[str, torch.Tensor], x: torch.Te
     CE saturates on a confident model, so a 20-step CE attack on corruption latents stops
     short: measured on `mnist5k` (validation, 500 points), the held-out family mean of four
     robust models fell 7-12 points under CE then margin at 5x the steps, and the margin pass
-    at the same steps took most of it (README, "The held-out attacks had not converged"). It
-    is what answers the flags of a stronger attack (more_steps_help, dlr_much_stronger): every
-    score it is part of no longer rests on the saturating loss alone. A point already broken
-    is not attacked again; other attacks keep their plain mask. `precision`: what the attacks
-    craft in (build_attack's)."""
+    at the same steps took most of it (docs/results.md, "The held-out attacks had not
+    converged"). It is what answers the flags of a stronger attack (more_steps_help,
+    dlr_much_stronger): every score it is part of no longer rests on the saturating loss
+    alone. A point already broken is not attacked again; other attacks keep their plain mask.
+    `precision`: what the attacks craft in (build_attack's)."""
     loss, scale = ("ce", 0.5) if losses == EvalLosses.MARGIN_CE else ("margin", 1.0)
     out = dict(plain)
     for name, robust in plain.items():
