@@ -11,10 +11,13 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 
 import spaces
 from search import run
-from search.warmstart import seed_study
+from search.records import SearchInfo
+from search.vocab import ARTIFACT
+from search.warmstart import load_warm_start, seed_study
 from trainables.errors import ConfigError
 from trainables.vocab import SCORING_VERSION
 
@@ -126,8 +129,6 @@ def test_an_incompatible_warm_start_is_refused_in_one_line_before_ray(tmp_path: 
 def test_the_shipped_mnist5k_lever_study_is_a_warm_start_of_the_space_as_it_is() -> None:
     # bench/levers.py --merge wrote it from every round; a change to the space that leaves
     # its recipes out of the space must be seen here, not at the start of a long search
-    from search.warmstart import load_warm_start
-
     source = Path(__file__).resolve().parents[2] / "bench/results/levers-mnist5k-all.json"
     count = len(json.loads(source.read_text())["levers"])
     # the space's robust floor, and the scoring (CE alone then), make its objective another
@@ -141,11 +142,6 @@ def test_the_shipped_mnist5k_lever_study_is_a_warm_start_of_the_space_as_it_is()
 def _earlier_search(folder: Path, space: spaces.Space, value: float) -> Path:
     """An earlier search's output folder as the driver writes it: search.json, space.yaml and
     its Optuna study with one finished trial (the space's default recipe)."""
-    import yaml
-
-    from search.records import SearchInfo
-    from search.vocab import ARTIFACT
-
     folder.mkdir(parents=True)
     storage = f"sqlite:///{folder / ARTIFACT.OPTUNA_DB}"
     SearchInfo(name="earlier", space=space.name, mlflow_uri="", experiment="", experiment_id="",
@@ -163,8 +159,6 @@ def _earlier_search(folder: Path, space: spaces.Space, value: float) -> Path:
 def test_an_earlier_search_whose_attacks_ran_their_losses_in_another_order_gives_proposals(
         tmp_path: Path) -> None:
     # the same space and data set, but its objective values were measured margin first
-    from search.warmstart import load_warm_start
-
     smoke = spaces.load("smoke")
     same = _earlier_search(tmp_path / "same", smoke, 0.5)
     other = _earlier_search(tmp_path / "other",
