@@ -3,6 +3,7 @@ as ratios to the plain PGD-AT loop (bench/reference.py) timed in the same run.
 
     python bench/trial_cost.py                                # mid, 1 thread, 3 repeats
     python bench/trial_cost.py --space mnist5k --repeats 1 --final
+    python bench/trial_cost.py --space mnist5k --repeats 1 --final --recipes standard,trades
     python bench/trial_cost.py --space smoke --repeats 1 --set budget.epochs=1
 
 Each trial runs standalone (no Ray) on a warm cache (the teacher and transfer sets prepared
@@ -136,7 +137,7 @@ def main() -> None:
                    help="point counts AutoAttack is timed on (with --final)")
     p.add_argument("--cores", type=int, default=2, help="cores the final comparison runs on")
     p.add_argument("--recipes", default="default recipe,pgd-at",
-                   help="which of 'default recipe', 'pgd-at' to time (comma-separated)")
+                   help="'default recipe' and/or baselines of the space (comma-separated)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="space override, e.g. budget.epochs=2 (repeatable)")
     args = p.parse_args()
@@ -145,8 +146,13 @@ def main() -> None:
     default = space.trial_config(threads=args.threads)
     shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
     pgd_at = baseline_config(default, "pgd-at")
-    recipes = {label: {"default recipe": default, "pgd-at": pgd_at}[label]
-               for label in args.recipes.split(",")}
+    labels = args.recipes.split(",")
+    unknown = [x for x in labels if x != "default recipe" and x not in space.baselines]
+    if unknown:
+        p.error(f"--recipes {','.join(unknown)}: not 'default recipe' nor a baseline of "
+                f"{space.name} ({', '.join(space.baselines)})")
+    recipes = {x: default if x == "default recipe" else
+               space.baseline_record(x, threads=args.threads).config for x in labels}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {space.name} "
           f"({args.overrides or 'as shipped'}), {args.threads} thread(s), {args.repeats} "
           "repeat(s); seconds min / median / max, and the median over the reference")
