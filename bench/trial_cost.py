@@ -144,13 +144,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     space = spaces.load(args.space, args.overrides)
     default = space.trial_config(threads=args.threads)
-    shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
-    pgd_at = baseline_config(default, "pgd-at")
     labels = args.recipes.split(",")
     unknown = [x for x in labels if x != "default recipe" and x not in space.baselines]
-    if unknown:
+    if unknown:  # before the minutes prepare_shared may take
         p.error(f"--recipes {','.join(unknown)}: not 'default recipe' nor a baseline of "
                 f"{space.name} ({', '.join(space.baselines)})")
+    shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
+    pgd_at = baseline_config(default, "pgd-at")
     recipes = {x: default if x == "default recipe" else
                space.baseline_record(x, threads=args.threads).config for x in labels}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, space {space.name} "

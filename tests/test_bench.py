@@ -217,3 +217,13 @@ def test_the_scripts_import_the_repository_packages_not_a_folder_beside_them() -
     run = subprocess.run([sys.executable, str(REPO / "bench" / "trial_cost.py"), "--help"],
                          cwd="/", capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_cost_model_times_any_baseline_of_the_space_and_names_them_when_asked_another(
+) -> None:
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "trial_cost.py"), "--space",
+                          "smoke", "--recipes", "pgd-at,no-such-recipe"], cwd="/",
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert "--recipes no-such-recipe" in last and "pgd-at" in last, last
