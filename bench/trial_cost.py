@@ -29,7 +29,7 @@ from reference import plain_pgd_at
 
 import spaces
 from trainables.config import Fidelity, TrialConfig
-from trainables.defense.baselines import baseline_config
+from trainables.defense.baselines import BASELINES, baseline_config
 from trainables.defense.models import DefendedModel
 from trainables.scoring import final
 from trainables.scoring.final import autoattack_points, autoattack_robust, final_evaluation
@@ -137,7 +137,8 @@ def main() -> None:
                    help="point counts AutoAttack is timed on (with --final)")
     p.add_argument("--cores", type=int, default=2, help="cores the final comparison runs on")
     p.add_argument("--recipes", default="default recipe,pgd-at",
-                   help="'default recipe' and/or baselines of the space (comma-separated)")
+                   help="'default recipe' and/or baselines in the space's setting, "
+                   "comma-separated")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="space override, e.g. budget.epochs=2 (repeatable)")
     args = p.parse_args()
@@ -145,10 +146,10 @@ def main() -> None:
     space = spaces.load(args.space, args.overrides)
     default = space.trial_config(threads=args.threads)
     labels = args.recipes.split(",")
-    unknown = [x for x in labels if x != "default recipe" and x not in space.baselines]
+    unknown = [x for x in labels if x != "default recipe" and x not in BASELINES]
     if unknown:  # before the minutes prepare_shared may take
-        p.error(f"--recipes {','.join(unknown)}: not 'default recipe' nor a baseline of "
-                f"{space.name} ({', '.join(space.baselines)})")
+        p.error(f"--recipes {','.join(unknown)}: not 'default recipe' nor a baseline "
+                f"({', '.join(BASELINES)})")
     shared = prepare_shared(default, pool_candidates=space.pool.candidates, log=lambda _: None)
     pgd_at = baseline_config(default, "pgd-at")
     recipes = {x: default if x == "default recipe" else
